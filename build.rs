@@ -1,0 +1,94 @@
+//! Build steps that need no network:
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a build script reports failure by panicking
+//! 1. compile every `bpf/**/*.bpf.c` into a libbpf skeleton (`$OUT_DIR/<name>.skel.rs`);
+//! 2. copy the Envoy FileDescriptorSet shipped by the envoy-types crate into
+//!    `$OUT_DIR/envoy_types.bin`, so the xDS file reader can map proto3 JSON
+//!    (with `"@type"`) onto Envoy messages.
+
+use std::env;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libbpf_cargo::SkeletonBuilder;
+
+fn main() {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    build_bpf_skeletons(&out_dir);
+    copy_envoy_descriptors(&out_dir);
+}
+
+fn build_bpf_skeletons(out_dir: &Path) {
+    println!("cargo:rerun-if-changed=include");
+    let include = Path::new("include").canonicalize().expect("include/ exists");
+    for source in bpf_sources(Path::new("bpf")) {
+        println!("cargo:rerun-if-changed={}", source.display());
+        let stem = source
+            .file_name()
+            .and_then(OsStr::to_str)
+            .and_then(|n| n.strip_suffix(".bpf.c"))
+            .expect("bpf sources are named *.bpf.c")
+            .to_string();
+        let skel = out_dir.join(format!("{stem}.skel.rs"));
+        SkeletonBuilder::new()
+            .source(&source)
+            .clang_args([
+                OsStr::new("-I"),
+                include.as_os_str(),
+                OsStr::new("-Wall"),
+                OsStr::new("-Werror"),
+                OsStr::new("-O2"),
+            ])
+            .build_and_generate(&skel)
+            .unwrap_or_else(|e| panic!("building {}: {e:#}", source.display()));
+    }
+}
+
+fn bpf_sources(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            found.extend(bpf_sources(&path));
+        } else if path.to_string_lossy().ends_with(".bpf.c") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn copy_envoy_descriptors(out_dir: &Path) {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let manifest = meta["packages"]
+        .as_array()
+        .and_then(|pkgs| {
+            pkgs.iter()
+                .find(|p| p["name"] == "envoy-types")
+                .and_then(|p| p["manifest_path"].as_str())
+        })
+        .expect("envoy-types is a dependency");
+    let descriptors = Path::new(manifest)
+        .parent()
+        .expect("manifest has a parent")
+        .join("src/generated/types.bin");
+    println!("cargo:rerun-if-changed={}", descriptors.display());
+    fs::copy(&descriptors, out_dir.join("envoy_types.bin"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", descriptors.display()));
+}

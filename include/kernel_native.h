@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Kernel-native mode: the one definition of every map key and value that the
+ * eBPF programs (bpf/kernel_native/) and the daemon (src/kernel_native/writer)
+ * share. The Rust side asserts the sizes and offsets below in its tests.
+ *
+ * Shape of the data (map-in-map, see DESIGN.md "make-before-break"):
+ *
+ *   kn_listeners  HASH_OF_MAPS  struct kn_listener_key -> inner HASH(u32 -> struct kn_listener_record)
+ *   kn_clusters   HASH_OF_MAPS  struct kn_name         -> inner HASH(u32 -> struct kn_cluster_record)
+ *
+ * Inside an inner map, records point at each other by index (the u32 key).
+ * Between resources, references are by name (a cluster name in a filter).
+ */
+#ifndef KMESH_KERNEL_NATIVE_H
+#define KMESH_KERNEL_NATIVE_H
+
+#ifdef __BPF__
+#include "vmlinux.h"
+#else
+#include <linux/types.h>
+#endif
+
+/* ---- limits (all named; the compiler checks a plan against them) ---- */
+
+/* Cluster and route configuration names, NUL padded. Longer names are rejected. */
+#define KMESH_NAME_LEN 128
+/* Filter-chain match entries per listener (one per destination prefix). */
+#define KN_MAX_CHAIN_MATCHES 64
+/* Clusters in one tcp_proxy weighted_clusters. */
+#define KN_MAX_WEIGHTED_CLUSTERS 32
+/* Distinct priority levels with endpoints, per address family, per cluster. */
+#define KN_MAX_PRIORITIES 8
+/* Binary-search steps over one priority level: bounds endpoints per level. */
+#define KN_ENDPOINT_SEARCH_STEPS 17
+#define KN_MAX_ENDPOINTS_PER_LEVEL (1u << KN_ENDPOINT_SEARCH_STEPS)
+
+/* "No record": a filter index meaning "leave this connection untouched". */
+#define KN_NONE 0xffffffffu
+
+enum kn_family {
+	KN_FAMILY_V4 = 0,
+	KN_FAMILY_V6 = 1,
+	KN_FAMILY_COUNT = 2,
+	/* Only in chain matches: matches a destination of either family. */
+	KN_FAMILY_ANY = 2,
+};
+
+/* ---- tail-call stages: index into kn_stages4 / kn_stages6 ---- */
+enum kn_stage {
+	KN_STAGE_FILTER_CHAIN = 0,
+	KN_STAGE_FILTER = 1,
+	KN_STAGE_CLUSTER = 2,
+	KN_STAGE_COUNT = 3,
+};
+
+/* ---- keys ---- */
+
+struct kn_listener_key {
+	__u8 family;  /* enum kn_family (V4 or V6) */
+	__u8 pad;
+	__u16 port;   /* host byte order */
+	__u8 addr[16]; /* network byte order; IPv4 uses the first 4 bytes */
+};
+
+struct kn_name {
+	char name[KMESH_NAME_LEN];
+};
+
+/* ---- listener inner map: index -> record ---- */
+
+enum kn_listener_record_kind {
+	KN_LREC_HEADER = 1,          /* always at index 0 */
+	KN_LREC_CHAIN_MATCH = 2,     /* at indices 1..=match_count, first match wins */
+	KN_LREC_FILTER = 3,
+	KN_LREC_WEIGHTED_CLUSTER = 4,
+};
+
+struct kn_listener_header {
+	__u32 match_count;
+	/* Filter record used when no chain match applies (default_filter_chain), or KN_NONE. */
+	__u32 default_filter;
+};
+
+struct kn_chain_match {
+	__u8 family;     /* enum kn_family, KN_FAMILY_ANY with prefix_len 0 = any destination */
+	__u8 prefix_len; /* bits of addr that must equal the destination */
+	__u16 pad;
+	__u32 filter;    /* index of a KN_LREC_FILTER record, or KN_NONE = leave untouched */
+	__u8 addr[16];
+};
+
+enum kn_filter_kind {
+	KN_FILTER_TCP_PROXY = 1,  /* route to `cluster`, or to the weighted list */
+	KN_FILTER_HTTP = 2,       /* HTTP connection manager: needs the enhanced kernel */
+	KN_FILTER_PASSTHROUGH = 3 /* keep the original destination */
+};
+
+struct kn_filter {
+	__u32 kind;            /* enum kn_filter_kind */
+	__u32 weighted_first;  /* index of the first KN_LREC_WEIGHTED_CLUSTER, if weighted_count > 0 */
+	__u32 weighted_count;
+	__u32 total_weight;    /* sum of the weighted entries' weights */
+	struct kn_name cluster; /* TCP_PROXY with weighted_count == 0: the cluster; HTTP: route config name */
+};
+
+struct kn_weighted_cluster {
+	__u32 cumulative_weight; /* weights of this entry and all before it */
+	__u32 pad;
+	struct kn_name cluster;
+};
+
+struct kn_listener_record {
+	__u32 kind; /* enum kn_listener_record_kind */
+	__u32 pad;
+	union {
+		struct kn_listener_header header;
+		struct kn_chain_match chain_match;
+		struct kn_filter filter;
+		struct kn_weighted_cluster weighted;
+	};
+};
+
+/* ---- cluster inner map: index -> record ---- */
+
+enum kn_lb_policy {
+	KN_LB_ROUND_ROBIN = 0,
+	KN_LB_RANDOM = 1,
+};
+
+enum kn_cluster_record_kind {
+	KN_CREC_HEADER = 1,    /* index 0 */
+	KN_CREC_LEVEL = 2,     /* index KN_CLUSTER_LEVEL_INDEX(family, level) */
+	KN_CREC_ENDPOINT = 3,  /* index >= KN_CLUSTER_FIRST_ENDPOINT */
+};
+
+#define KN_CLUSTER_LEVEL_INDEX(family, level) (1u + (family) * KN_MAX_PRIORITIES + (level))
+#define KN_CLUSTER_FIRST_ENDPOINT (1u + KN_FAMILY_COUNT * KN_MAX_PRIORITIES)
+
+struct kn_cluster_header {
+	__u32 lb_policy;   /* enum kn_lb_policy */
+	__u32 rr_cursor;   /* advanced atomically by the kernel for ROUND_ROBIN */
+	__u8 level_count[KN_FAMILY_COUNT]; /* priority levels written, lowest priority first */
+	__u8 pad[6];
+};
+
+/* One priority level of one family: endpoints [first, first + count). */
+struct kn_priority_level {
+	__u32 first;
+	__u32 count;
+	__u32 total_weight;
+	__u32 priority;    /* the Envoy priority this level came from (for dumps) */
+};
+
+struct kn_endpoint {
+	__u8 addr[16];             /* network byte order; IPv4 uses the first 4 bytes */
+	__u32 cumulative_weight;   /* within its level: this endpoint's weight and all before it */
+	__u16 port;                /* host byte order */
+	__u8 family;               /* enum kn_family */
+	__u8 pad;
+};
+
+struct kn_cluster_record {
+	__u32 kind; /* enum kn_cluster_record_kind */
+	__u32 pad;
+	union {
+		struct kn_cluster_header header;
+		struct kn_priority_level level;
+		struct kn_endpoint endpoint;
+	};
+};
+
+/* ---- per-connection state ---- */
+
+/* Carried between tail-call stages of one connect (per-CPU scratch; a connect
+ * runs start to end on one CPU). */
+struct kn_connect_ctx {
+	struct kn_listener_key listener;
+	__u32 filter;
+	__u32 pad;
+	struct kn_name cluster;
+};
+
+/* Socket-local storage of a redirected socket: what it dialled and where it went. */
+struct kn_sock_state {
+	__u8 orig_family;   /* enum kn_family */
+	__u8 counted;       /* 1 once sockops has counted it as an active connection */
+	__u16 orig_port;    /* network byte order, as in the sockaddr */
+	__u8 orig_addr[16];
+	struct kn_name cluster;
+};
+
+struct kn_cluster_conns {
+	__u64 active;  /* established and not yet closed */
+	__u64 total;   /* established since the counter was created */
+};
+
+/* ---- counters (PERCPU_ARRAY kn_stats, index = enum kn_stat) ---- */
+enum kn_stat {
+	KN_STAT_CONNECT_SEEN = 0,     /* TCP connects inspected */
+	KN_STAT_NO_LISTENER = 1,      /* no listener for the destination: untouched */
+	KN_STAT_NO_CHAIN = 2,         /* listener but no filter chain matched: untouched */
+	KN_STAT_HTTP_UNTOUCHED = 3,   /* HTTP-only chain on a stock kernel: untouched */
+	KN_STAT_PASSTHROUGH = 4,      /* passthrough filter/cluster: untouched */
+	KN_STAT_NO_CLUSTER = 5,       /* the referenced cluster is not known: untouched */
+	KN_STAT_NO_ENDPOINT = 6,      /* cluster has no endpoint of the family: rejected */
+	KN_STAT_REDIRECTED = 7,       /* destination rewritten to an endpoint */
+	KN_STAT_TAIL_CALL_FAILED = 8, /* a stage could not be entered: untouched */
+	KN_STAT_COUNT = 9,
+};
+
+#endif /* KMESH_KERNEL_NATIVE_H */

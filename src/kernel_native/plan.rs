@@ -1,0 +1,166 @@
+//! The compiled form of a kernel-native configuration: what the compiler
+//! produces from Envoy resources and what the writer turns into map records.
+//!
+//! These types are semantic (names, not map indices); the writer lays them out
+//! as the C records of `include/kernel_native.h`. Everything here is
+//! serializable because it *is* the `/debug/config_dump/kernel-native` view.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// Address family of a listener key, a chain match or an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// Where a listener is reached: the key of the `kn_listeners` outer map.
+/// The wildcard listener of a port has the unspecified address (0.0.0.0 or ::).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ListenerKey {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// The whole compiled configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    /// One entry per address a listener is reachable on (its `address` and its
+    /// `additional_addresses`); several keys may carry equal listeners.
+    pub listeners: BTreeMap<ListenerKey, CompiledListener>,
+    /// Clusters that can be routed to, by name, with their endpoints.
+    pub clusters: BTreeMap<String, CompiledCluster>,
+    /// HTTP route configurations (executed only by the enhanced kernel).
+    pub route_configs: BTreeMap<String, CompiledRouteConfig>,
+}
+
+/// A listener flattened for connect-time matching.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompiledListener {
+    /// The Envoy listener's name.
+    pub name: String,
+    /// Ordered: the kernel takes the first entry whose prefix contains the
+    /// destination. At most `KN_MAX_CHAIN_MATCHES`.
+    pub matches: Vec<ChainMatch>,
+    /// Used when no entry matches (Envoy's `default_filter_chain`).
+    pub default_action: Option<FilterAction>,
+    /// What the kernel does not act on, listed for the dump.
+    pub ignored: Vec<Ignored>,
+}
+
+/// One destination-prefix entry of a listener's filter-chain table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainMatch {
+    /// `None` with `prefix_len == 0`: any destination address.
+    pub prefix: Option<IpAddr>,
+    pub prefix_len: u8,
+    /// Name of the Envoy filter chain this entry came from (for the dump).
+    pub chain_name: String,
+    /// `None`: the connection is left untouched (e.g. the chains that share
+    /// this prefix disagree on something only visible after connect).
+    pub action: Option<FilterAction>,
+}
+
+/// What the filter stage does with a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterAction {
+    /// tcp_proxy with a single `cluster`.
+    TcpProxy { cluster: String },
+    /// tcp_proxy with `weighted_clusters`: (cluster, weight), weights > 0,
+    /// at most `KN_MAX_WEIGHTED_CLUSTERS` entries.
+    WeightedClusters { clusters: Vec<(String, u32)> },
+    /// HTTP connection manager: routed by `route_config` (RDS name or the
+    /// inline configuration's name). Stock kernels leave it untouched.
+    Http { route_config: String },
+    /// Keep the original destination.
+    Passthrough,
+}
+
+/// A cluster ready for the kernel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompiledCluster {
+    pub lb_policy: LbPolicy,
+    /// Per family, the priority levels that have at least one endpoint, lowest
+    /// Envoy priority first (at most `KN_MAX_PRIORITIES` per family).
+    pub levels_v4: Vec<PriorityLevel>,
+    pub levels_v6: Vec<PriorityLevel>,
+    /// Set for clusters that keep the original destination (ORIGINAL_DST).
+    pub passthrough: bool,
+    pub ignored: Vec<Ignored>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriorityLevel {
+    /// The Envoy priority these endpoints came from.
+    pub priority: u32,
+    /// Non-empty; every weight > 0.
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// An HTTP route configuration, flattened for the dump (and the L7 stage).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompiledRouteConfig {
+    pub virtual_hosts: Vec<CompiledVirtualHost>,
+    pub ignored: Vec<Ignored>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompiledVirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<CompiledRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompiledRoute {
+    pub name: String,
+    pub path_match: PathMatch,
+    /// (header name, exact value) pairs that must all be present.
+    pub headers: Vec<(String, String)>,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAction {
+    Cluster(String),
+    WeightedClusters(Vec<(String, u32)>),
+    /// Redirects, direct responses and other non-forwarding actions.
+    NonForwarding(String),
+}
+
+/// Something in a resource that does not change the connect-time decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    /// Where it was, e.g. `filter_chains[0].transport_socket`.
+    pub field: String,
+    /// Why it does not matter here, e.g. "mTLS is not done by the kernel".
+    pub reason: String,
+}

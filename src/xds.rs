@@ -1,0 +1,1 @@
+//! xDS transport: where resources come from (a watched file today, ADS later).
