@@ -21,6 +21,7 @@ fn main() {
 
 fn build_bpf_skeletons(out_dir: &Path) {
     println!("cargo:rerun-if-changed=include");
+    println!("cargo:rerun-if-changed=bpf");
     let include = Path::new("include").canonicalize().expect("include/ exists");
     for source in bpf_sources(Path::new("bpf")) {
         println!("cargo:rerun-if-changed={}", source.display());
@@ -39,6 +40,8 @@ fn build_bpf_skeletons(out_dir: &Path) {
                 OsStr::new("-Wall"),
                 OsStr::new("-Werror"),
                 OsStr::new("-O2"),
+                // atomics that return a value (fetch-and-add for round robin)
+                OsStr::new("-mcpu=v3"),
             ])
             .build_and_generate(&skel)
             .unwrap_or_else(|e| panic!("building {}: {e:#}", source.display()));

@@ -141,7 +141,8 @@ struct kn_cluster_header {
 	__u32 lb_policy;   /* enum kn_lb_policy */
 	__u32 rr_cursor;   /* advanced atomically by the kernel for ROUND_ROBIN */
 	__u8 level_count[KN_FAMILY_COUNT]; /* priority levels written, lowest priority first */
-	__u8 pad[6];
+	__u8 passthrough; /* 1: keep the original destination (ORIGINAL_DST cluster) */
+	__u8 pad[5];
 };
 
 /* One priority level of one family: endpoints [first, first + count). */
@@ -175,10 +176,12 @@ struct kn_cluster_record {
 /* Carried between tail-call stages of one connect (per-CPU scratch; a connect
  * runs start to end on one CPU). */
 struct kn_connect_ctx {
-	struct kn_listener_key listener;
-	__u32 filter;
-	__u32 pad;
-	struct kn_name cluster;
+	struct kn_listener_key listener; /* the key that found the listener */
+	__u8 dst_family;  /* enum kn_family of the dialled address (v4-mapped IPv6 counts as V4) */
+	__u8 pad[3];
+	__u32 filter;     /* filter record chosen by the filter-chain stage */
+	__u8 dst_addr[16]; /* the dialled address; IPv4 uses the first 4 bytes */
+	struct kn_name cluster; /* chosen by the filter stage */
 };
 
 /* Socket-local storage of a redirected socket: what it dialled and where it went. */

@@ -1,4 +1,7 @@
 //! Kernel-native mode: Envoy xDS resources compiled into the eBPF maps that the
 //! `cgroup/connect4`/`connect6` pipeline reads.
 
+pub mod bpf_dump;
 pub mod plan;
+pub mod records;
+pub mod writer;

@@ -3,5 +3,6 @@
 //! Data flows one way: `xds` (bytes) -> typed resources -> `kernel_native`
 //! compiler (pure) -> writer (syscalls) -> kernel.
 
+pub mod bpf;
 pub mod kernel_native;
 pub mod xds;

@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Kernel-native mode, compat (stock kernel) L4 pipeline:
+ *
+ *   cgroup/connect4|6  find the listener  --tail call-->  filter chain
+ *   --tail call-->  filter (tcp_proxy)  --tail call-->  cluster: rewrite the destination
+ *
+ *   cgroup/getpeername4|6  report the address the client dialled, not the endpoint
+ *   sockops                count active connections per cluster
+ *
+ * Only TCP is steered; other sockets pass untouched.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "kernel_native.h"
+#include "lib/maps.h"
+#include "lib/addr.h"
+#include "lib/stages.h"
+
+#define KN_SOCK_STREAM 1
+#define KN_TCP_CLOSE 7
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Declared here, filled in by libbpf from the initializers below the stages. */
+struct kn_stage_array {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, KN_STAGE_COUNT);
+	__uint(key_size, sizeof(__u32)); /* no BTF key: the kernel refuses BTF on prog arrays */
+	__array(values, int(struct bpf_sock_addr *));
+};
+extern struct kn_stage_array kn_stages4 SEC(".maps");
+extern struct kn_stage_array kn_stages6 SEC(".maps");
+
+/* ---- the last stage: rewrite ---- */
+
+static __always_inline int kn_finish4(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c)
+{
+	struct kn_endpoint *ep = NULL;
+	int outcome = kn_cluster_stage(c, &ep);
+
+	if (outcome == KN_NO_ENDPOINT)
+		return KN_REJECT;
+	if (outcome != KN_REWRITE || !ep)
+		return KN_ALLOW;
+	kn_remember(ctx, c);
+	kn_write_dst4(ctx, ep->addr, bpf_htons(ep->port));
+	kn_count(KN_STAT_REDIRECTED);
+	return KN_ALLOW;
+}
+
+static __always_inline int kn_finish6(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c)
+{
+	struct kn_endpoint *ep = NULL;
+	int outcome = kn_cluster_stage(c, &ep);
+
+	if (outcome == KN_NO_ENDPOINT)
+		return KN_REJECT;
+	if (outcome != KN_REWRITE || !ep)
+		return KN_ALLOW;
+	kn_remember(ctx, c);
+	kn_write_dst6(ctx, ep->family, ep->addr, bpf_htons(ep->port));
+	kn_count(KN_STAT_REDIRECTED);
+	return KN_ALLOW;
+}
+
+/* ---- stage programs, once per family (tail calls need the same attach type) ---- */
+
+#define KN_STAGE_PROGRAMS(fam, sec)                                                  \
+	SEC(sec)                                                                     \
+	int kn_cluster##fam(struct bpf_sock_addr *ctx)                              \
+	{                                                                            \
+		struct kn_connect_ctx *c = kn_ctx();                                 \
+		return c ? kn_finish##fam(ctx, c) : KN_ALLOW;                        \
+	}                                                                            \
+	SEC(sec)                                                                     \
+	int kn_filter##fam(struct bpf_sock_addr *ctx)                               \
+	{                                                                            \
+		struct kn_connect_ctx *c = kn_ctx();                                 \
+		if (!c || kn_filter_stage(c) < 0)                                    \
+			return KN_ALLOW;                                             \
+		bpf_tail_call(ctx, &kn_stages##fam, KN_STAGE_CLUSTER);               \
+		kn_count(KN_STAT_TAIL_CALL_FAILED);                                  \
+		return KN_ALLOW;                                                     \
+	}                                                                            \
+	SEC(sec)                                                                     \
+	int kn_filter_chain##fam(struct bpf_sock_addr *ctx)                         \
+	{                                                                            \
+		struct kn_connect_ctx *c = kn_ctx();                                 \
+		if (!c)                                                              \
+			return KN_ALLOW;                                             \
+		if (kn_filter_chain_stage(c) < 0) {                                  \
+			kn_count(KN_STAT_NO_CHAIN);                                  \
+			return KN_ALLOW;                                             \
+		}                                                                    \
+		bpf_tail_call(ctx, &kn_stages##fam, KN_STAGE_FILTER);                \
+		kn_count(KN_STAT_TAIL_CALL_FAILED);                                  \
+		return KN_ALLOW;                                                     \
+	}
+
+KN_STAGE_PROGRAMS(4, "cgroup/connect4")
+KN_STAGE_PROGRAMS(6, "cgroup/connect6")
+
+struct kn_stage_array kn_stages4 SEC(".maps") = {
+	.values = {
+		[KN_STAGE_FILTER_CHAIN] = (void *)&kn_filter_chain4,
+		[KN_STAGE_FILTER] = (void *)&kn_filter4,
+		[KN_STAGE_CLUSTER] = (void *)&kn_cluster4,
+	},
+};
+
+struct kn_stage_array kn_stages6 SEC(".maps") = {
+	.values = {
+		[KN_STAGE_FILTER_CHAIN] = (void *)&kn_filter_chain6,
+		[KN_STAGE_FILTER] = (void *)&kn_filter6,
+		[KN_STAGE_CLUSTER] = (void *)&kn_cluster6,
+	},
+};
+
+/* ---- entry programs ---- */
+
+SEC("cgroup/connect4")
+int kn_connect4(struct bpf_sock_addr *ctx)
+{
+	struct kn_connect_ctx *c;
+	__u32 ip;
+
+	if (ctx->type != KN_SOCK_STREAM)
+		return KN_ALLOW;
+	kn_count(KN_STAT_CONNECT_SEEN);
+	c = kn_ctx();
+	if (!c)
+		return KN_ALLOW;
+	__builtin_memset(c, 0, sizeof(*c));
+	ip = ctx->user_ip4;
+	__builtin_memcpy(c->dst_addr, &ip, 4);
+	c->dst_family = KN_FAMILY_V4;
+	c->listener.family = KN_FAMILY_V4;
+	c->listener.port = bpf_ntohs((__u16)ctx->user_port);
+	if (!kn_find_listener(c)) {
+		kn_count(KN_STAT_NO_LISTENER);
+		return KN_ALLOW;
+	}
+	bpf_tail_call(ctx, &kn_stages4, KN_STAGE_FILTER_CHAIN);
+	kn_count(KN_STAT_TAIL_CALL_FAILED);
+	return KN_ALLOW;
+}
+
+SEC("cgroup/connect6")
+int kn_connect6(struct bpf_sock_addr *ctx)
+{
+	struct kn_connect_ctx *c;
+
+	if (ctx->type != KN_SOCK_STREAM)
+		return KN_ALLOW;
+	kn_count(KN_STAT_CONNECT_SEEN);
+	c = kn_ctx();
+	if (!c)
+		return KN_ALLOW;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->dst_family = kn_read_dst6(ctx, c->dst_addr);
+	c->listener.family = c->dst_family;
+	c->listener.port = bpf_ntohs((__u16)ctx->user_port);
+	if (!kn_find_listener(c)) {
+		kn_count(KN_STAT_NO_LISTENER);
+		return KN_ALLOW;
+	}
+	bpf_tail_call(ctx, &kn_stages6, KN_STAGE_FILTER_CHAIN);
+	kn_count(KN_STAT_TAIL_CALL_FAILED);
+	return KN_ALLOW;
+}
+
+/* A redirected socket reports the address it dialled, as it would through a proxy. */
+SEC("cgroup/getpeername4")
+int kn_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct kn_sock_state *st = bpf_sk_storage_get(&kn_socks, ctx->sk, 0, 0);
+
+	if (st && st->orig_family == KN_FAMILY_V4)
+		kn_write_dst4(ctx, st->orig_addr, st->orig_port);
+	return KN_ALLOW;
+}
+
+SEC("cgroup/getpeername6")
+int kn_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct kn_sock_state *st = bpf_sk_storage_get(&kn_socks, ctx->sk, 0, 0);
+
+	if (st)
+		kn_write_dst6(ctx, st->orig_family, st->orig_addr, st->orig_port);
+	return KN_ALLOW;
+}
+
+/* Active connections per cluster: +1 when a redirected socket is established,
+ * -1 when it closes. Later issues build circuit breaking and least-request on it. */
+SEC("sockops")
+int kn_sockops(struct bpf_sock_ops *skops)
+{
+	struct kn_sock_state *st;
+	struct kn_cluster_conns *conns;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		struct kn_cluster_conns fresh = {};
+
+		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
+		if (!st || st->counted)
+			return 1;
+		bpf_map_update_elem(&kn_cluster_conns, &st->cluster, &fresh, BPF_NOEXIST);
+		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->cluster);
+		if (!conns)
+			return 1;
+		__sync_fetch_and_add(&conns->active, 1);
+		__sync_fetch_and_add(&conns->total, 1);
+		st->counted = 1;
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	}
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != KN_TCP_CLOSE)
+			return 1;
+		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
+		if (!st || !st->counted)
+			return 1;
+		st->counted = 0;
+		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->cluster);
+		if (conns)
+			__sync_fetch_and_sub(&conns->active, 1);
+		return 1;
+	}
+	return 1;
+}

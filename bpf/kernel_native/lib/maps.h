@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every kernel-native map, declared once. Sizes marked "set by the daemon"
+ * are placeholders: the loader sets them from its capacity flags before load. */
+#ifndef KN_MAPS_H
+#define KN_MAPS_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "kernel_native.h"
+
+/* One read-only instance of each shared record type. They give the object
+ * full BTF for types that are otherwise only reached through inner-map
+ * templates (clang would emit forward declarations), and they put the C
+ * layouts into the generated skeleton, where the Rust tests compare them with
+ * the daemon's own definitions. Never read at run time. */
+const volatile struct kn_listener_record kn_layout_listener_record;
+const volatile struct kn_cluster_record kn_layout_cluster_record;
+const volatile struct kn_listener_key kn_layout_listener_key;
+const volatile struct kn_name kn_layout_name;
+const volatile struct kn_sock_state kn_layout_sock_state;
+const volatile struct kn_cluster_conns kn_layout_cluster_conns;
+
+/* Template of one listener's flattened tree. Real inner maps are created by
+ * the daemon with exactly as many records as the listener needs. */
+struct kn_listener_inner {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct kn_listener_record);
+	__uint(max_entries, 1);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, struct kn_listener_key);
+	__uint(max_entries, 16384); /* set by the daemon: --max-listeners */
+	__array(values, struct kn_listener_inner);
+} kn_listeners SEC(".maps");
+
+struct kn_cluster_inner {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct kn_cluster_record);
+	__uint(max_entries, 1);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, struct kn_name);
+	__uint(max_entries, 65536); /* set by the daemon: --max-clusters */
+	__array(values, struct kn_cluster_inner);
+} kn_clusters SEC(".maps");
+
+/* Active connections per cluster, kept by sockops. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct kn_name);
+	__type(value, struct kn_cluster_conns);
+	__uint(max_entries, 65536); /* set by the daemon: --max-clusters */
+} kn_cluster_conns SEC(".maps");
+
+/* What each redirected socket dialled (for getpeername) and where it went. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct kn_sock_state);
+} kn_socks SEC(".maps");
+
+/* Scratch carried from one tail-call stage to the next. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct kn_connect_ctx);
+	__uint(max_entries, 1);
+} kn_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, KN_STAT_COUNT);
+} kn_stats SEC(".maps");
+
+static __always_inline void kn_count(__u32 stat)
+{
+	__u64 *value = bpf_map_lookup_elem(&kn_stats, &stat);
+
+	if (value)
+		*value += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline struct kn_connect_ctx *kn_ctx(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&kn_scratch, &zero);
+}
+
+#endif /* KN_MAPS_H */
