@@ -2,6 +2,11 @@
 //! `cgroup/connect4`/`connect6` pipeline reads.
 
 pub mod bpf_dump;
+pub mod compiler;
+pub mod dump;
 pub mod plan;
 pub mod records;
+pub mod resources;
+pub mod runner;
+pub mod snapshot;
 pub mod writer;

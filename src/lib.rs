@@ -1,8 +1,13 @@
 //! kmesh: a sidecarless service-mesh data plane. xDS in, eBPF maps out.
 //!
 //! Data flows one way: `xds` (bytes) -> typed resources -> `kernel_native`
-//! compiler (pure) -> writer (syscalls) -> kernel.
+//! compiler (pure) -> writer (syscalls) -> kernel. The reverse path (dumps)
+//! reads caches and maps, never the wire.
 
+pub mod admin;
+pub mod admin_client;
 pub mod bpf;
+pub mod config;
+pub mod daemon;
 pub mod kernel_native;
 pub mod xds;

@@ -1,1 +1,4 @@
 //! xDS transport: where resources come from (a watched file today, ADS later).
+
+pub mod file;
+pub mod file_watch;

@@ -1,0 +1,108 @@
+//! The admin HTTP endpoint (default 127.0.0.1:15200): readiness, version and
+//! config dumps. It reads caches and maps, never the wire.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::kernel_native::bpf_dump;
+
+/// What the admin endpoint shows; written by the mode's runner.
+pub struct AdminState {
+    ready: AtomicBool,
+    kernel_native_dump: RwLock<serde_json::Value>,
+    bpf_fs_path: PathBuf,
+}
+
+impl AdminState {
+    pub fn new(bpf_fs_path: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            ready: AtomicBool::new(false),
+            kernel_native_dump: RwLock::new(serde_json::json!({"status": "no configuration applied yet"})),
+            bpf_fs_path,
+        })
+    }
+
+    /// Ready once the programs are attached and a first configuration is in the maps.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn set_kernel_native_dump(&self, dump: serde_json::Value) {
+        match self.kernel_native_dump.write() {
+            Ok(mut d) => *d = dump,
+            Err(poisoned) => *poisoned.into_inner() = dump,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin endpoint cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn version_info() -> serde_json::Value {
+    serde_json::json!({
+        "name": "kmesh",
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/debug/ready", get(ready))
+        .route("/version", get(|| async { Json(version_info()) }))
+        .route("/debug/config_dump/kernel-native", get(kernel_native_dump))
+        .route("/debug/config_dump/bpf/kernel-native", get(kernel_native_bpf_dump))
+        .with_state(state)
+}
+
+/// Bind now (so a bad address fails the start), serve in the background.
+pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> Result<tokio::task::JoinHandle<()>, AdminError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    tracing::info!(%addr, "admin endpoint listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(state)).await {
+            tracing::error!(error = %e, "admin endpoint stopped");
+        }
+    }))
+}
+
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration applied yet\n").into_response()
+    }
+}
+
+async fn kernel_native_dump(State(state): State<Arc<AdminState>>) -> Response {
+    let dump = match state.kernel_native_dump.read() {
+        Ok(d) => d.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    Json(dump).into_response()
+}
+
+async fn kernel_native_bpf_dump(State(state): State<Arc<AdminState>>) -> Response {
+    let path = state.bpf_fs_path.clone();
+    match tokio::task::spawn_blocking(move || bpf_dump::read(&path)).await {
+        Ok(Ok(dump)) => Json(dump).into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("reading the maps: {e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}

@@ -1,0 +1,78 @@
+//! Flags and environment -> `Config`. Names follow Kmesh (`--mode`,
+//! `XDS_ADDRESS`, ...) so that existing deployments keep working.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Envoy xDS (LDS/RDS/CDS/EDS) compiled into the kernel.
+    KernelNative,
+    /// Istio ambient workload API.
+    DualEngine,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kmesh-daemon", version, about = "kmesh data-plane daemon: xDS in, eBPF maps out")]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Data-plane mode.
+    #[arg(long, value_enum, default_value = "dual-engine", env = "KMESH_MODE")]
+    pub mode: Mode,
+
+    /// Read resources from this YAML/JSON file (a DiscoveryResponse-shaped
+    /// `resources:` list with "@type"); the file is watched for changes.
+    #[arg(long, value_name = "PATH")]
+    pub xds_file: Option<PathBuf>,
+
+    /// Address of the xDS control plane (ADS over gRPC).
+    #[arg(long, env = "XDS_ADDRESS", value_name = "HOST:PORT")]
+    pub xds_address: Option<String>,
+
+    /// Root of the BPF filesystem; pins live under `<path>/kmesh/`.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpf_fs_path: PathBuf,
+
+    /// cgroup2 directory whose processes are managed (mounted as cgroup2 if it is not one).
+    #[arg(long = "cgroup2-path", default_value = "/mnt/kmesh_cgroup2")]
+    pub cgroup2_path: PathBuf,
+
+    /// Admin HTTP endpoint (config dumps, readiness). Keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:15200")]
+    pub admin_address: SocketAddr,
+
+    /// Log filter: a level (`info`) or tracing directives (`kmesh=debug,info`).
+    #[arg(long, default_value = "info", env = "KMESH_LOG_LEVEL")]
+    pub log_level: String,
+
+    /// Capacity of the listener map (listener addresses, including additional addresses).
+    #[arg(long, default_value_t = 16384)]
+    pub max_listeners: u32,
+
+    /// Capacity of the cluster map.
+    #[arg(long, default_value_t = 65536)]
+    pub max_clusters: u32,
+
+    /// Most endpoints one cluster may have.
+    #[arg(long, default_value_t = 65536)]
+    pub max_endpoints_per_cluster: u32,
+
+    /// Most HTTP route configurations.
+    #[arg(long, default_value_t = 16384)]
+    pub max_route_configs: u32,
+
+    /// How often the xDS file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 200, hide = true)]
+    pub xds_file_poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Remove everything a daemon pinned or attached (programs, links, maps).
+    Uninstall,
+}
