@@ -21,7 +21,9 @@ fn main() {
 
 fn build_bpf_skeletons(out_dir: &Path) {
     println!("cargo:rerun-if-changed=include");
-    let include = Path::new("include").canonicalize().expect("include/ exists");
+    let include = Path::new("include")
+        .canonicalize()
+        .expect("include/ exists");
     for source in bpf_sources(Path::new("bpf")) {
         println!("cargo:rerun-if-changed={}", source.display());
         let stem = source
@@ -66,7 +68,13 @@ fn bpf_sources(dir: &Path) -> Vec<PathBuf> {
 fn copy_envoy_descriptors(out_dir: &Path) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
         .arg(env::var("TARGET").expect("cargo sets TARGET"))
         .output()
         .expect("running cargo metadata");
