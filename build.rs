@@ -69,7 +69,13 @@ fn bpf_sources(dir: &Path) -> Vec<PathBuf> {
 fn copy_envoy_descriptors(out_dir: &Path) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
         .arg(env::var("TARGET").expect("cargo sets TARGET"))
         .output()
         .expect("running cargo metadata");
