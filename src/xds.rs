@@ -1,1 +1,3 @@
 //! xDS transport: where resources come from (a watched file today, ADS later).
+
+pub mod file;
