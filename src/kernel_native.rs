@@ -1,4 +1,6 @@
 //! Kernel-native mode: Envoy xDS resources compiled into the eBPF maps that the
 //! `cgroup/connect4`/`connect6` pipeline reads.
 
+pub mod limits;
 pub mod plan;
+pub mod resources;
