@@ -427,6 +427,7 @@ mod tests {
             ],
             default_action: Some(FilterAction::TcpProxy { cluster: "c3".into() }),
             ignored: vec![],
+            inline_route_configs: Default::default(),
         };
         let recs = listener_records(&l);
         let decoded: Vec<_> = recs.iter().map(|(i, b)| (*i, decode_listener_record(b))).collect();

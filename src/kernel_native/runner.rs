@@ -48,6 +48,9 @@ impl KernelNativeRunner {
                 return false;
             }
         };
+        for note in &staged.unsupported {
+            tracing::warn!("{note}; skipped");
+        }
         for err in &staged.rejected {
             tracing::error!(error = %err, "resource rejected; its previous version (if any) stays in force");
         }
