@@ -122,7 +122,13 @@ struct Mesh {
 }
 
 impl Mesh {
-    fn start(prefix: &str, v6_addrs: &[&str], backends: &[&str], yaml: &str, extra: &[&str]) -> Mesh {
+    fn start(
+        prefix: &str,
+        v6_addrs: &[&str],
+        backends: &[&str],
+        yaml: &str,
+        extra: &[&str],
+    ) -> Mesh {
         let netns = NetNs::new(prefix);
         for a in v6_addrs {
             netns.add_addr(a);
@@ -155,7 +161,13 @@ impl Mesh {
     }
 
     /// Dial until `pred` holds for a report of `count` connections, or time out.
-    fn dial_until(&self, target: &str, count: u32, within: Duration, pred: impl Fn(&DialReport) -> bool) -> Duration {
+    fn dial_until(
+        &self,
+        target: &str,
+        count: u32,
+        within: Duration,
+        pred: impl Fn(&DialReport) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             let report = self.dial(target, count);
@@ -183,9 +195,17 @@ fn vip_v4_and_v6_reach_only_the_cluster_endpoints_and_getpeername_shows_the_vip(
     }
     let yaml = config(&[
         listener("vip4", "10.96.0.1", 80, "svc4"),
-        eds_cluster("svc4", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0)]),
+        eds_cluster(
+            "svc4",
+            "ROUND_ROBIN",
+            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0)],
+        ),
         listener("vip6", "fd00:96::1", 80, "svc6"),
-        eds_cluster("svc6", "RANDOM", &[("fd00::2", 8080, 0, 0), ("fd00::3", 8080, 0, 0)]),
+        eds_cluster(
+            "svc6",
+            "RANDOM",
+            &[("fd00::2", 8080, 0, 0), ("fd00::3", 8080, 0, 0)],
+        ),
     ]);
     let mesh = Mesh::start(
         "kn-vip",
@@ -207,12 +227,19 @@ fn vip_v4_and_v6_reach_only_the_cluster_endpoints_and_getpeername_shows_the_vip(
     assert_eq!(r4.backend("a") + r4.backend("b"), 100, "{r4:?}");
     assert_eq!(r4.backend("a"), 50, "round robin alternates: {r4:?}");
     assert_eq!(r4.backend("decoy"), 0);
-    assert_eq!(r4.peer_names.get("10.96.0.1:80"), Some(&100), "getpeername must show the VIP: {r4:?}");
+    assert_eq!(
+        r4.peer_names.get("10.96.0.1:80"),
+        Some(&100),
+        "getpeername must show the VIP: {r4:?}"
+    );
 
     let r6 = mesh.dial("[fd00:96::1]:80", 100);
     assert_eq!(r6.connected, 100, "{r6:?}\n{}", mesh.daemon.logs());
     assert_eq!(r6.backend("a6") + r6.backend("b6"), 100, "{r6:?}");
-    assert!(r6.backend("a6") > 0 && r6.backend("b6") > 0, "random uses both: {r6:?}");
+    assert!(
+        r6.backend("a6") > 0 && r6.backend("b6") > 0,
+        "random uses both: {r6:?}"
+    );
     assert_eq!(r6.peer_names.get("[fd00:96::1]:80"), Some(&100), "{r6:?}");
 
     // The kernel's own counters agree.
@@ -228,7 +255,11 @@ fn vip_v4_and_v6_reach_only_the_cluster_endpoints_and_getpeername_shows_the_vip(
             .map(|c| c["total"].as_u64().unwrap())
             .unwrap_or(0)
     };
-    assert_eq!(total_of("svc4"), 100, "sockops counted established connections: {bpf}");
+    assert_eq!(
+        total_of("svc4"),
+        100,
+        "sockops counted established connections: {bpf}"
+    );
     assert_eq!(total_of("svc6"), 100, "{bpf}");
 }
 
@@ -252,7 +283,10 @@ fn weighted_clusters_split_80_20() {
     let r = mesh.dial("10.96.0.2:80", 1000);
     assert_eq!(r.connected, 1000, "{r:?}");
     let heavy = share(&r, "heavy");
-    assert!((heavy - 0.80).abs() <= 0.05, "80/20 split off by more than 5 points: {r:?}");
+    assert!(
+        (heavy - 0.80).abs() <= 0.05,
+        "80/20 split off by more than 5 points: {r:?}"
+    );
     assert_eq!(r.backend("heavy") + r.backend("light"), 1000);
 }
 
@@ -266,22 +300,39 @@ fn round_robin_is_even_and_honours_endpoint_weights_and_priorities() {
         eds_cluster(
             "even",
             "ROUND_ROBIN",
-            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0), ("127.0.0.4", 8080, 0, 0)],
+            &[
+                ("127.0.0.2", 8080, 0, 0),
+                ("127.0.0.3", 8080, 0, 0),
+                ("127.0.0.4", 8080, 0, 0),
+            ],
         ),
         listener("weighted", "10.96.0.4", 80, "weighted"),
         eds_cluster(
             "weighted",
             "ROUND_ROBIN",
-            &[("127.0.0.2", 8080, 1, 0), ("127.0.0.3", 8080, 2, 0), ("127.0.0.4", 8080, 3, 0)],
+            &[
+                ("127.0.0.2", 8080, 1, 0),
+                ("127.0.0.3", 8080, 2, 0),
+                ("127.0.0.4", 8080, 3, 0),
+            ],
         ),
         // Priority 0 has no endpoint of this family: priority 1 serves.
         listener("failover", "10.96.0.5", 80, "failover"),
-        eds_cluster("failover", "ROUND_ROBIN", &[("fd00::2", 8080, 0, 0), ("127.0.0.4", 8080, 0, 1)]),
+        eds_cluster(
+            "failover",
+            "ROUND_ROBIN",
+            &[("fd00::2", 8080, 0, 0), ("127.0.0.4", 8080, 0, 1)],
+        ),
     ]);
     let mesh = Mesh::start(
         "kn-rr",
         &["fd00::2/128"],
-        &["127.0.0.2:8080=e1", "127.0.0.3:8080=e2", "127.0.0.4:8080=e3", "[fd00::2]:8080=e6"],
+        &[
+            "127.0.0.2:8080=e1",
+            "127.0.0.3:8080=e2",
+            "127.0.0.4:8080=e3",
+            "[fd00::2]:8080=e6",
+        ],
         &yaml,
         &[],
     );
@@ -289,17 +340,27 @@ fn round_robin_is_even_and_honours_endpoint_weights_and_priorities() {
     let r = mesh.dial("10.96.0.3:80", 300);
     assert_eq!(r.connected, 300, "{r:?}");
     for b in ["e1", "e2", "e3"] {
-        assert!(r.backend(b).abs_diff(100) <= 2, "each endpoint gets 1/3 ±2: {r:?}");
+        assert!(
+            r.backend(b).abs_diff(100) <= 2,
+            "each endpoint gets 1/3 ±2: {r:?}"
+        );
     }
 
     let r = mesh.dial("10.96.0.4:80", 600);
     assert_eq!(r.connected, 600, "{r:?}");
     for (b, want) in [("e1", 100), ("e2", 200), ("e3", 300)] {
-        assert!(r.backend(b).abs_diff(want) <= 2, "weights 1:2:3 over 600: {r:?}");
+        assert!(
+            r.backend(b).abs_diff(want) <= 2,
+            "weights 1:2:3 over 600: {r:?}"
+        );
     }
 
     let r = mesh.dial("10.96.0.5:80", 20);
-    assert_eq!(r.backend("e3"), 20, "the lowest priority with IPv4 endpoints serves: {r:?}");
+    assert_eq!(
+        r.backend("e3"),
+        20,
+        "the lowest priority with IPv4 endpoints serves: {r:?}"
+    );
 }
 
 #[test]
@@ -317,7 +378,11 @@ fn destinations_without_a_listener_and_processes_outside_the_cgroup_are_untouche
     for target in ["10.96.0.99:80", "10.96.0.6:81"] {
         let r = mesh.dial(target, 5);
         assert_eq!(r.connected, 0, "{target}: {r:?}");
-        assert_eq!(r.error("ENETUNREACH"), 5, "{target} must stay untouched: {r:?}");
+        assert_eq!(
+            r.error("ENETUNREACH"),
+            5,
+            "{target} must stay untouched: {r:?}"
+        );
     }
     // A direct connection to a backend is not rewritten either.
     let r = mesh.dial("127.0.0.2:8080", 3);
@@ -340,7 +405,13 @@ fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
         listener("vip", "10.96.0.7", 80, "svc"),
         eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
     ]);
-    let mesh = Mesh::start("kn-edit", &[], &["127.0.0.2:8080=old", "127.0.0.3:8080=new"], &v1, &[]);
+    let mesh = Mesh::start(
+        "kn-edit",
+        &[],
+        &["127.0.0.2:8080=old", "127.0.0.3:8080=new"],
+        &v1,
+        &[],
+    );
     assert_eq!(mesh.dial("10.96.0.7:80", 10).backend("old"), 10);
 
     // Move the endpoint.
@@ -349,8 +420,13 @@ fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
         eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.3", 8080, 0, 0)]),
     ]);
     mesh.rewrite(&v2);
-    let took = mesh.dial_until("10.96.0.7:80", 5, Duration::from_secs(5), |r| r.backend("new") == 5);
-    assert!(took < Duration::from_secs(1), "new endpoints must take over within 1 s, took {took:?}");
+    let took = mesh.dial_until("10.96.0.7:80", 5, Duration::from_secs(5), |r| {
+        r.backend("new") == 5
+    });
+    assert!(
+        took < Duration::from_secs(1),
+        "new endpoints must take over within 1 s, took {took:?}"
+    );
 
     // Not YAML at all: reported, old routing stays.
     mesh.rewrite("resources: [ this is : not valid");
@@ -370,15 +446,30 @@ fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
         listener("vip2", "10.96.0.8", 80, "svc"),
     ]);
     mesh.rewrite(&v3);
-    mesh.dial_until("10.96.0.8:80", 3, Duration::from_secs(5), |r| r.backend("new") == 3);
-    assert_eq!(mesh.dial("10.96.0.7:80", 10).backend("new"), 10, "the bad cluster must not apply");
+    mesh.dial_until("10.96.0.8:80", 3, Duration::from_secs(5), |r| {
+        r.backend("new") == 3
+    });
+    assert_eq!(
+        mesh.dial("10.96.0.7:80", 10).backend("new"),
+        10,
+        "the bad cluster must not apply"
+    );
     let dump = mesh.daemon.config_dump();
     assert_eq!(dump["last_update"]["status"], "APPLIED", "{dump}");
     let rejected = dump["last_update"]["rejected"].to_string();
-    assert!(rejected.contains("svc") && rejected.contains("weight"), "{dump}");
+    assert!(
+        rejected.contains("svc") && rejected.contains("weight"),
+        "{dump}"
+    );
     let logs = mesh.daemon.logs();
-    assert!(logs.contains("invalid xDS file"), "the parse error is logged:\n{logs}");
-    assert!(logs.contains("resource rejected"), "the rejection is logged:\n{logs}");
+    assert!(
+        logs.contains("invalid xDS file"),
+        "the parse error is logged:\n{logs}"
+    );
+    assert!(
+        logs.contains("resource rejected"),
+        "the rejection is logged:\n{logs}"
+    );
 }
 
 #[test]
@@ -413,25 +504,47 @@ fn a_config_over_capacity_is_rejected_whole() {
         let dump = mesh.daemon.config_dump();
         if dump["last_update"]["status"] == "REFUSED" {
             let error = dump["last_update"]["error"].as_str().unwrap_or_default();
-            assert!(error.contains("max-clusters"), "the error names the capacity: {dump}");
+            assert!(
+                error.contains("max-clusters"),
+                "the error names the capacity: {dump}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "over-capacity config not refused: {dump}");
+        assert!(
+            Instant::now() < deadline,
+            "over-capacity config not refused: {dump}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(mesh.dial("10.96.0.9:80", 5).backend("first"), 5, "the previous config still routes");
+    assert_eq!(
+        mesh.dial("10.96.0.9:80", 5).backend("first"),
+        5,
+        "the previous config still routes"
+    );
 }
 
 /// Program IDs attached to a cgroup, from bpftool.
 fn attached_prog_ids(cgroup: &Path) -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).output().unwrap();
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return vec![];
     }
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
 }
 
 fn prog_exists(id: u64) -> bool {
@@ -453,16 +566,30 @@ fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
     ]);
     let mut mesh = Mesh::start("kn-uninstall", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
     let ids = attached_prog_ids(mesh.cgroup.path());
-    assert_eq!(ids.len(), 5, "connect4/6, getpeername4/6, sockops attached: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        5,
+        "connect4/6, getpeername4/6, sockops attached: {ids:?}"
+    );
     let pins = mesh.bpffs.path().join("kmesh");
     assert!(pins.exists());
 
     // SIGTERM: a clean exit detaches everything and removes the pins.
     let status = mesh.daemon.stop().unwrap();
-    assert!(status.success(), "exit status {status}\n{}", mesh.daemon.logs());
+    assert!(
+        status.success(),
+        "exit status {status}\n{}",
+        mesh.daemon.logs()
+    );
     assert!(attached_prog_ids(mesh.cgroup.path()).is_empty());
-    assert!(!pins.join("kernel_native").exists(), "pins left after SIGTERM");
-    assert!(ids.iter().all(|id| !prog_exists(*id)), "programs left loaded after SIGTERM");
+    assert!(
+        !pins.join("kernel_native").exists(),
+        "pins left after SIGTERM"
+    );
+    assert!(
+        ids.iter().all(|id| !prog_exists(*id)),
+        "programs left loaded after SIGTERM"
+    );
 
     // A daemon killed outright leaves its pinned links: traffic keeps flowing
     // (state outlives the daemon) until `uninstall` removes it all.
@@ -471,14 +598,40 @@ fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
     let ids = attached_prog_ids(mesh.cgroup.path());
     assert_eq!(ids.len(), 5);
     let pid = daemon.pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     daemon.stop();
-    assert_eq!(mesh.dial("10.96.0.10:80", 3).backend("svc"), 3, "pinned programs keep steering");
+    assert_eq!(
+        mesh.dial("10.96.0.10:80", 3).backend("svc"),
+        3,
+        "pinned programs keep steering"
+    );
 
     let out = daemon.uninstall();
-    assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(attached_prog_ids(mesh.cgroup.path()).is_empty(), "links left after uninstall");
-    assert!(!pins.exists(), "pins left after uninstall: {:?}", fs::read_dir(&pins).map(|d| d.count()));
-    assert!(ids.iter().all(|id| !prog_exists(*id)), "programs left loaded after uninstall");
-    assert_eq!(mesh.dial("10.96.0.10:80", 3).error("ENETUNREACH"), 3, "nothing steers any more");
+    assert!(
+        out.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        attached_prog_ids(mesh.cgroup.path()).is_empty(),
+        "links left after uninstall"
+    );
+    assert!(
+        !pins.exists(),
+        "pins left after uninstall: {:?}",
+        fs::read_dir(&pins).map(|d| d.count())
+    );
+    assert!(
+        ids.iter().all(|id| !prog_exists(*id)),
+        "programs left loaded after uninstall"
+    );
+    assert_eq!(
+        mesh.dial("10.96.0.10:80", 3).error("ENETUNREACH"),
+        3,
+        "nothing steers any more"
+    );
 }

@@ -94,7 +94,12 @@ impl KernelNativeRunner {
     }
 
     fn publish_dump(&self) {
-        let dump = dump::build(&self.source, self.version, self.last.as_ref(), self.state.plan());
+        let dump = dump::build(
+            &self.source,
+            self.version,
+            self.last.as_ref(),
+            self.state.plan(),
+        );
         match serde_json::to_value(&dump) {
             Ok(v) => self.admin.set_kernel_native_dump(v),
             Err(e) => tracing::error!(error = %e, "building the config dump"),
@@ -110,7 +115,10 @@ impl KernelNativeRunner {
                 .filter_map(|m| m.action.as_ref())
                 .chain(listener.default_action.as_ref())
                 .collect();
-            let http_only = !actions.is_empty() && actions.iter().all(|a| matches!(a, FilterAction::Http { .. }));
+            let http_only = !actions.is_empty()
+                && actions
+                    .iter()
+                    .all(|a| matches!(a, FilterAction::Http { .. }));
             if http_only && self.warned_http_only.insert(listener.name.clone()) {
                 tracing::warn!(
                     listener = %listener.name,

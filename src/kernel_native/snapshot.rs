@@ -46,7 +46,10 @@ fn rejected_suffix(rejected: &[ResourceError]) -> String {
     if rejected.is_empty() {
         String::new()
     } else {
-        format!(" (and {} resource(s) rejected individually)", rejected.len())
+        format!(
+            " (and {} resource(s) rejected individually)",
+            rejected.len()
+        )
     }
 }
 
@@ -119,7 +122,9 @@ fn collect(snapshot: &[Any]) -> (Resources, Vec<ResourceError>, Vec<String>) {
                 continue;
             }
             Err(DecodeError::UnknownType(type_url)) => {
-                unsupported.push(format!("resources[{i}]: {type_url} is not used by kernel-native mode"));
+                unsupported.push(format!(
+                    "resources[{i}]: {type_url} is not used by kernel-native mode"
+                ));
                 continue;
             }
         };
@@ -127,7 +132,9 @@ fn collect(snapshot: &[Any]) -> (Resources, Vec<ResourceError>, Vec<String>) {
         let duplicate = match resource {
             Resource::Listener(l) => out.listeners.insert(name.clone(), *l).is_some(),
             Resource::Cluster(c) => out.clusters.insert(name.clone(), *c).is_some(),
-            Resource::ClusterLoadAssignment(c) => out.load_assignments.insert(name.clone(), *c).is_some(),
+            Resource::ClusterLoadAssignment(c) => {
+                out.load_assignments.insert(name.clone(), *c).is_some()
+            }
             Resource::RouteConfiguration(r) => out.route_configs.insert(name.clone(), *r).is_some(),
         };
         if duplicate {
@@ -142,7 +149,12 @@ fn collect(snapshot: &[Any]) -> (Resources, Vec<ResourceError>, Vec<String>) {
     (out, rejected, unsupported)
 }
 
-fn replace_with_accepted(candidate: &mut Resources, accepted: &Resources, kind: ResourceKind, name: &str) {
+fn replace_with_accepted(
+    candidate: &mut Resources,
+    accepted: &Resources,
+    kind: ResourceKind,
+    name: &str,
+) {
     fn swap<T: Clone>(
         to: &mut std::collections::BTreeMap<String, T>,
         from: &std::collections::BTreeMap<String, T>,
@@ -160,10 +172,14 @@ fn replace_with_accepted(candidate: &mut Resources, accepted: &Resources, kind: 
     match kind {
         ResourceKind::Listener => swap(&mut candidate.listeners, &accepted.listeners, name),
         ResourceKind::Cluster => swap(&mut candidate.clusters, &accepted.clusters, name),
-        ResourceKind::ClusterLoadAssignment => {
-            swap(&mut candidate.load_assignments, &accepted.load_assignments, name)
+        ResourceKind::ClusterLoadAssignment => swap(
+            &mut candidate.load_assignments,
+            &accepted.load_assignments,
+            name,
+        ),
+        ResourceKind::RouteConfiguration => {
+            swap(&mut candidate.route_configs, &accepted.route_configs, name)
         }
-        ResourceKind::RouteConfiguration => swap(&mut candidate.route_configs, &accepted.route_configs, name),
     }
 }
 
