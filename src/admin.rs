@@ -59,6 +59,7 @@ pub fn version_info() -> serde_json::Value {
     serde_json::json!({
         "name": "kmesh",
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
     })
 }
 

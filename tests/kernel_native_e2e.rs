@@ -149,6 +149,22 @@ impl Mesh {
         }
     }
 
+    /// The config dump once it reports at least `version` applied configurations.
+    fn wait_dump_version(&self, version: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let dump = self.daemon.config_dump();
+            if dump["version"].as_u64().unwrap_or(0) >= version {
+                return dump;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dump never reached version {version}: {dump}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn dial(&self, target: &str, count: u32) -> DialReport {
         dial(&self.netns, Some(&self.cgroup), target, count)
     }
@@ -454,7 +470,8 @@ fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
         10,
         "the bad cluster must not apply"
     );
-    let dump = mesh.daemon.config_dump();
+    // The maps are written before the dump is refreshed: wait for the dump.
+    let dump = mesh.wait_dump_version(3);
     assert_eq!(dump["last_update"]["status"], "APPLIED", "{dump}");
     let rejected = dump["last_update"]["rejected"].to_string();
     assert!(
@@ -634,4 +651,169 @@ fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
         3,
         "nothing steers any more"
     );
+}
+
+/// The shape Istiod sends for a TCP service: listener filters, an mTLS
+/// transport socket, stats filters wrapped in TypedStruct, circuit breakers.
+/// None of it changes the connect-time decision: it must be accepted, routed,
+/// and listed as ignored.
+#[test]
+fn an_istio_shaped_config_is_accepted_routed_and_its_extras_listed_as_ignored() {
+    if !require_root() {
+        return;
+    }
+    let cluster = "outbound|3306||mysql.default.svc.cluster.local";
+    let yaml = format!(
+        r#"version_info: "2026-11-22T00:00:00Z/42"
+resources:
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: 10.96.0.11_3306
+  address: {{ socket_address: {{ address: 10.96.0.11, port_value: 3306 }} }}
+  bind_to_port: false
+  traffic_direction: OUTBOUND
+  listener_filters:
+  - name: envoy.filters.listener.tls_inspector
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+  filter_chains:
+  - filters:
+    - name: istio.stats
+      typed_config:
+        "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+        type_url: type.googleapis.com/stats.PluginConfig
+        value: {{ disable_host_header_fallback: true }}
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: "{cluster}"
+        cluster: "{cluster}"
+        idle_timeout: 3600s
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: "{cluster}"
+  type: EDS
+  eds_cluster_config:
+    service_name: "{cluster}"
+    eds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  connect_timeout: 10s
+  lb_policy: LEAST_REQUEST
+  circuit_breakers:
+    thresholds:
+    - {{ max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295 }}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      common_tls_context:
+        alpn_protocols: [istio-peer-exchange, istio]
+      sni: "{cluster}"
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: "{cluster}"
+  endpoints:
+  - locality: {{ region: r1, zone: z1 }}
+    lb_endpoints:
+    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.2, port_value: 3306 }} }} }}
+      health_status: HEALTHY
+      load_balancing_weight: 1
+    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.3, port_value: 3306 }} }} }}
+      health_status: UNHEALTHY
+      load_balancing_weight: 1
+    load_balancing_weight: 2
+"#
+    );
+    let mesh = Mesh::start(
+        "kn-istio",
+        &[],
+        &["127.0.0.2:3306=healthy", "127.0.0.3:3306=unhealthy"],
+        &yaml,
+        &[],
+    );
+    let r = mesh.dial("10.96.0.11:3306", 20);
+    assert_eq!(
+        r.backend("healthy"),
+        20,
+        "unhealthy endpoints are not used: {r:?}"
+    );
+
+    let dump = mesh.daemon.config_dump();
+    assert_eq!(dump["last_update"]["status"], "APPLIED", "{dump}");
+    assert_eq!(
+        dump["last_update"]["rejected"],
+        serde_json::json!([]),
+        "nothing rejected: {dump}"
+    );
+    let ignored = dump.to_string();
+    for extra in [
+        "listener_filters",
+        "transport_socket",
+        "circuit_breakers",
+        "LEAST_REQUEST",
+        "istio.stats",
+    ] {
+        assert!(
+            ignored.contains(extra),
+            "{extra} should be listed as ignored: {dump}"
+        );
+    }
+}
+
+#[test]
+fn kmeshctl_shows_version_and_both_dumps() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("vip", "10.96.0.12", 80, "svc"),
+        eds_cluster("svc", "RANDOM", &[("127.0.0.2", 8080, 7, 0)]),
+    ]);
+    let mesh = Mesh::start("kn-ctl", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kmeshctl"))
+            .args(["--admin-address", &mesh.daemon.admin_addr().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kmeshctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = ctl(&["version"]);
+    assert!(
+        version.contains("kmeshctl 0.") && version.contains("\"version\""),
+        "{version}"
+    );
+
+    let compiled: serde_json::Value =
+        serde_json::from_str(&ctl(&["dump", "kernel-native"])).unwrap();
+    assert_eq!(
+        compiled["listeners"][0]["address"], "10.96.0.12:80",
+        "{compiled}"
+    );
+    assert_eq!(
+        compiled["clusters"]["svc"]["lb_policy"], "RANDOM",
+        "{compiled}"
+    );
+
+    let bpf: serde_json::Value =
+        serde_json::from_str(&ctl(&["dump", "kernel-native", "--bpf"])).unwrap();
+    let records = bpf["clusters"][0]["records"].to_string();
+    assert!(
+        records.contains("127.0.0.2") && records.contains("\"cumulative_weight\":7"),
+        "{bpf}"
+    );
+
+    // A daemon that is not there: a clear error, non-zero exit.
+    let out = Command::new(env!("CARGO_BIN_EXE_kmeshctl"))
+        .args([
+            "--admin-address",
+            &format!("127.0.0.1:{}", free_port()),
+            "dump",
+            "kernel-native",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is kmesh-daemon running"));
 }

@@ -58,13 +58,10 @@ impl KernelNativeRunner {
             Ok(write) => {
                 self.warn_http_only(&staged.plan);
                 self.version += 1;
-                tracing::info!(
-                    version = self.version,
-                    listeners = staged.plan.listeners.len(),
-                    clusters = staged.plan.clusters.len(),
-                    rejected = staged.rejected.len(),
-                    ?write,
-                    "configuration applied"
+                let (listeners, clusters, rejected) = (
+                    staged.plan.listeners.len(),
+                    staged.plan.clusters.len(),
+                    staged.rejected.len(),
                 );
                 self.last = Some(LastUpdate::Applied {
                     at_unix_ms: dump::now_unix_ms(),
@@ -73,6 +70,14 @@ impl KernelNativeRunner {
                 });
                 self.state.commit(staged);
                 self.publish_dump();
+                tracing::info!(
+                    version = self.version,
+                    listeners,
+                    clusters,
+                    rejected,
+                    ?write,
+                    "configuration applied"
+                );
                 self.admin.set_ready();
                 true
             }
