@@ -1,5 +1,7 @@
 //! kmesh-daemon: subscribes to xDS, compiles it into eBPF maps.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -9,9 +11,11 @@ fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", config.log_level))?;
+    // Colours only for a terminal: logs in files and pipes stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -23,10 +23,9 @@ pub enum WriteError {
         #[source]
         source: libbpf_rs::Error,
     },
-    #[error("writing record {index} of {what}: {source}")]
-    Record {
+    #[error("writing the records of {what}: {source}")]
+    Records {
         what: String,
-        index: u32,
         #[source]
         source: libbpf_rs::Error,
     },
@@ -72,73 +71,82 @@ impl MapWriter {
     }
 
     /// Bring the maps to `plan`. Clusters go in before the listeners that may
-    /// name them; removals come last. On error, what was written stays
-    /// consistent per resource and the next apply retries the rest.
+    /// name them; removals come last. Each outer map is updated with one batch
+    /// call: the kernel waits for an RCU grace period after every update of a
+    /// map-in-map (milliseconds), so per-entry updates would make a large push
+    /// take seconds. On error the next apply rewrites what is not known to be in.
     pub fn apply(&mut self, plan: &Plan) -> Result<WriteStats, WriteError> {
         let mut stats = WriteStats::default();
-        for (name, cluster) in &plan.clusters {
-            if self.clusters.get(name) == Some(cluster) {
-                continue;
-            }
+
+        let clusters: Vec<(&String, &CompiledCluster)> = plan
+            .clusters
+            .iter()
+            .filter(|(name, c)| self.clusters.get(*name) != Some(*c))
+            .collect();
+        let mut staged = Vec::with_capacity(clusters.len());
+        for (name, cluster) in &clusters {
             let what = format!("cluster {name:?}");
-            publish(
-                &self.maps.clusters,
-                "kn_clusters",
-                &records::name_key(name),
+            let inner = build_inner(
                 &what,
                 records::CLUSTER_RECORD_SIZE,
                 &records::cluster_records(cluster),
             )?;
-            // A cluster whose contents changed keeps its connection counter.
-            self.clusters.insert(name.clone(), cluster.clone());
-            stats.clusters_written += 1;
+            staged.push((records::name_key(name), inner));
         }
-        for (key, listener) in &plan.listeners {
-            if self.listeners.get(key) == Some(listener) {
-                continue;
-            }
+        publish_all(&self.maps.clusters, "kn_clusters", &staged)?;
+        for (name, cluster) in clusters {
+            self.clusters.insert(name.clone(), cluster.clone());
+        }
+        stats.clusters_written = staged.len();
+
+        let listeners: Vec<(&ListenerKey, &CompiledListener)> = plan
+            .listeners
+            .iter()
+            .filter(|(key, l)| self.listeners.get(*key) != Some(*l))
+            .collect();
+        let mut staged = Vec::with_capacity(listeners.len());
+        for (key, listener) in &listeners {
             let what = format!("listener {:?} at {}", listener.name, display_key(key));
-            publish(
-                &self.maps.listeners,
-                "kn_listeners",
-                &records::listener_key(key),
+            let inner = build_inner(
                 &what,
                 records::LISTENER_RECORD_SIZE,
                 &records::listener_records(listener),
             )?;
-            self.listeners.insert(*key, listener.clone());
-            stats.listeners_written += 1;
+            staged.push((records::listener_key(key), inner));
         }
+        publish_all(&self.maps.listeners, "kn_listeners", &staged)?;
+        for (key, listener) in listeners {
+            self.listeners.insert(*key, listener.clone());
+        }
+        stats.listeners_written = staged.len();
+
         let gone: Vec<ListenerKey> = self
             .listeners
             .keys()
             .filter(|k| !plan.listeners.contains_key(k))
             .copied()
             .collect();
-        for key in gone {
-            remove(
-                &self.maps.listeners,
-                "kn_listeners",
-                &records::listener_key(&key),
-                &display_key(&key),
-            )?;
-            self.listeners.remove(&key);
-            stats.listeners_removed += 1;
+        let keys: Vec<Vec<u8>> = gone.iter().map(records::listener_key).collect();
+        remove_all(&self.maps.listeners, "kn_listeners", &keys)?;
+        for key in &gone {
+            self.listeners.remove(key);
         }
+        stats.listeners_removed = gone.len();
+
         let gone: Vec<String> = self
             .clusters
             .keys()
             .filter(|k| !plan.clusters.contains_key(*k))
             .cloned()
             .collect();
-        for name in gone {
-            let key = records::name_key(&name);
-            remove(&self.maps.clusters, "kn_clusters", &key, &name)?;
+        let keys: Vec<Vec<u8>> = gone.iter().map(|n| records::name_key(n)).collect();
+        remove_all(&self.maps.clusters, "kn_clusters", &keys)?;
+        for (name, key) in gone.iter().zip(&keys) {
             // Its connection counter goes with it; a missing one is fine.
-            let _ = self.maps.cluster_conns.delete(&key);
-            self.clusters.remove(&name);
-            stats.clusters_removed += 1;
+            let _ = self.maps.cluster_conns.delete(key);
+            self.clusters.remove(name);
         }
+        stats.clusters_removed = gone.len();
         Ok(stats)
     }
 }
@@ -147,15 +155,12 @@ fn display_key(key: &ListenerKey) -> String {
     std::net::SocketAddr::new(key.addr, key.port).to_string()
 }
 
-/// Fill a fresh inner map with `recs` and swap it into `outer` under `key`.
-fn publish(
-    outer: &MapHandle,
-    map: &'static str,
-    key: &[u8],
+/// A fresh inner map holding `recs` (not yet visible to the kernel programs).
+fn build_inner(
     what: &str,
     record_size: usize,
     recs: &[(u32, Vec<u8>)],
-) -> Result<(), WriteError> {
+) -> Result<MapHandle, WriteError> {
     let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
         sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
         ..Default::default()
@@ -172,34 +177,82 @@ fn publish(
         what: what.to_string(),
         source,
     })?;
-    for (index, value) in recs {
-        inner
-            .update(&index.to_ne_bytes(), value, MapFlags::ANY)
-            .map_err(|source| WriteError::Record {
-                what: what.to_string(),
-                index: *index,
-                source,
-            })?;
+    if recs.is_empty() {
+        return Ok(inner);
     }
-    let fd = inner.as_fd().as_raw_fd() as u32;
-    outer
-        .update(key, &fd.to_ne_bytes(), MapFlags::ANY)
-        .map_err(|source| WriteError::Publish {
+    let keys: Vec<u8> = recs.iter().flat_map(|(i, _)| i.to_ne_bytes()).collect();
+    let values: Vec<u8> = recs.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    inner
+        .update_batch(
+            &keys,
+            &values,
+            recs.len() as u32,
+            MapFlags::ANY,
+            MapFlags::ANY,
+        )
+        .map_err(|source| WriteError::Records {
             what: what.to_string(),
+            source,
+        })?;
+    Ok(inner)
+}
+
+/// Swap every staged inner map into `outer` with one batch update. Each entry
+/// changes atomically for a connect; the kernel frees replaced inner maps.
+fn publish_all(
+    outer: &MapHandle,
+    map: &'static str,
+    staged: &[(Vec<u8>, MapHandle)],
+) -> Result<(), WriteError> {
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<u8> = staged.iter().flat_map(|(k, _)| k.iter().copied()).collect();
+    let values: Vec<u8> = staged
+        .iter()
+        .flat_map(|(_, inner)| (inner.as_fd().as_raw_fd() as u32).to_ne_bytes())
+        .collect();
+    outer
+        .update_batch(
+            &keys,
+            &values,
+            staged.len() as u32,
+            MapFlags::ANY,
+            MapFlags::ANY,
+        )
+        .map_err(|source| WriteError::Publish {
+            what: format!("{} entries", staged.len()),
             map,
             source,
         })
-    // `inner` is closed here; the outer map holds the only reference now.
+    // The staged handles close when the caller drops them; the outer map holds the maps now.
 }
 
-fn remove(outer: &MapHandle, map: &'static str, key: &[u8], what: &str) -> Result<(), WriteError> {
-    match outer.delete(key) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(WriteError::Remove {
-            what: what.to_string(),
-            map,
-            source,
-        }),
+/// Delete keys from an outer map in one batch; falls back to one by one when
+/// the batch stops (a key already gone stops a batch delete).
+fn remove_all(outer: &MapHandle, map: &'static str, keys: &[Vec<u8>]) -> Result<(), WriteError> {
+    if keys.is_empty() {
+        return Ok(());
     }
+    let flat: Vec<u8> = keys.iter().flat_map(|k| k.iter().copied()).collect();
+    if outer
+        .delete_batch(&flat, keys.len() as u32, MapFlags::ANY, MapFlags::ANY)
+        .is_ok()
+    {
+        return Ok(());
+    }
+    for key in keys {
+        match outer.delete(key) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(WriteError::Remove {
+                    what: format!("{} entries", keys.len()),
+                    map,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
