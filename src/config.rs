@@ -35,11 +35,11 @@ pub struct Config {
     pub xds_address: Option<String>,
 
     /// Root of the BPF filesystem; pins live under `<path>/kmesh/`.
-    #[arg(long, default_value = "/sys/fs/bpf")]
+    #[arg(long, global = true, default_value = "/sys/fs/bpf")]
     pub bpf_fs_path: PathBuf,
 
     /// cgroup2 directory whose processes are managed (mounted as cgroup2 if it is not one).
-    #[arg(long = "cgroup2-path", default_value = "/mnt/kmesh_cgroup2")]
+    #[arg(long = "cgroup2-path", global = true, default_value = "/mnt/kmesh_cgroup2")]
     pub cgroup2_path: PathBuf,
 
     /// Admin HTTP endpoint (config dumps, readiness). Keep it on loopback.
@@ -47,7 +47,7 @@ pub struct Config {
     pub admin_address: SocketAddr,
 
     /// Log filter: a level (`info`) or tracing directives (`kmesh=debug,info`).
-    #[arg(long, default_value = "info", env = "KMESH_LOG_LEVEL")]
+    #[arg(long, global = true, default_value = "info", env = "KMESH_LOG_LEVEL")]
     pub log_level: String,
 
     /// Capacity of the listener map (listener addresses, including additional addresses).

@@ -160,6 +160,10 @@ impl KernelNativeBpf {
             }
         }
         mounts::remove_pins(&self.pin_dir)?;
+        if let Some(root) = self.pin_dir.parent() {
+            // Only if empty: other modes may keep pins there.
+            let _ = fs::remove_dir(root);
+        }
         tracing::info!(pins = %self.pin_dir.display(), "kernel-native programs detached, pins removed");
         Ok(())
     }

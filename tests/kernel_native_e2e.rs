@@ -1,0 +1,484 @@
+//! Kernel-native mode end to end: the real daemon binary, real eBPF programs
+//! in a per-test cgroup, backends and the client inside a per-test netns
+//! (only `lo` up, so a connect that is not steered fails with ENETUNREACH and
+//! nothing leaves the machine).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const READY: Duration = Duration::from_secs(20);
+
+// ---- xDS file builders (Envoy proto3 JSON, as users write it) ----
+
+fn listener(name: &str, addr: &str, port: u16, cluster: &str) -> String {
+    format!(
+        r#"
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: "{name}"
+  address: {{ socket_address: {{ address: "{addr}", port_value: {port} }} }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: "{name}"
+        cluster: "{cluster}""#
+    )
+}
+
+fn weighted_listener(name: &str, addr: &str, port: u16, clusters: &[(&str, u32)]) -> String {
+    let entries: String = clusters
+        .iter()
+        .map(|(c, w)| format!("\n          - {{ name: \"{c}\", weight: {w} }}"))
+        .collect();
+    format!(
+        r#"
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: "{name}"
+  address: {{ socket_address: {{ address: "{addr}", port_value: {port} }} }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: "{name}"
+        weighted_clusters:
+          clusters:{entries}"#
+    )
+}
+
+/// `(address, port, weight, priority)`; weight 0 means "not given".
+type Ep<'a> = (&'a str, u16, u32, u32);
+
+fn lb_endpoints(endpoints: &[Ep]) -> String {
+    let mut out = String::new();
+    let mut priorities: Vec<u32> = endpoints.iter().map(|e| e.3).collect();
+    priorities.sort();
+    priorities.dedup();
+    for p in priorities {
+        out.push_str(&format!("\n  - priority: {p}\n    lb_endpoints:"));
+        for (addr, port, weight, _) in endpoints.iter().filter(|e| e.3 == p) {
+            out.push_str(&format!(
+                "\n    - endpoint: {{ address: {{ socket_address: {{ address: \"{addr}\", port_value: {port} }} }} }}"
+            ));
+            if *weight > 0 {
+                out.push_str(&format!("\n      load_balancing_weight: {weight}"));
+            }
+        }
+    }
+    out
+}
+
+fn eds_cluster(name: &str, lb: &str, endpoints: &[Ep]) -> String {
+    format!(
+        r#"
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: "{name}"
+  type: EDS
+  eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }}
+  lb_policy: {lb}
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: "{name}"
+  endpoints:{}"#,
+        lb_endpoints(endpoints)
+    )
+}
+
+fn static_cluster(name: &str, endpoints: &[Ep]) -> String {
+    format!(
+        r#"
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: "{name}"
+  type: STATIC
+  lb_policy: ROUND_ROBIN
+  load_assignment:
+    cluster_name: "{name}"
+    endpoints:{}"#,
+        lb_endpoints(endpoints).replace("\n", "\n  ")
+    )
+}
+
+fn config(parts: &[String]) -> String {
+    format!("resources:{}\n", parts.concat())
+}
+
+/// Everything one test needs: netns with backends, cgroup, bpffs dir, daemon.
+struct Mesh {
+    // Field order = drop order: daemon first, then backends, then the rest.
+    daemon: Daemon,
+    _backends: Backends,
+    cgroup: Cgroup,
+    netns: NetNs,
+    bpffs: BpfFsDir,
+    xds: tempfile::NamedTempFile,
+}
+
+impl Mesh {
+    fn start(prefix: &str, v6_addrs: &[&str], backends: &[&str], yaml: &str, extra: &[&str]) -> Mesh {
+        let netns = NetNs::new(prefix);
+        for a in v6_addrs {
+            netns.add_addr(a);
+        }
+        let backends = Backends::start(Some(&netns), backends);
+        let cgroup = Cgroup::new(prefix);
+        let bpffs = BpfFsDir::new(prefix);
+        let xds = temp_file(".yaml", yaml);
+        let mut daemon = Daemon::start_with_args(xds.path(), &bpffs, &cgroup, extra);
+        daemon.wait_ready(READY);
+        Mesh {
+            daemon,
+            _backends: backends,
+            cgroup,
+            netns,
+            bpffs,
+            xds,
+        }
+    }
+
+    fn dial(&self, target: &str, count: u32) -> DialReport {
+        dial(&self.netns, Some(&self.cgroup), target, count)
+    }
+
+    /// Replace the xDS file atomically (write + rename, as editors do).
+    fn rewrite(&self, yaml: &str) {
+        let tmp = self.xds.path().with_extension("new");
+        fs::write(&tmp, yaml).unwrap();
+        fs::rename(&tmp, self.xds.path()).unwrap();
+    }
+
+    /// Dial until `pred` holds for a report of `count` connections, or time out.
+    fn dial_until(&self, target: &str, count: u32, within: Duration, pred: impl Fn(&DialReport) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            let report = self.dial(target, count);
+            if pred(&report) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "condition not reached within {within:?}; last report {report:?}\nlog:\n{}",
+                self.daemon.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn share(report: &DialReport, backend: &str) -> f64 {
+    report.backend(backend) as f64 / report.connected.max(1) as f64
+}
+
+#[test]
+fn vip_v4_and_v6_reach_only_the_cluster_endpoints_and_getpeername_shows_the_vip() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("vip4", "10.96.0.1", 80, "svc4"),
+        eds_cluster("svc4", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0)]),
+        listener("vip6", "fd00:96::1", 80, "svc6"),
+        eds_cluster("svc6", "RANDOM", &[("fd00::2", 8080, 0, 0), ("fd00::3", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start(
+        "kn-vip",
+        &["fd00::2/128", "fd00::3/128", "fd00::9/128"],
+        &[
+            "127.0.0.2:8080=a",
+            "127.0.0.3:8080=b",
+            "127.0.0.9:8080=decoy",
+            "[fd00::2]:8080=a6",
+            "[fd00::3]:8080=b6",
+            "[fd00::9]:8080=decoy6",
+        ],
+        &yaml,
+        &[],
+    );
+
+    let r4 = mesh.dial("10.96.0.1:80", 100);
+    assert_eq!(r4.connected, 100, "{r4:?}\n{}", mesh.daemon.logs());
+    assert_eq!(r4.backend("a") + r4.backend("b"), 100, "{r4:?}");
+    assert_eq!(r4.backend("a"), 50, "round robin alternates: {r4:?}");
+    assert_eq!(r4.backend("decoy"), 0);
+    assert_eq!(r4.peer_names.get("10.96.0.1:80"), Some(&100), "getpeername must show the VIP: {r4:?}");
+
+    let r6 = mesh.dial("[fd00:96::1]:80", 100);
+    assert_eq!(r6.connected, 100, "{r6:?}\n{}", mesh.daemon.logs());
+    assert_eq!(r6.backend("a6") + r6.backend("b6"), 100, "{r6:?}");
+    assert!(r6.backend("a6") > 0 && r6.backend("b6") > 0, "random uses both: {r6:?}");
+    assert_eq!(r6.peer_names.get("[fd00:96::1]:80"), Some(&100), "{r6:?}");
+
+    // The kernel's own counters agree.
+    let (status, body) = mesh.daemon.get("/debug/config_dump/bpf/kernel-native");
+    assert_eq!(status, 200, "{body}");
+    let bpf: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(bpf["stats"]["redirected"].as_u64().unwrap() >= 200, "{bpf}");
+    let conns = bpf["cluster_connections"].as_array().unwrap();
+    let total_of = |name: &str| {
+        conns
+            .iter()
+            .find(|c| c["cluster"] == name)
+            .map(|c| c["total"].as_u64().unwrap())
+            .unwrap_or(0)
+    };
+    assert_eq!(total_of("svc4"), 100, "sockops counted established connections: {bpf}");
+    assert_eq!(total_of("svc6"), 100, "{bpf}");
+}
+
+#[test]
+fn weighted_clusters_split_80_20() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        weighted_listener("split", "10.96.0.2", 80, &[("heavy", 80), ("light", 20)]),
+        static_cluster("heavy", &[("127.0.0.2", 8080, 0, 0)]),
+        static_cluster("light", &[("127.0.0.3", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start(
+        "kn-weighted",
+        &[],
+        &["127.0.0.2:8080=heavy", "127.0.0.3:8080=light"],
+        &yaml,
+        &[],
+    );
+    let r = mesh.dial("10.96.0.2:80", 1000);
+    assert_eq!(r.connected, 1000, "{r:?}");
+    let heavy = share(&r, "heavy");
+    assert!((heavy - 0.80).abs() <= 0.05, "80/20 split off by more than 5 points: {r:?}");
+    assert_eq!(r.backend("heavy") + r.backend("light"), 1000);
+}
+
+#[test]
+fn round_robin_is_even_and_honours_endpoint_weights_and_priorities() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("even", "10.96.0.3", 80, "even"),
+        eds_cluster(
+            "even",
+            "ROUND_ROBIN",
+            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0), ("127.0.0.4", 8080, 0, 0)],
+        ),
+        listener("weighted", "10.96.0.4", 80, "weighted"),
+        eds_cluster(
+            "weighted",
+            "ROUND_ROBIN",
+            &[("127.0.0.2", 8080, 1, 0), ("127.0.0.3", 8080, 2, 0), ("127.0.0.4", 8080, 3, 0)],
+        ),
+        // Priority 0 has no endpoint of this family: priority 1 serves.
+        listener("failover", "10.96.0.5", 80, "failover"),
+        eds_cluster("failover", "ROUND_ROBIN", &[("fd00::2", 8080, 0, 0), ("127.0.0.4", 8080, 0, 1)]),
+    ]);
+    let mesh = Mesh::start(
+        "kn-rr",
+        &["fd00::2/128"],
+        &["127.0.0.2:8080=e1", "127.0.0.3:8080=e2", "127.0.0.4:8080=e3", "[fd00::2]:8080=e6"],
+        &yaml,
+        &[],
+    );
+
+    let r = mesh.dial("10.96.0.3:80", 300);
+    assert_eq!(r.connected, 300, "{r:?}");
+    for b in ["e1", "e2", "e3"] {
+        assert!(r.backend(b).abs_diff(100) <= 2, "each endpoint gets 1/3 ±2: {r:?}");
+    }
+
+    let r = mesh.dial("10.96.0.4:80", 600);
+    assert_eq!(r.connected, 600, "{r:?}");
+    for (b, want) in [("e1", 100), ("e2", 200), ("e3", 300)] {
+        assert!(r.backend(b).abs_diff(want) <= 2, "weights 1:2:3 over 600: {r:?}");
+    }
+
+    let r = mesh.dial("10.96.0.5:80", 20);
+    assert_eq!(r.backend("e3"), 20, "the lowest priority with IPv4 endpoints serves: {r:?}");
+}
+
+#[test]
+fn destinations_without_a_listener_and_processes_outside_the_cgroup_are_untouched() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("vip", "10.96.0.6", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start("kn-untouched", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
+
+    // No listener for that address, nor for that port of the VIP.
+    for target in ["10.96.0.99:80", "10.96.0.6:81"] {
+        let r = mesh.dial(target, 5);
+        assert_eq!(r.connected, 0, "{target}: {r:?}");
+        assert_eq!(r.error("ENETUNREACH"), 5, "{target} must stay untouched: {r:?}");
+    }
+    // A direct connection to a backend is not rewritten either.
+    let r = mesh.dial("127.0.0.2:8080", 3);
+    assert_eq!(r.backend("svc"), 3, "{r:?}");
+    assert_eq!(r.peer_names.get("127.0.0.2:8080"), Some(&3), "{r:?}");
+
+    // The same VIP from a process outside the managed cgroup.
+    let outside = dial(&mesh.netns, None, "10.96.0.6:80", 5);
+    assert_eq!(outside.error("ENETUNREACH"), 5, "{outside:?}");
+    // ... while inside it works.
+    assert_eq!(mesh.dial("10.96.0.6:80", 5).backend("svc"), 5);
+}
+
+#[test]
+fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
+    if !require_root() {
+        return;
+    }
+    let v1 = config(&[
+        listener("vip", "10.96.0.7", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start("kn-edit", &[], &["127.0.0.2:8080=old", "127.0.0.3:8080=new"], &v1, &[]);
+    assert_eq!(mesh.dial("10.96.0.7:80", 10).backend("old"), 10);
+
+    // Move the endpoint.
+    let v2 = config(&[
+        listener("vip", "10.96.0.7", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.3", 8080, 0, 0)]),
+    ]);
+    mesh.rewrite(&v2);
+    let took = mesh.dial_until("10.96.0.7:80", 5, Duration::from_secs(5), |r| r.backend("new") == 5);
+    assert!(took < Duration::from_secs(1), "new endpoints must take over within 1 s, took {took:?}");
+
+    // Not YAML at all: reported, old routing stays.
+    mesh.rewrite("resources: [ this is : not valid");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(mesh.dial("10.96.0.7:80", 10).backend("new"), 10);
+    let dump = mesh.daemon.config_dump();
+    assert_eq!(dump["last_update"]["status"], "REFUSED", "{dump}");
+
+    // A malformed resource (endpoint weight 0 is invalid in Envoy): that
+    // cluster keeps its previous version, the good listener edit applies.
+    let v3 = config(&[
+        listener("vip", "10.96.0.7", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]).replace(
+            "port_value: 8080 } } }",
+            "port_value: 8080 } } }\n      load_balancing_weight: 0",
+        ),
+        listener("vip2", "10.96.0.8", 80, "svc"),
+    ]);
+    mesh.rewrite(&v3);
+    mesh.dial_until("10.96.0.8:80", 3, Duration::from_secs(5), |r| r.backend("new") == 3);
+    assert_eq!(mesh.dial("10.96.0.7:80", 10).backend("new"), 10, "the bad cluster must not apply");
+    let dump = mesh.daemon.config_dump();
+    assert_eq!(dump["last_update"]["status"], "APPLIED", "{dump}");
+    let rejected = dump["last_update"]["rejected"].to_string();
+    assert!(rejected.contains("svc") && rejected.contains("weight"), "{dump}");
+    let logs = mesh.daemon.logs();
+    assert!(logs.contains("invalid xDS file"), "the parse error is logged:\n{logs}");
+    assert!(logs.contains("resource rejected"), "the rejection is logged:\n{logs}");
+}
+
+#[test]
+fn a_config_over_capacity_is_rejected_whole() {
+    if !require_root() {
+        return;
+    }
+    let two = config(&[
+        listener("vip", "10.96.0.9", 80, "a"),
+        eds_cluster("a", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+        eds_cluster("b", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start(
+        "kn-capacity",
+        &[],
+        &["127.0.0.2:8080=first", "127.0.0.3:8080=second"],
+        &two,
+        &["--max-clusters", "2"],
+    );
+    assert_eq!(mesh.dial("10.96.0.9:80", 5).backend("first"), 5);
+
+    // Three clusters (and a moved endpoint): nothing of it may apply.
+    let three = config(&[
+        listener("vip", "10.96.0.9", 80, "a"),
+        eds_cluster("a", "ROUND_ROBIN", &[("127.0.0.3", 8080, 0, 0)]),
+        eds_cluster("b", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+        eds_cluster("c", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    mesh.rewrite(&three);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let dump = mesh.daemon.config_dump();
+        if dump["last_update"]["status"] == "REFUSED" {
+            let error = dump["last_update"]["error"].as_str().unwrap_or_default();
+            assert!(error.contains("max-clusters"), "the error names the capacity: {dump}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "over-capacity config not refused: {dump}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mesh.dial("10.96.0.9:80", 5).backend("first"), 5, "the previous config still routes");
+}
+
+/// Program IDs attached to a cgroup, from bpftool.
+fn attached_prog_ids(cgroup: &Path) -> Vec<u64> {
+    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).output().unwrap();
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
+}
+
+fn prog_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("vip", "10.96.0.10", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mut mesh = Mesh::start("kn-uninstall", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
+    let ids = attached_prog_ids(mesh.cgroup.path());
+    assert_eq!(ids.len(), 5, "connect4/6, getpeername4/6, sockops attached: {ids:?}");
+    let pins = mesh.bpffs.path().join("kmesh");
+    assert!(pins.exists());
+
+    // SIGTERM: a clean exit detaches everything and removes the pins.
+    let status = mesh.daemon.stop().unwrap();
+    assert!(status.success(), "exit status {status}\n{}", mesh.daemon.logs());
+    assert!(attached_prog_ids(mesh.cgroup.path()).is_empty());
+    assert!(!pins.join("kernel_native").exists(), "pins left after SIGTERM");
+    assert!(ids.iter().all(|id| !prog_exists(*id)), "programs left loaded after SIGTERM");
+
+    // A daemon killed outright leaves its pinned links: traffic keeps flowing
+    // (state outlives the daemon) until `uninstall` removes it all.
+    let mut daemon = Daemon::start(mesh.xds.path(), &mesh.bpffs, &mesh.cgroup);
+    daemon.wait_ready(READY);
+    let ids = attached_prog_ids(mesh.cgroup.path());
+    assert_eq!(ids.len(), 5);
+    let pid = daemon.pid().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    daemon.stop();
+    assert_eq!(mesh.dial("10.96.0.10:80", 3).backend("svc"), 3, "pinned programs keep steering");
+
+    let out = daemon.uninstall();
+    assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(attached_prog_ids(mesh.cgroup.path()).is_empty(), "links left after uninstall");
+    assert!(!pins.exists(), "pins left after uninstall: {:?}", fs::read_dir(&pins).map(|d| d.count()));
+    assert!(ids.iter().all(|id| !prog_exists(*id)), "programs left loaded after uninstall");
+    assert_eq!(mesh.dial("10.96.0.10:80", 3).error("ENETUNREACH"), 3, "nothing steers any more");
+}
