@@ -50,6 +50,11 @@ pub struct CompiledListener {
     pub default_action: Option<FilterAction>,
     /// What the kernel does not act on, listed for the dump.
     pub ignored: Vec<Ignored>,
+    /// Route configurations given inline in an HTTP connection manager, by
+    /// the name its `FilterAction::Http` refers to; merged into
+    /// `Plan::route_configs`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inline_route_configs: BTreeMap<String, CompiledRouteConfig>,
 }
 
 /// One destination-prefix entry of a listener's filter-chain table.

@@ -1,0 +1,451 @@
+//! The kernel-native compiler: Envoy resources in, a [`Plan`] out. Pure — no
+//! syscalls, no globals — so it is tested without root and its output can be
+//! dumped and diffed.
+//!
+//! Each resource compiles on its own; a bad one is rejected with a
+//! [`ResourceError`] (the NACK text) and the good ones still compile, as
+//! Envoy applies the valid part of a response.
+
+mod cluster;
+mod field;
+mod filter;
+mod listener;
+mod route;
+#[cfg(test)]
+mod testutil;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use cluster::{compile_cluster, eds_service_name};
+pub use listener::compile_listener;
+pub use route::compile_route_config;
+
+use crate::kernel_native::plan::{CompiledListener, ListenerKey, Plan};
+use crate::kernel_native::resources::{ResourceError, ResourceKind, Resources};
+
+/// Sizes of the kernel maps (configurable; the flags are named in the errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_listeners: usize,
+    pub max_clusters: usize,
+    pub max_endpoints_per_cluster: usize,
+    pub max_route_configs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_listeners: 16384,
+            max_clusters: 65536,
+            max_endpoints_per_cluster: 65536,
+            max_route_configs: 16384,
+        }
+    }
+}
+
+/// A plan that does not fit the maps: nothing of it may be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapacityError {
+    #[error("{count} listener addresses > capacity {capacity} (--max-listeners)")]
+    Listeners { count: usize, capacity: usize },
+    #[error("{count} clusters > capacity {capacity} (--max-clusters)")]
+    Clusters { count: usize, capacity: usize },
+    #[error(
+        "cluster {cluster:?}: {count} endpoints > capacity {capacity} (--max-endpoints-per-cluster)"
+    )]
+    Endpoints {
+        cluster: String,
+        count: usize,
+        capacity: usize,
+    },
+    #[error("{count} route configurations > capacity {capacity} (--max-route-configs)")]
+    RouteConfigs { count: usize, capacity: usize },
+}
+
+/// Checks a whole plan against the map sizes before anything is written.
+pub fn check_capacity(plan: &Plan, limits: &Limits) -> Result<(), CapacityError> {
+    let over = |count: usize, capacity: usize| (count > capacity).then_some((count, capacity));
+    if let Some((count, capacity)) = over(plan.listeners.len(), limits.max_listeners) {
+        return Err(CapacityError::Listeners { count, capacity });
+    }
+    if let Some((count, capacity)) = over(plan.clusters.len(), limits.max_clusters) {
+        return Err(CapacityError::Clusters { count, capacity });
+    }
+    for (name, c) in &plan.clusters {
+        let count = c
+            .levels_v4
+            .iter()
+            .chain(&c.levels_v6)
+            .map(|l| l.endpoints.len())
+            .sum();
+        if let Some((count, capacity)) = over(count, limits.max_endpoints_per_cluster) {
+            return Err(CapacityError::Endpoints {
+                cluster: name.clone(),
+                count,
+                capacity,
+            });
+        }
+    }
+    if let Some((count, capacity)) = over(plan.route_configs.len(), limits.max_route_configs) {
+        return Err(CapacityError::RouteConfigs { count, capacity });
+    }
+    Ok(())
+}
+
+/// The plan of everything that compiled, and what was rejected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Compiled {
+    pub plan: Plan,
+    pub rejected: Vec<ResourceError>,
+}
+
+/// Compiles a snapshot. Resources are taken in name order, so conflicts
+/// (two listeners on one address) are settled the same way every time: the
+/// later name loses.
+pub fn compile(resources: &Resources) -> Compiled {
+    let mut out = Compiled::default();
+
+    for (name, rc) in &resources.route_configs {
+        match compile_route_config(rc) {
+            Ok(c) => {
+                out.plan.route_configs.insert(name.clone(), c);
+            }
+            Err(e) => out.rejected.push(e),
+        }
+    }
+
+    // Checked on their own so that a bad assignment is reported even when no
+    // cluster uses it; a cluster whose assignment is bad has no endpoints
+    // (the caller keeps serving the last good snapshot).
+    let mut load_assignments = BTreeMap::new();
+    for (name, cla) in &resources.load_assignments {
+        match cluster::compile_load_assignment(cla) {
+            Ok(_) => {
+                load_assignments.insert(name.as_str(), cla);
+            }
+            Err(e) => out.rejected.push(e),
+        }
+    }
+    for (name, c) in &resources.clusters {
+        let cla = load_assignments.get(eds_service_name(c)).copied();
+        match compile_cluster(c, cla) {
+            Ok(compiled) => {
+                out.plan.clusters.insert(name.clone(), compiled);
+            }
+            Err(e) => out.rejected.push(e),
+        }
+    }
+
+    for l in resources.listeners.values() {
+        let entries = match compile_listener(l) {
+            Ok(entries) => entries,
+            Err(e) => {
+                out.rejected.push(e);
+                continue;
+            }
+        };
+        if let Err(e) = check_conflicts(&out.plan, &l.name, &entries) {
+            out.rejected.push(e);
+            continue;
+        }
+        for (key, compiled) in entries {
+            for (name, rc) in &compiled.inline_route_configs {
+                out.plan.route_configs.insert(name.clone(), rc.clone());
+            }
+            out.plan.listeners.insert(key, compiled);
+        }
+    }
+    out
+}
+
+/// A listener must not take an address, or an inline route configuration
+/// name, that an earlier resource holds: either would change what the
+/// earlier one routes.
+fn check_conflicts(
+    plan: &Plan,
+    name: &str,
+    entries: &[(ListenerKey, CompiledListener)],
+) -> Result<(), ResourceError> {
+    let reject = |field: &str, message: String| ResourceError {
+        kind: ResourceKind::Listener,
+        name: name.to_string(),
+        field: field.to_string(),
+        message,
+    };
+    for (key, compiled) in entries {
+        if let Some(other) = plan.listeners.get(key) {
+            return Err(reject(
+                "address",
+                format!(
+                    "{} is already taken by listener {:?}",
+                    listener::show_key(key),
+                    other.name
+                ),
+            ));
+        }
+        for (rc_name, rc) in &compiled.inline_route_configs {
+            if plan
+                .route_configs
+                .get(rc_name)
+                .is_some_and(|existing| existing != rc)
+            {
+                return Err(reject(
+                    "filter_chains",
+                    format!(
+                        "inline route configuration {rc_name:?} clashes with another \
+                         route configuration of that name"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::kernel_native::plan::{
+        CompiledCluster, Endpoint, FilterAction, LbPolicy, PriorityLevel,
+    };
+    use crate::kernel_native::resources::decode;
+    use crate::xds::file::parse_resources;
+
+    fn resources(file: &str) -> Resources {
+        let mut r = Resources::default();
+        for any in parse_resources(file).unwrap_or_else(|e| panic!("{e}")) {
+            r.insert(decode(&any).unwrap());
+        }
+        r
+    }
+
+    const SNAPSHOT: &str = r#"
+resources:
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: a-tcp
+  address: { socket_address: { address: 10.96.0.1, port_value: 80 } }
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.tcp_proxy
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: web }
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: b-same-address
+  address: { socket_address: { address: 10.96.0.1, port_value: 80 } }
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.tcp_proxy
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: other }
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: c-bad-port
+  address: { socket_address: { address: 10.96.0.2, port_value: 0 } }
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: d-http
+  address: { socket_address: { address: 10.96.0.3, port_value: 8080 } }
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: s
+        route_config:
+          name: inline
+          virtual_hosts: [{ name: vh, domains: ["*"], routes: [{ match: { prefix: / }, route: { cluster: web } }] }]
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: web
+  type: EDS
+  eds_cluster_config: { service_name: web-eds }
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: broken
+  type: EDS
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: web-eds
+  endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 10.0.0.7, port_value: 8080 } } } }] }]
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: broken
+  endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 10.0.0.8, port_value: 8080 } } }, load_balancing_weight: 0 }] }]
+- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: "8080"
+  virtual_hosts: [{ name: vh, domains: ["*"], routes: [{ match: { prefix: / }, route: { cluster: web } }] }]
+"#;
+
+    #[test]
+    fn good_resources_compile_and_bad_ones_are_rejected_one_by_one() {
+        let Compiled { plan, rejected } = compile(&resources(SNAPSHOT));
+
+        let rejected: Vec<(ResourceKind, &str, &str)> = rejected
+            .iter()
+            .map(|e| (e.kind, e.name.as_str(), e.field.as_str()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                (
+                    ResourceKind::ClusterLoadAssignment,
+                    "broken",
+                    "endpoints[0].lb_endpoints[0].load_balancing_weight"
+                ),
+                (ResourceKind::Listener, "b-same-address", "address"),
+                (
+                    ResourceKind::Listener,
+                    "c-bad-port",
+                    "address.socket_address.port_value"
+                ),
+            ]
+        );
+
+        let names: Vec<&str> = plan.listeners.values().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["a-tcp", "d-http"]);
+        let a = plan.listeners.values().next().unwrap();
+        assert_eq!(
+            a.matches[0].action,
+            Some(FilterAction::TcpProxy {
+                cluster: "web".into()
+            })
+        );
+        assert_eq!(
+            plan.clusters["web"],
+            CompiledCluster {
+                lb_policy: LbPolicy::RoundRobin,
+                levels_v4: vec![PriorityLevel {
+                    priority: 0,
+                    endpoints: vec![Endpoint {
+                        addr: "10.0.0.7".parse().unwrap(),
+                        port: 8080,
+                        weight: 1
+                    }],
+                }],
+                levels_v6: vec![],
+                passthrough: false,
+                ignored: vec![],
+            }
+        );
+        // Its assignment was rejected: the cluster stays, without endpoints.
+        assert!(plan.clusters["broken"].levels_v4.is_empty());
+        let route_configs: Vec<&str> = plan.route_configs.keys().map(String::as_str).collect();
+        assert_eq!(route_configs, ["8080", "inline"]);
+    }
+
+    #[test]
+    fn the_address_conflict_message_names_the_holder() {
+        let Compiled { rejected, .. } = compile(&resources(SNAPSHOT));
+        let e = rejected
+            .iter()
+            .find(|e| e.name == "b-same-address")
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "Listener \"b-same-address\": address: 10.96.0.1:80 is already taken by listener \"a-tcp\""
+        );
+    }
+
+    #[test]
+    fn an_inline_route_config_may_not_replace_another() {
+        // Same name as the RDS configuration, different content.
+        let file = SNAPSHOT.replace(
+            "name: inline\n          virtual_hosts: [{ name: vh,",
+            "name: \"8080\"\n          virtual_hosts: [{ name: other,",
+        );
+        assert_ne!(file, SNAPSHOT);
+        let Compiled { plan, rejected } = compile(&resources(&file));
+        assert!(rejected
+            .iter()
+            .any(|e| e.name == "d-http" && e.field == "filter_chains"));
+        assert_eq!(plan.listeners.len(), 1);
+        assert_eq!(plan.route_configs.len(), 1);
+    }
+
+    fn plan_with(listeners: usize, clusters: usize, endpoints: usize, routes: usize) -> Plan {
+        use crate::kernel_native::plan::{CompiledListener, CompiledRouteConfig};
+        let mut plan = Plan::default();
+        for i in 0..listeners {
+            plan.listeners.insert(
+                ListenerKey {
+                    addr: "10.0.0.1".parse().unwrap(),
+                    port: u16::try_from(i + 1).unwrap(),
+                },
+                CompiledListener {
+                    name: format!("l{i}"),
+                    matches: vec![],
+                    default_action: None,
+                    ignored: vec![],
+                    inline_route_configs: BTreeMap::new(),
+                },
+            );
+        }
+        for i in 0..clusters {
+            let endpoints = (0..endpoints)
+                .map(|_| Endpoint {
+                    addr: "10.0.0.1".parse().unwrap(),
+                    port: 80,
+                    weight: 1,
+                })
+                .collect();
+            plan.clusters.insert(
+                format!("c{i}"),
+                CompiledCluster {
+                    lb_policy: LbPolicy::RoundRobin,
+                    levels_v4: vec![PriorityLevel {
+                        priority: 0,
+                        endpoints,
+                    }],
+                    levels_v6: vec![],
+                    passthrough: false,
+                    ignored: vec![],
+                },
+            );
+        }
+        for i in 0..routes {
+            plan.route_configs.insert(
+                format!("r{i}"),
+                CompiledRouteConfig {
+                    virtual_hosts: vec![],
+                    ignored: vec![],
+                },
+            );
+        }
+        plan
+    }
+
+    #[test]
+    fn capacity_errors_say_what_overflowed() {
+        let limits = Limits {
+            max_listeners: 2,
+            max_clusters: 2,
+            max_endpoints_per_cluster: 3,
+            max_route_configs: 2,
+        };
+        assert_eq!(check_capacity(&plan_with(2, 2, 3, 2), &limits), Ok(()));
+        let cases = [
+            (
+                plan_with(3, 0, 0, 0),
+                "3 listener addresses > capacity 2 (--max-listeners)",
+            ),
+            (
+                plan_with(0, 3, 0, 0),
+                "3 clusters > capacity 2 (--max-clusters)",
+            ),
+            (
+                plan_with(0, 1, 4, 0),
+                "cluster \"c0\": 4 endpoints > capacity 3 (--max-endpoints-per-cluster)",
+            ),
+            (
+                plan_with(0, 0, 0, 3),
+                "3 route configurations > capacity 2 (--max-route-configs)",
+            ),
+        ];
+        for (plan, message) in cases {
+            assert_eq!(
+                check_capacity(&plan, &limits).unwrap_err().to_string(),
+                message
+            );
+        }
+        assert_eq!(
+            check_capacity(&plan_with(3, 3, 3, 3), &Limits::default()),
+            Ok(())
+        );
+    }
+}

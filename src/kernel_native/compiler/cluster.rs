@@ -1,0 +1,776 @@
+//! Cluster (+ its ClusterLoadAssignment) → [`CompiledCluster`]: the load
+//! balancing policy and the endpoints, grouped per address family into
+//! priority levels, as the kernel's cluster stage picks them.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLbPolicy},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, locality_lb_endpoints::LbConfig, ClusterLoadAssignment, LbEndpoint,
+};
+
+use super::field::{
+    ignored, ignored_within, ip_and_port, join, socket_address, FieldError, FieldResult,
+};
+use crate::kernel_native::limits::{KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_PRIORITIES};
+use crate::kernel_native::plan::{
+    CompiledCluster, Endpoint, Family, Ignored, LbPolicy, PriorityLevel,
+};
+use crate::kernel_native::resources::{ResourceError, ResourceKind};
+
+/// The ClusterLoadAssignment an EDS cluster reads: named by
+/// `eds_cluster_config.service_name`, or by the cluster's own name.
+pub fn eds_service_name(c: &Cluster) -> &str {
+    match &c.eds_cluster_config {
+        Some(eds) if !eds.service_name.is_empty() => &eds.service_name,
+        _ => &c.name,
+    }
+}
+
+/// Compiles a cluster. `cla` is the ClusterLoadAssignment of an EDS cluster
+/// (see [`eds_service_name`]); without one yet the cluster has no endpoints.
+/// Errors in `cla` are reported against the ClusterLoadAssignment.
+pub fn compile_cluster(
+    c: &Cluster,
+    cla: Option<&ClusterLoadAssignment>,
+) -> Result<CompiledCluster, ResourceError> {
+    let reject = |e: FieldError| e.into_resource_error(ResourceKind::Cluster, &c.name);
+    super::field::check_name("name", &c.name).map_err(reject)?;
+    let mut out = CompiledCluster {
+        lb_policy: lb_policy(c).map_err(reject)?,
+        levels_v4: Vec::new(),
+        levels_v6: Vec::new(),
+        passthrough: false,
+        ignored: Vec::new(),
+    };
+    out.ignored.extend(lb_notes(c));
+    out.ignored.extend(unused_settings(c));
+
+    let discovery = match &c.cluster_discovery_type {
+        // proto3 default: `type` unset is STATIC.
+        None => DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).map_err(|_| {
+            reject(FieldError::new(
+                "type",
+                format!("unknown discovery type {t}"),
+            ))
+        })?,
+        Some(ClusterDiscoveryType::ClusterType(custom)) => {
+            out.ignored.push(ignored(
+                "cluster_type",
+                format!(
+                    "custom cluster type {:?} is not supported: the cluster has no endpoints",
+                    custom.name
+                ),
+            ));
+            return Ok(out);
+        }
+    };
+    let endpoints = match discovery {
+        DiscoveryType::Static => match &c.load_assignment {
+            Some(la) => Some(
+                levels(la)
+                    .map_err(|e| reject(e.within("load_assignment")))?
+                    .within("load_assignment"),
+            ),
+            None => None,
+        },
+        DiscoveryType::Eds => {
+            if c.load_assignment.is_some() {
+                out.ignored.push(ignored(
+                    "load_assignment",
+                    "an EDS cluster takes its endpoints from its ClusterLoadAssignment",
+                ));
+            }
+            match cla {
+                Some(cla) => Some(compile_load_assignment(cla)?.within("eds")),
+                None => None,
+            }
+        }
+        DiscoveryType::OriginalDst => {
+            out.passthrough = true;
+            if c.load_assignment.is_some() {
+                out.ignored.push(ignored(
+                    "load_assignment",
+                    "an ORIGINAL_DST cluster keeps the original destination",
+                ));
+            }
+            None
+        }
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+            out.ignored.push(ignored(
+                "type",
+                "DNS clusters are resolved by the dns module (not yet implemented): no endpoints yet",
+            ));
+            None
+        }
+    };
+    if let Some(levels) = endpoints {
+        out.levels_v4 = levels.v4;
+        out.levels_v6 = levels.v6;
+        out.ignored.extend(levels.ignored);
+    }
+    Ok(out)
+}
+
+/// A ClusterLoadAssignment's endpoints, checked on their own (so that a bad
+/// one is rejected even before a cluster refers to it).
+pub(crate) fn compile_load_assignment(
+    cla: &ClusterLoadAssignment,
+) -> Result<Levels, ResourceError> {
+    levels(cla)
+        .map_err(|e| e.into_resource_error(ResourceKind::ClusterLoadAssignment, &cla.cluster_name))
+}
+
+fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
+    match EnvoyLbPolicy::try_from(c.lb_policy) {
+        Ok(EnvoyLbPolicy::Random) => Ok(LbPolicy::Random),
+        Ok(_) => Ok(LbPolicy::RoundRobin),
+        Err(_) => Err(FieldError::new(
+            "lb_policy",
+            format!("unknown load balancing policy {}", c.lb_policy),
+        )),
+    }
+}
+
+/// Policies the kernel does not do yet fall back to round robin; say so.
+fn lb_notes(c: &Cluster) -> Vec<Ignored> {
+    let mut notes = Vec::new();
+    if let Ok(p) = EnvoyLbPolicy::try_from(c.lb_policy) {
+        if !matches!(p, EnvoyLbPolicy::RoundRobin | EnvoyLbPolicy::Random) {
+            notes.push(ignored(
+                "lb_policy",
+                format!(
+                    "{} is not done by the kernel yet: round robin is used",
+                    p.as_str_name()
+                ),
+            ));
+        }
+    }
+    if c.load_balancing_policy.is_some() {
+        notes.push(ignored(
+            "load_balancing_policy",
+            "extension load balancing policies are not done by the kernel: lb_policy is used",
+        ));
+    }
+    if c.lb_config.is_some() {
+        notes.push(ignored(
+            "lb_config",
+            "policy-specific tuning is not applied",
+        ));
+    }
+    if let Some(common) = &c.common_lb_config {
+        if common.locality_config_specifier.is_some() {
+            notes.push(ignored(
+                "common_lb_config.locality_config_specifier",
+                "locality-weighted and zone-aware balancing are not done: \
+                 endpoints are weighted individually",
+            ));
+        } else {
+            notes.push(ignored(
+                "common_lb_config",
+                "panic thresholds and update windows do not apply in the kernel",
+            ));
+        }
+    }
+    notes
+}
+
+/// Settings that act after the connection is established (or on Envoy's
+/// own connections), so they do not change which endpoint is chosen.
+fn unused_settings(c: &Cluster) -> Vec<Ignored> {
+    let set = [
+        (
+            "transport_socket",
+            c.transport_socket.is_some(),
+            "TLS to the upstream is not originated by the kernel",
+        ),
+        (
+            "transport_socket_matches",
+            !c.transport_socket_matches.is_empty(),
+            "TLS to the upstream is not originated by the kernel",
+        ),
+        (
+            "connect_timeout",
+            c.connect_timeout.is_some(),
+            "the application's own connect timeout applies",
+        ),
+        (
+            "circuit_breakers",
+            c.circuit_breakers.is_some(),
+            "connection limits are not enforced by the kernel",
+        ),
+        (
+            "outlier_detection",
+            c.outlier_detection.is_some(),
+            "endpoints are not ejected by the kernel",
+        ),
+        (
+            "health_checks",
+            !c.health_checks.is_empty(),
+            "active health checking is not done; EDS health status is used",
+        ),
+        (
+            "lb_subset_config",
+            c.lb_subset_config.is_some(),
+            "endpoint subsets are not selected by the kernel",
+        ),
+        (
+            "typed_extension_protocol_options",
+            !c.typed_extension_protocol_options.is_empty(),
+            "upstream protocol options apply to Envoy's own connections",
+        ),
+    ];
+    set.into_iter()
+        .filter(|(_, is_set, _)| *is_set)
+        .map(|(field, _, reason)| ignored(field, reason))
+        .collect()
+}
+
+/// Endpoints per family, priority levels lowest first, plus notes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Levels {
+    pub v4: Vec<PriorityLevel>,
+    pub v6: Vec<PriorityLevel>,
+    pub ignored: Vec<Ignored>,
+}
+
+impl Levels {
+    fn within(mut self, prefix: &str) -> Self {
+        self.ignored = ignored_within(prefix, self.ignored).collect();
+        self
+    }
+}
+
+/// Paths relative to the ClusterLoadAssignment.
+fn levels(cla: &ClusterLoadAssignment) -> FieldResult<Levels> {
+    let mut notes = Vec::new();
+    let mut grouped: BTreeMap<(Family, u32), Vec<Endpoint>> = BTreeMap::new();
+    let mut not_serving = 0usize;
+    let mut degraded = 0usize;
+    for (i, locality) in cla.endpoints.iter().enumerate() {
+        let lf = format!("endpoints[{i}]");
+        if locality.load_balancing_weight.is_some() {
+            notes.push(ignored(
+                join(&lf, "load_balancing_weight"),
+                "locality weights are not applied: endpoints are weighted individually",
+            ));
+        }
+        // Deprecated in Envoy but still valid: endpoints may be listed here
+        // instead of in `lb_endpoints`.
+        #[allow(deprecated)]
+        let listed = match &locality.lb_config {
+            Some(LbConfig::LoadBalancerEndpoints(list)) => list.lb_endpoints.as_slice(),
+            Some(LbConfig::LedsClusterLocalityConfig(_)) => {
+                notes.push(ignored(
+                    join(&lf, "leds_cluster_locality_config"),
+                    "LEDS is not fetched: this locality contributes no endpoints",
+                ));
+                &[]
+            }
+            None => &[],
+        };
+        let all = locality
+            .lb_endpoints
+            .iter()
+            .enumerate()
+            .map(|(j, e)| (format!("{lf}.lb_endpoints[{j}]"), e))
+            .chain(
+                listed
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| (format!("{lf}.load_balancer_endpoints.lb_endpoints[{j}]"), e)),
+            );
+        for (field, lbe) in all {
+            match HealthStatus::try_from(lbe.health_status) {
+                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) => {
+                    not_serving += 1;
+                    continue;
+                }
+                Ok(HealthStatus::Degraded) => degraded += 1,
+                _ => {}
+            }
+            let (endpoint, extra) = endpoint(cla, lbe).map_err(|e| e.within(&field))?;
+            notes.extend(ignored_within(&field, extra));
+            let family = if endpoint.addr.is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            };
+            grouped
+                .entry((family, locality.priority))
+                .or_default()
+                .push(endpoint);
+        }
+    }
+    if not_serving > 0 {
+        notes.push(ignored(
+            "endpoints",
+            format!("{not_serving} endpoint(s) UNHEALTHY, DRAINING or TIMEOUT: not used"),
+        ));
+    }
+    if degraded > 0 {
+        notes.push(ignored(
+            "endpoints",
+            format!("{degraded} DEGRADED endpoint(s) are used like healthy ones"),
+        ));
+    }
+    if cla.policy.is_some() {
+        notes.push(ignored(
+            "policy",
+            "drop_overloads and the overprovisioning factor are not applied",
+        ));
+    }
+    let mut out = Levels {
+        ignored: notes,
+        ..Levels::default()
+    };
+    // BTreeMap order: per family, priorities ascending — the order the
+    // kernel tries levels in.
+    for ((family, priority), endpoints) in grouped {
+        check_level(family, priority, &endpoints)?;
+        let levels = match family {
+            Family::V4 => &mut out.v4,
+            Family::V6 => &mut out.v6,
+        };
+        levels.push(PriorityLevel {
+            priority,
+            endpoints,
+        });
+        if levels.len() > KN_MAX_PRIORITIES {
+            return Err(FieldError::new(
+                "endpoints",
+                format!(
+                    "more than {KN_MAX_PRIORITIES} {} priority levels have endpoints \
+                     (KN_MAX_PRIORITIES)",
+                    family_name(family)
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+fn check_level(family: Family, priority: u32, endpoints: &[Endpoint]) -> FieldResult<()> {
+    if endpoints.len() > KN_MAX_ENDPOINTS_PER_LEVEL {
+        return Err(FieldError::new(
+            "endpoints",
+            format!(
+                "priority {priority} has {} {} endpoints, more than the kernel's \
+                 {KN_MAX_ENDPOINTS_PER_LEVEL} per level (KN_MAX_ENDPOINTS_PER_LEVEL)",
+                endpoints.len(),
+                family_name(family)
+            ),
+        ));
+    }
+    // The kernel stores cumulative weights in a u32.
+    let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+    if total > u64::from(u32::MAX) {
+        return Err(FieldError::new(
+            "endpoints",
+            format!(
+                "priority {priority}: the {} endpoint weights add up to {total}, more than {}",
+                family_name(family),
+                u32::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One endpoint, paths relative to the LbEndpoint.
+fn endpoint(
+    cla: &ClusterLoadAssignment,
+    lbe: &LbEndpoint,
+) -> FieldResult<(Endpoint, Vec<Ignored>)> {
+    let (e, field) = match &lbe.host_identifier {
+        Some(HostIdentifier::Endpoint(e)) => (e, "endpoint".to_string()),
+        Some(HostIdentifier::EndpointName(name)) => {
+            let e = cla.named_endpoints.get(name).ok_or_else(|| {
+                FieldError::new(
+                    "endpoint_name",
+                    format!("no named endpoint {name:?} in this ClusterLoadAssignment"),
+                )
+            })?;
+            (e, format!("endpoint_name({name})"))
+        }
+        None => return Err(FieldError::new("endpoint", "required")),
+    };
+    let addr_field = join(&field, "address");
+    let addr = e
+        .address
+        .as_ref()
+        .ok_or_else(|| FieldError::new(&addr_field, "required"))?;
+    let sa = socket_address(addr).map_err(|err| err.within(&addr_field))?;
+    let sa_field = join(&addr_field, "socket_address");
+    let (ip, port) = ip_and_port(sa).map_err(|mut err| {
+        if err.field == "address" {
+            err.message
+                .push_str(": a hostname needs a STRICT_DNS or LOGICAL_DNS cluster");
+        }
+        err.within(&sa_field)
+    })?;
+    let weight = match &lbe.load_balancing_weight {
+        None => 1,
+        Some(w) if w.value == 0 => {
+            return Err(FieldError::new(
+                "load_balancing_weight",
+                "must be at least 1",
+            ))
+        }
+        Some(w) => w.value,
+    };
+    let mut notes = Vec::new();
+    if !e.additional_addresses.is_empty() {
+        notes.push(ignored(
+            join(&field, "additional_addresses"),
+            "only the endpoint's primary address is used",
+        ));
+    }
+    Ok((
+        Endpoint {
+            addr: ip,
+            port,
+            weight,
+        },
+        notes,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address::PortSpecifier, Address, SocketAddress,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        Endpoint as EnvoyEndpoint, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::google::protobuf::UInt32Value;
+
+    use super::*;
+    use crate::kernel_native::compiler::testutil::{fields, from_yaml};
+
+    fn ep(addr: &str, port: u16, weight: u32) -> Endpoint {
+        Endpoint {
+            addr: addr.parse().unwrap(),
+            port,
+            weight,
+        }
+    }
+
+    fn compile(cluster: &str, cla: Option<&str>) -> CompiledCluster {
+        let cla: Option<ClusterLoadAssignment> = cla.map(from_yaml);
+        compile_cluster(&from_yaml(cluster), cla.as_ref()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rejected(cluster: &str) -> ResourceError {
+        compile_cluster(&from_yaml(cluster), None).expect_err("cluster must be rejected")
+    }
+
+    fn static_cluster(endpoints: &str) -> String {
+        format!("name: s\ntype: STATIC\nload_assignment: {{ cluster_name: s, endpoints: [{endpoints}] }}")
+    }
+
+    #[test]
+    fn a_static_cluster_has_its_endpoints_per_family() {
+        let c = compile(
+            r#"
+name: static_backend
+type: STATIC
+lb_policy: RANDOM
+load_assignment:
+  cluster_name: static_backend
+  endpoints:
+  - lb_endpoints:
+    - endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 8080 } } }
+      load_balancing_weight: 3
+    - endpoint: { address: { socket_address: { address: "fd00::1", port_value: 8080 } } }
+    - endpoint: { address: { socket_address: { address: 10.0.0.2, port_value: 8081 } } }
+"#,
+            None,
+        );
+        assert_eq!(c.lb_policy, LbPolicy::Random);
+        assert!(!c.passthrough);
+        assert_eq!(
+            c.levels_v4,
+            [PriorityLevel {
+                priority: 0,
+                endpoints: vec![ep("10.0.0.1", 8080, 3), ep("10.0.0.2", 8081, 1)],
+            }]
+        );
+        assert_eq!(c.levels_v6[0].endpoints, [ep("fd00::1", 8080, 1)]);
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+    }
+
+    const EDS: &str = r#"
+name: "outbound|80||reviews"
+type: EDS
+eds_cluster_config: { service_name: reviews, eds_config: { ads: {} } }
+connect_timeout: 10s
+circuit_breakers: { thresholds: [{ max_connections: 100 }] }
+outlier_detection: { consecutive_5xx: 5 }
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: reviews }
+"#;
+
+    const REVIEWS_CLA: &str = r#"
+cluster_name: reviews
+endpoints:
+- priority: 2
+  lb_endpoints:
+  - endpoint: { address: { socket_address: { address: 10.2.0.1, port_value: 9080 } } }
+- locality: { zone: a }
+  load_balancing_weight: 5
+  lb_endpoints:
+  - endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 9080 } } }
+    health_status: HEALTHY
+  - endpoint: { address: { socket_address: { address: 10.0.0.2, port_value: 9080 } } }
+    health_status: UNHEALTHY
+  - endpoint: { address: { socket_address: { address: 10.0.0.3, port_value: 9080 } } }
+    health_status: DRAINING
+  - endpoint: { address: { socket_address: { address: 10.0.0.4, port_value: 9080 } } }
+    health_status: TIMEOUT
+  - endpoint: { address: { socket_address: { address: 10.0.0.5, port_value: 9080 } } }
+    health_status: DEGRADED
+    load_balancing_weight: 2
+- priority: 5
+  lb_endpoints:
+  - endpoint: { address: { socket_address: { address: 10.5.0.1, port_value: 9080 } } }
+    health_status: UNHEALTHY
+"#;
+
+    #[test]
+    fn an_eds_cluster_takes_priorities_and_health_from_its_assignment() {
+        let c = compile(EDS, Some(REVIEWS_CLA));
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+        let levels: Vec<(u32, Vec<Endpoint>)> = c
+            .levels_v4
+            .iter()
+            .map(|l| (l.priority, l.endpoints.clone()))
+            .collect();
+        // Priority 5 had only an unhealthy endpoint: no level.
+        assert_eq!(
+            levels,
+            [
+                (0, vec![ep("10.0.0.1", 9080, 1), ep("10.0.0.5", 9080, 2)]),
+                (2, vec![ep("10.2.0.1", 9080, 1)]),
+            ]
+        );
+        assert!(c.levels_v6.is_empty());
+        assert_eq!(
+            fields(&c.ignored),
+            [
+                "transport_socket",
+                "connect_timeout",
+                "circuit_breakers",
+                "outlier_detection",
+                "eds.endpoints[1].load_balancing_weight",
+                "eds.endpoints",
+                "eds.endpoints",
+            ]
+        );
+        assert!(
+            c.ignored[5].reason.starts_with("4 endpoint(s)"),
+            "{:?}",
+            c.ignored[5]
+        );
+    }
+
+    #[test]
+    fn an_eds_cluster_without_its_assignment_yet_has_no_endpoints() {
+        let c = compile(EDS, None);
+        assert!(c.levels_v4.is_empty() && c.levels_v6.is_empty());
+        assert_eq!(eds_service_name(&from_yaml(EDS)), "reviews");
+        let plain: Cluster = from_yaml("name: plain\ntype: EDS");
+        assert_eq!(eds_service_name(&plain), "plain");
+    }
+
+    #[test]
+    fn errors_in_an_assignment_are_the_assignments() {
+        let cla: ClusterLoadAssignment = from_yaml(
+            "cluster_name: reviews\nendpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: reviews.local, port_value: 80 } } } }] }]",
+        );
+        let e = compile_cluster(&from_yaml(EDS), Some(&cla)).unwrap_err();
+        assert_eq!(e.kind, ResourceKind::ClusterLoadAssignment);
+        assert_eq!(e.name, "reviews");
+        assert_eq!(
+            e.field,
+            "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
+        );
+        assert!(e.message.contains("STRICT_DNS"), "{e}");
+    }
+
+    #[test]
+    fn original_dst_is_passthrough_and_dns_clusters_wait_for_the_resolver() {
+        let c = compile(
+            "name: PassthroughCluster\ntype: ORIGINAL_DST\nlb_policy: CLUSTER_PROVIDED",
+            None,
+        );
+        assert!(c.passthrough);
+        assert!(c.levels_v4.is_empty());
+        assert_eq!(fields(&c.ignored), ["lb_policy"]);
+
+        for t in ["STRICT_DNS", "LOGICAL_DNS"] {
+            let c = compile(
+                &format!(
+                    "name: ext\ntype: {t}\nload_assignment: {{ cluster_name: ext, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: example.com, port_value: 443 }} }} }} }}] }}] }}"
+                ),
+                None,
+            );
+            assert!(c.levels_v4.is_empty());
+            assert_eq!(fields(&c.ignored), ["type"]);
+            assert!(c.ignored[0].reason.contains("dns module"));
+        }
+
+        let c = compile(
+            "name: custom\ncluster_type: { name: envoy.clusters.aggregate, typed_config: { '@type': type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig, clusters: [a, b] } }",
+            None,
+        );
+        assert_eq!(fields(&c.ignored), ["cluster_type"]);
+    }
+
+    #[test]
+    fn policies_the_kernel_lacks_fall_back_to_round_robin() {
+        for p in ["LEAST_REQUEST", "RING_HASH", "MAGLEV"] {
+            let c = compile(&format!("name: c\ntype: STATIC\nlb_policy: {p}"), None);
+            assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+            assert_eq!(fields(&c.ignored), ["lb_policy"]);
+            assert!(c.ignored[0].reason.contains(p));
+        }
+        let c = compile(
+            "name: c\ncommon_lb_config: { locality_weighted_lb_config: {} }",
+            None,
+        );
+        assert_eq!(
+            fields(&c.ignored),
+            ["common_lb_config.locality_config_specifier"]
+        );
+    }
+
+    #[test]
+    fn bad_endpoints_are_rejected_with_their_path() {
+        let prefix = "load_assignment.endpoints[0].lb_endpoints[0]";
+        let cases = [
+            (
+                "{ endpoint: { address: { socket_address: { address: backend, port_value: 80 } } } }",
+                format!("{prefix}.endpoint.address.socket_address.address"),
+            ),
+            (
+                "{ endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 0 } } } }",
+                format!("{prefix}.endpoint.address.socket_address.port_value"),
+            ),
+            (
+                "{ endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 80 } } }, load_balancing_weight: 0 }",
+                format!("{prefix}.load_balancing_weight"),
+            ),
+            (
+                "{ endpoint: { address: { pipe: { path: /s } } } }",
+                format!("{prefix}.endpoint.address.pipe"),
+            ),
+            ("{ endpoint: {} }", format!("{prefix}.endpoint.address")),
+            ("{ endpoint_name: missing }", format!("{prefix}.endpoint_name")),
+        ];
+        for (lb_endpoint, field) in cases {
+            let e = rejected(&static_cluster(&format!(
+                "{{ lb_endpoints: [{lb_endpoint}] }}"
+            )));
+            assert_eq!(e.kind, ResourceKind::Cluster);
+            assert_eq!(e.field, field, "{lb_endpoint}: {e}");
+        }
+        let e = rejected(&format!("name: {}\ntype: STATIC", "n".repeat(128)));
+        assert_eq!(e.field, "name");
+    }
+
+    #[test]
+    fn named_endpoints_are_resolved() {
+        let cla: ClusterLoadAssignment = from_yaml(
+            "cluster_name: c\nnamed_endpoints: { a: { address: { socket_address: { address: 10.0.0.9, port_value: 80 } } } }\nendpoints: [{ lb_endpoints: [{ endpoint_name: a }] }]",
+        );
+        let levels = compile_load_assignment(&cla).unwrap();
+        assert_eq!(levels.v4[0].endpoints, [ep("10.0.0.9", 80, 1)]);
+    }
+
+    #[test]
+    fn too_many_priorities_are_rejected() {
+        let localities: Vec<String> = (0..=KN_MAX_PRIORITIES)
+            .map(|p| {
+                format!("{{ priority: {p}, lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 10.0.0.{p}, port_value: 80 }} }} }} }}] }}")
+            })
+            .collect();
+        let e = rejected(&static_cluster(&localities.join(", ")));
+        assert_eq!(e.field, "load_assignment.endpoints");
+        assert!(e.message.contains("KN_MAX_PRIORITIES"), "{e}");
+        // The same count split over two families fits.
+        let half: Vec<String> = (0..KN_MAX_PRIORITIES)
+            .map(|p| {
+                format!("{{ priority: {p}, lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 10.0.0.{p}, port_value: 80 }} }} }} }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 'fd00::{p}', port_value: 80 }} }} }} }}] }}")
+            })
+            .collect();
+        let c = compile(&static_cluster(&half.join(", ")), None);
+        assert_eq!(c.levels_v4.len(), KN_MAX_PRIORITIES);
+        assert_eq!(c.levels_v6.len(), KN_MAX_PRIORITIES);
+    }
+
+    fn lb_endpoint(addr: &str, weight: u32) -> LbEndpoint {
+        LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: addr.into(),
+                        port_specifier: Some(PortSpecifier::PortValue(80)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(UInt32Value { value: weight }),
+            ..Default::default()
+        }
+    }
+
+    fn cla_with(lb_endpoints: Vec<LbEndpoint>) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: "big".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_level_must_fit_the_kernel() {
+        let e = compile_load_assignment(&cla_with(vec![
+            lb_endpoint("10.0.0.1", u32::MAX),
+            lb_endpoint("10.0.0.2", 1),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.field, "endpoints");
+        assert!(e.message.contains("4294967296"), "{e}");
+
+        let many = (0..=KN_MAX_ENDPOINTS_PER_LEVEL)
+            .map(|i| {
+                let [_, a, b, c] = u32::try_from(i).unwrap().to_be_bytes();
+                lb_endpoint(&format!("10.{a}.{b}.{c}"), 1)
+            })
+            .collect();
+        let e = compile_load_assignment(&cla_with(many)).unwrap_err();
+        assert_eq!(e.kind, ResourceKind::ClusterLoadAssignment);
+        assert!(e.message.contains("KN_MAX_ENDPOINTS_PER_LEVEL"), "{e}");
+    }
+}
