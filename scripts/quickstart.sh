@@ -52,6 +52,9 @@ section() { printf '\n%s== %s%s\n' "$B" "$*" "$N"; }
 say() { echo "quickstart: $*"; }
 die() { echo "quickstart: ERROR: $*" >&2; exit 1; }
 
+# The script's own stdout and stderr, for cleanup (see there).
+exec 3>&1 4>&2
+
 [ "$(id -u)" -eq 0 ] || die "run as root: sudo bash scripts/quickstart.sh"
 
 # ---------------------------------------------------------------------------
@@ -118,6 +121,9 @@ cleanup() {
     local status=$? leftovers=() i
     set +e
     trap - EXIT INT TERM
+    # A signal may arrive while a redirection of a function call (the dials)
+    # is in force: talk to the terminal again.
+    exec 1>&3 2>&4
     if [ "$KEEP" -eq 1 ] && [ "$SETUP_DONE" -eq 1 ] && [ "$status" -eq 0 ]; then
         print_keep_help
         exit 0
@@ -131,7 +137,7 @@ cleanup() {
         # Removes whatever pins a daemon that did not stop cleanly left
         # (unpinning the links detaches the programs from the cgroup).
         if [ -n "$BIN" ] && [ -x "$BIN/kmesh-daemon" ]; then
-            "$BIN/kmesh-daemon" --bpf-fs-path "$BPF_DIR" --log-level warn uninstall ||
+            "$BIN/kmesh-daemon" uninstall --bpf-fs-path "$BPF_DIR" --log-level warn ||
                 say "kmesh-daemon uninstall failed; removing the pins by hand"
         fi
         case "$BPF_DIR" in
@@ -357,6 +363,8 @@ done
 admin_port="$(python3 - <<'PY'
 import socket
 s = socket.socket()
+# As the daemon does: connections of an earlier run in TIME_WAIT do not count.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", 15200))
     port = 15200
@@ -379,7 +387,8 @@ DAEMON_CMD=("$BIN/kmesh-daemon" --mode kernel-native
     --admin-address "$ADMIN"
     --log-level info)
 echo "  ${DAEMON_CMD[*]}"
-start_bg "$STATE_DIR/daemon.log" "${DAEMON_CMD[@]}"
+# NO_COLOR: plain log lines in the log file.
+NO_COLOR=1 start_bg "$STATE_DIR/daemon.log" "${DAEMON_CMD[@]}"
 DAEMON_PID="$BG_PID"
 save_state
 
@@ -390,13 +399,18 @@ for ((i = 0; i < 300; i++)); do
         break
     fi
     alive "$DAEMON_PID" || break
+    # A refused configuration will not get better by waiting.
+    curl -fsS --max-time 2 "http://$ADMIN/debug/config_dump/kernel-native" 2>/dev/null |
+        grep -q '"status":"REFUSED"' && break
     sleep 0.1
 done
 if [ "$ready" -ne 1 ]; then
-    echo "---- daemon log ----" >&2
+    echo "---- daemon log ($STATE_DIR/daemon.log) ----" >&2
     cat "$STATE_DIR/daemon.log" >&2
-    echo "---- last_update ----" >&2
-    curl -fsS --max-time 2 "http://$ADMIN/debug/config_dump/kernel-native" >&2 2>/dev/null || true
+    echo "---- last_update in the config dump ----" >&2
+    curl -fsS --max-time 2 "http://$ADMIN/debug/config_dump/kernel-native" 2>/dev/null |
+        python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin).get("last_update"), indent=2))' >&2 ||
+        echo "(admin endpoint unreachable)" >&2
     die "the daemon did not become ready (pid $DAEMON_PID)"
 fi
 say "daemon ready (pid $DAEMON_PID, admin http://$ADMIN)"
@@ -510,9 +524,9 @@ def table(title, vip, report_file, exact):
 
 table("demo (ROUND_ROBIN, endpoint weights 3:2:1)", "10.96.0.10:80", "dial-demo.json", exact=True)
 table("reviews (weighted_clusters 80/20)", "10.96.0.20:80", "dial-reviews.json", exact=False)
-print("\n  The client dialled the VIP and getpeername() reports the VIP, while each")
-print("  backend saw a connection to its own address: the kernel rewrote the")
-print("  destination inside connect() and no proxy sits in between.")
+print("\n  The clients dialled the VIPs and getpeername() reports the VIPs, although")
+print("  each socket is connected to the endpoint that answered: the kernel")
+print("  rewrote the destination inside connect(); no proxy sits in between.")
 
 outside = load("dial-outside.json")
 print(f"\noutside the cgroup: 10.96.0.10:80 -> {outside.get('errors') or outside.get('backends')}")
