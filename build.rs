@@ -22,7 +22,9 @@ fn main() {
 fn build_bpf_skeletons(out_dir: &Path) {
     println!("cargo:rerun-if-changed=include");
     println!("cargo:rerun-if-changed=bpf");
-    let include = Path::new("include").canonicalize().expect("include/ exists");
+    let include = Path::new("include")
+        .canonicalize()
+        .expect("include/ exists");
     for source in bpf_sources(Path::new("bpf")) {
         println!("cargo:rerun-if-changed={}", source.display());
         let stem = source

@@ -25,7 +25,9 @@ impl AdminState {
     pub fn new(bpf_fs_path: PathBuf) -> Arc<Self> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
-            kernel_native_dump: RwLock::new(serde_json::json!({"status": "no configuration applied yet"})),
+            kernel_native_dump: RwLock::new(
+                serde_json::json!({"status": "no configuration applied yet"}),
+            ),
             bpf_fs_path,
         })
     }
@@ -57,6 +59,7 @@ pub fn version_info() -> serde_json::Value {
     serde_json::json!({
         "name": "kmesh",
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
     })
 }
 
@@ -65,12 +68,18 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/debug/ready", get(ready))
         .route("/version", get(|| async { Json(version_info()) }))
         .route("/debug/config_dump/kernel-native", get(kernel_native_dump))
-        .route("/debug/config_dump/bpf/kernel-native", get(kernel_native_bpf_dump))
+        .route(
+            "/debug/config_dump/bpf/kernel-native",
+            get(kernel_native_bpf_dump),
+        )
         .with_state(state)
 }
 
 /// Bind now (so a bad address fails the start), serve in the background.
-pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> Result<tokio::task::JoinHandle<()>, AdminError> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+) -> Result<tokio::task::JoinHandle<()>, AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AdminError::Bind { addr, source })?;
@@ -86,7 +95,11 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration applied yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no configuration applied yet\n",
+        )
+            .into_response()
     }
 }
 
@@ -102,7 +115,11 @@ async fn kernel_native_bpf_dump(State(state): State<Arc<AdminState>>) -> Respons
     let path = state.bpf_fs_path.clone();
     match tokio::task::spawn_blocking(move || bpf_dump::read(&path)).await {
         Ok(Ok(dump)) => Json(dump).into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("reading the maps: {e}\n")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reading the maps: {e}\n"),
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -26,14 +26,18 @@ pub enum ClientError {
 /// GET `path`; returns the status code and the body.
 pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), ClientError> {
     let io = |source| ClientError::Io { addr, source };
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|source| ClientError::Connect { addr, source })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|source| ClientError::Connect { addr, source })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or(ClientError::Malformed { addr })?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(ClientError::Malformed { addr })?;
     let status = head
         .split_whitespace()
         .nth(1)

@@ -7,7 +7,12 @@ pub mod mounts;
 /// The generated libbpf skeletons (see build.rs). Their `types` modules are
 /// the one Rust definition of the C layouts in `include/`.
 pub mod skel {
-    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, unsafe_op_in_unsafe_fn)]
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        unsafe_op_in_unsafe_fn
+    )]
     include!(concat!(env!("OUT_DIR"), "/kernel_native.skel.rs"));
 }
 
@@ -46,7 +51,10 @@ impl BpfError {
         move |source| BpfError::Libbpf { what, source }
     }
 
-    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| BpfError::Io { what, path, source }
     }

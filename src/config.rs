@@ -16,7 +16,11 @@ pub enum Mode {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kmesh-daemon", version, about = "kmesh data-plane daemon: xDS in, eBPF maps out")]
+#[command(
+    name = "kmesh-daemon",
+    version,
+    about = "kmesh data-plane daemon: xDS in, eBPF maps out"
+)]
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -39,7 +43,11 @@ pub struct Config {
     pub bpf_fs_path: PathBuf,
 
     /// cgroup2 directory whose processes are managed (mounted as cgroup2 if it is not one).
-    #[arg(long = "cgroup2-path", global = true, default_value = "/mnt/kmesh_cgroup2")]
+    #[arg(
+        long = "cgroup2-path",
+        global = true,
+        default_value = "/mnt/kmesh_cgroup2"
+    )]
     pub cgroup2_path: PathBuf,
 
     /// Admin HTTP endpoint (config dumps, readiness). Keep it on loopback.

@@ -18,7 +18,9 @@ use crate::xds::file_watch::FileWatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("--mode dual-engine is not available in this release yet; run with --mode kernel-native")]
+    #[error(
+        "--mode dual-engine is not available in this release yet; run with --mode kernel-native"
+    )]
     ModeNotAvailable,
     #[error(
         "ADS over gRPC (--xds-address / XDS_ADDRESS) is not available in this release yet; \
@@ -50,8 +52,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         (None, None) => return Err(DaemonError::NoSource),
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
 
     let admin_state = AdminState::new(config.bpf_fs_path.clone());
     admin::serve(config.admin_address, admin_state.clone()).await?;
@@ -61,7 +65,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         max_clusters: config.max_clusters,
     };
     let (bpf_fs, cgroup) = (config.bpf_fs_path.clone(), config.cgroup2_path.clone());
-    let bpf = tokio::task::spawn_blocking(move || KernelNativeBpf::load_and_attach(&bpf_fs, &cgroup, capacity)).await??;
+    let bpf = tokio::task::spawn_blocking(move || {
+        KernelNativeBpf::load_and_attach(&bpf_fs, &cgroup, capacity)
+    })
+    .await??;
     let limits = Limits {
         max_listeners: config.max_listeners as usize,
         max_clusters: config.max_clusters as usize,
@@ -75,7 +82,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
-    let mut runner = KernelNativeRunner::new(writer, limits, admin_state, format!("file:{}", file.display()));
+    let mut runner = KernelNativeRunner::new(
+        writer,
+        limits,
+        admin_state,
+        format!("file:{}", file.display()),
+    );
     let mut watch = FileWatch::new(&file);
     let mut last_read_error = None;
     let mut tick = tokio::time::interval(Duration::from_millis(config.xds_file_poll_ms.max(10)));
@@ -94,7 +106,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
 /// Check the file; apply it when it changed. A file that cannot be read or
 /// parsed is reported (once per distinct error) and the config in force stays.
-fn poll_file(watch: &mut FileWatch, runner: &mut KernelNativeRunner, last_error: &mut Option<String>) {
+fn poll_file(
+    watch: &mut FileWatch,
+    runner: &mut KernelNativeRunner,
+    last_error: &mut Option<String>,
+) {
     let text = match watch.changed() {
         Ok(Some(text)) => text,
         Ok(None) => return,

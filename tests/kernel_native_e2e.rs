@@ -122,7 +122,13 @@ struct Mesh {
 }
 
 impl Mesh {
-    fn start(prefix: &str, v6_addrs: &[&str], backends: &[&str], yaml: &str, extra: &[&str]) -> Mesh {
+    fn start(
+        prefix: &str,
+        v6_addrs: &[&str],
+        backends: &[&str],
+        yaml: &str,
+        extra: &[&str],
+    ) -> Mesh {
         let netns = NetNs::new(prefix);
         for a in v6_addrs {
             netns.add_addr(a);
@@ -143,6 +149,22 @@ impl Mesh {
         }
     }
 
+    /// The config dump once it reports at least `version` applied configurations.
+    fn wait_dump_version(&self, version: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let dump = self.daemon.config_dump();
+            if dump["version"].as_u64().unwrap_or(0) >= version {
+                return dump;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dump never reached version {version}: {dump}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn dial(&self, target: &str, count: u32) -> DialReport {
         dial(&self.netns, Some(&self.cgroup), target, count)
     }
@@ -155,7 +177,13 @@ impl Mesh {
     }
 
     /// Dial until `pred` holds for a report of `count` connections, or time out.
-    fn dial_until(&self, target: &str, count: u32, within: Duration, pred: impl Fn(&DialReport) -> bool) -> Duration {
+    fn dial_until(
+        &self,
+        target: &str,
+        count: u32,
+        within: Duration,
+        pred: impl Fn(&DialReport) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             let report = self.dial(target, count);
@@ -183,9 +211,17 @@ fn vip_v4_and_v6_reach_only_the_cluster_endpoints_and_getpeername_shows_the_vip(
     }
     let yaml = config(&[
         listener("vip4", "10.96.0.1", 80, "svc4"),
-        eds_cluster("svc4", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0)]),
+        eds_cluster(
+            "svc4",
+            "ROUND_ROBIN",
+            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0)],
+        ),
         listener("vip6", "fd00:96::1", 80, "svc6"),
-        eds_cluster("svc6", "RANDOM", &[("fd00::2", 8080, 0, 0), ("fd00::3", 8080, 0, 0)]),
+        eds_cluster(
+            "svc6",
+            "RANDOM",
+            &[("fd00::2", 8080, 0, 0), ("fd00::3", 8080, 0, 0)],
+        ),
     ]);
     let mesh = Mesh::start(
         "kn-vip",
@@ -207,12 +243,19 @@ fn vip_v4_and_v6_reach_only_the_cluster_endpoints_and_getpeername_shows_the_vip(
     assert_eq!(r4.backend("a") + r4.backend("b"), 100, "{r4:?}");
     assert_eq!(r4.backend("a"), 50, "round robin alternates: {r4:?}");
     assert_eq!(r4.backend("decoy"), 0);
-    assert_eq!(r4.peer_names.get("10.96.0.1:80"), Some(&100), "getpeername must show the VIP: {r4:?}");
+    assert_eq!(
+        r4.peer_names.get("10.96.0.1:80"),
+        Some(&100),
+        "getpeername must show the VIP: {r4:?}"
+    );
 
     let r6 = mesh.dial("[fd00:96::1]:80", 100);
     assert_eq!(r6.connected, 100, "{r6:?}\n{}", mesh.daemon.logs());
     assert_eq!(r6.backend("a6") + r6.backend("b6"), 100, "{r6:?}");
-    assert!(r6.backend("a6") > 0 && r6.backend("b6") > 0, "random uses both: {r6:?}");
+    assert!(
+        r6.backend("a6") > 0 && r6.backend("b6") > 0,
+        "random uses both: {r6:?}"
+    );
     assert_eq!(r6.peer_names.get("[fd00:96::1]:80"), Some(&100), "{r6:?}");
 
     // The kernel's own counters agree.
@@ -228,7 +271,11 @@ fn vip_v4_and_v6_reach_only_the_cluster_endpoints_and_getpeername_shows_the_vip(
             .map(|c| c["total"].as_u64().unwrap())
             .unwrap_or(0)
     };
-    assert_eq!(total_of("svc4"), 100, "sockops counted established connections: {bpf}");
+    assert_eq!(
+        total_of("svc4"),
+        100,
+        "sockops counted established connections: {bpf}"
+    );
     assert_eq!(total_of("svc6"), 100, "{bpf}");
 }
 
@@ -252,7 +299,10 @@ fn weighted_clusters_split_80_20() {
     let r = mesh.dial("10.96.0.2:80", 1000);
     assert_eq!(r.connected, 1000, "{r:?}");
     let heavy = share(&r, "heavy");
-    assert!((heavy - 0.80).abs() <= 0.05, "80/20 split off by more than 5 points: {r:?}");
+    assert!(
+        (heavy - 0.80).abs() <= 0.05,
+        "80/20 split off by more than 5 points: {r:?}"
+    );
     assert_eq!(r.backend("heavy") + r.backend("light"), 1000);
 }
 
@@ -266,22 +316,39 @@ fn round_robin_is_even_and_honours_endpoint_weights_and_priorities() {
         eds_cluster(
             "even",
             "ROUND_ROBIN",
-            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0), ("127.0.0.4", 8080, 0, 0)],
+            &[
+                ("127.0.0.2", 8080, 0, 0),
+                ("127.0.0.3", 8080, 0, 0),
+                ("127.0.0.4", 8080, 0, 0),
+            ],
         ),
         listener("weighted", "10.96.0.4", 80, "weighted"),
         eds_cluster(
             "weighted",
             "ROUND_ROBIN",
-            &[("127.0.0.2", 8080, 1, 0), ("127.0.0.3", 8080, 2, 0), ("127.0.0.4", 8080, 3, 0)],
+            &[
+                ("127.0.0.2", 8080, 1, 0),
+                ("127.0.0.3", 8080, 2, 0),
+                ("127.0.0.4", 8080, 3, 0),
+            ],
         ),
         // Priority 0 has no endpoint of this family: priority 1 serves.
         listener("failover", "10.96.0.5", 80, "failover"),
-        eds_cluster("failover", "ROUND_ROBIN", &[("fd00::2", 8080, 0, 0), ("127.0.0.4", 8080, 0, 1)]),
+        eds_cluster(
+            "failover",
+            "ROUND_ROBIN",
+            &[("fd00::2", 8080, 0, 0), ("127.0.0.4", 8080, 0, 1)],
+        ),
     ]);
     let mesh = Mesh::start(
         "kn-rr",
         &["fd00::2/128"],
-        &["127.0.0.2:8080=e1", "127.0.0.3:8080=e2", "127.0.0.4:8080=e3", "[fd00::2]:8080=e6"],
+        &[
+            "127.0.0.2:8080=e1",
+            "127.0.0.3:8080=e2",
+            "127.0.0.4:8080=e3",
+            "[fd00::2]:8080=e6",
+        ],
         &yaml,
         &[],
     );
@@ -289,17 +356,27 @@ fn round_robin_is_even_and_honours_endpoint_weights_and_priorities() {
     let r = mesh.dial("10.96.0.3:80", 300);
     assert_eq!(r.connected, 300, "{r:?}");
     for b in ["e1", "e2", "e3"] {
-        assert!(r.backend(b).abs_diff(100) <= 2, "each endpoint gets 1/3 ±2: {r:?}");
+        assert!(
+            r.backend(b).abs_diff(100) <= 2,
+            "each endpoint gets 1/3 ±2: {r:?}"
+        );
     }
 
     let r = mesh.dial("10.96.0.4:80", 600);
     assert_eq!(r.connected, 600, "{r:?}");
     for (b, want) in [("e1", 100), ("e2", 200), ("e3", 300)] {
-        assert!(r.backend(b).abs_diff(want) <= 2, "weights 1:2:3 over 600: {r:?}");
+        assert!(
+            r.backend(b).abs_diff(want) <= 2,
+            "weights 1:2:3 over 600: {r:?}"
+        );
     }
 
     let r = mesh.dial("10.96.0.5:80", 20);
-    assert_eq!(r.backend("e3"), 20, "the lowest priority with IPv4 endpoints serves: {r:?}");
+    assert_eq!(
+        r.backend("e3"),
+        20,
+        "the lowest priority with IPv4 endpoints serves: {r:?}"
+    );
 }
 
 #[test]
@@ -317,7 +394,11 @@ fn destinations_without_a_listener_and_processes_outside_the_cgroup_are_untouche
     for target in ["10.96.0.99:80", "10.96.0.6:81"] {
         let r = mesh.dial(target, 5);
         assert_eq!(r.connected, 0, "{target}: {r:?}");
-        assert_eq!(r.error("ENETUNREACH"), 5, "{target} must stay untouched: {r:?}");
+        assert_eq!(
+            r.error("ENETUNREACH"),
+            5,
+            "{target} must stay untouched: {r:?}"
+        );
     }
     // A direct connection to a backend is not rewritten either.
     let r = mesh.dial("127.0.0.2:8080", 3);
@@ -340,7 +421,13 @@ fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
         listener("vip", "10.96.0.7", 80, "svc"),
         eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
     ]);
-    let mesh = Mesh::start("kn-edit", &[], &["127.0.0.2:8080=old", "127.0.0.3:8080=new"], &v1, &[]);
+    let mesh = Mesh::start(
+        "kn-edit",
+        &[],
+        &["127.0.0.2:8080=old", "127.0.0.3:8080=new"],
+        &v1,
+        &[],
+    );
     assert_eq!(mesh.dial("10.96.0.7:80", 10).backend("old"), 10);
 
     // Move the endpoint.
@@ -349,8 +436,13 @@ fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
         eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.3", 8080, 0, 0)]),
     ]);
     mesh.rewrite(&v2);
-    let took = mesh.dial_until("10.96.0.7:80", 5, Duration::from_secs(5), |r| r.backend("new") == 5);
-    assert!(took < Duration::from_secs(1), "new endpoints must take over within 1 s, took {took:?}");
+    let took = mesh.dial_until("10.96.0.7:80", 5, Duration::from_secs(5), |r| {
+        r.backend("new") == 5
+    });
+    assert!(
+        took < Duration::from_secs(1),
+        "new endpoints must take over within 1 s, took {took:?}"
+    );
 
     // Not YAML at all: reported, old routing stays.
     mesh.rewrite("resources: [ this is : not valid");
@@ -370,15 +462,31 @@ fn file_edits_apply_within_a_second_and_invalid_edits_keep_the_old_routing() {
         listener("vip2", "10.96.0.8", 80, "svc"),
     ]);
     mesh.rewrite(&v3);
-    mesh.dial_until("10.96.0.8:80", 3, Duration::from_secs(5), |r| r.backend("new") == 3);
-    assert_eq!(mesh.dial("10.96.0.7:80", 10).backend("new"), 10, "the bad cluster must not apply");
-    let dump = mesh.daemon.config_dump();
+    mesh.dial_until("10.96.0.8:80", 3, Duration::from_secs(5), |r| {
+        r.backend("new") == 3
+    });
+    assert_eq!(
+        mesh.dial("10.96.0.7:80", 10).backend("new"),
+        10,
+        "the bad cluster must not apply"
+    );
+    // The maps are written before the dump is refreshed: wait for the dump.
+    let dump = mesh.wait_dump_version(3);
     assert_eq!(dump["last_update"]["status"], "APPLIED", "{dump}");
     let rejected = dump["last_update"]["rejected"].to_string();
-    assert!(rejected.contains("svc") && rejected.contains("weight"), "{dump}");
+    assert!(
+        rejected.contains("svc") && rejected.contains("weight"),
+        "{dump}"
+    );
     let logs = mesh.daemon.logs();
-    assert!(logs.contains("invalid xDS file"), "the parse error is logged:\n{logs}");
-    assert!(logs.contains("resource rejected"), "the rejection is logged:\n{logs}");
+    assert!(
+        logs.contains("invalid xDS file"),
+        "the parse error is logged:\n{logs}"
+    );
+    assert!(
+        logs.contains("resource rejected"),
+        "the rejection is logged:\n{logs}"
+    );
 }
 
 #[test]
@@ -413,25 +521,47 @@ fn a_config_over_capacity_is_rejected_whole() {
         let dump = mesh.daemon.config_dump();
         if dump["last_update"]["status"] == "REFUSED" {
             let error = dump["last_update"]["error"].as_str().unwrap_or_default();
-            assert!(error.contains("max-clusters"), "the error names the capacity: {dump}");
+            assert!(
+                error.contains("max-clusters"),
+                "the error names the capacity: {dump}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "over-capacity config not refused: {dump}");
+        assert!(
+            Instant::now() < deadline,
+            "over-capacity config not refused: {dump}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(mesh.dial("10.96.0.9:80", 5).backend("first"), 5, "the previous config still routes");
+    assert_eq!(
+        mesh.dial("10.96.0.9:80", 5).backend("first"),
+        5,
+        "the previous config still routes"
+    );
 }
 
 /// Program IDs attached to a cgroup, from bpftool.
 fn attached_prog_ids(cgroup: &Path) -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).output().unwrap();
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return vec![];
     }
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
 }
 
 fn prog_exists(id: u64) -> bool {
@@ -453,16 +583,30 @@ fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
     ]);
     let mut mesh = Mesh::start("kn-uninstall", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
     let ids = attached_prog_ids(mesh.cgroup.path());
-    assert_eq!(ids.len(), 5, "connect4/6, getpeername4/6, sockops attached: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        5,
+        "connect4/6, getpeername4/6, sockops attached: {ids:?}"
+    );
     let pins = mesh.bpffs.path().join("kmesh");
     assert!(pins.exists());
 
     // SIGTERM: a clean exit detaches everything and removes the pins.
     let status = mesh.daemon.stop().unwrap();
-    assert!(status.success(), "exit status {status}\n{}", mesh.daemon.logs());
+    assert!(
+        status.success(),
+        "exit status {status}\n{}",
+        mesh.daemon.logs()
+    );
     assert!(attached_prog_ids(mesh.cgroup.path()).is_empty());
-    assert!(!pins.join("kernel_native").exists(), "pins left after SIGTERM");
-    assert!(ids.iter().all(|id| !prog_exists(*id)), "programs left loaded after SIGTERM");
+    assert!(
+        !pins.join("kernel_native").exists(),
+        "pins left after SIGTERM"
+    );
+    assert!(
+        ids.iter().all(|id| !prog_exists(*id)),
+        "programs left loaded after SIGTERM"
+    );
 
     // A daemon killed outright leaves its pinned links: traffic keeps flowing
     // (state outlives the daemon) until `uninstall` removes it all.
@@ -471,14 +615,205 @@ fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
     let ids = attached_prog_ids(mesh.cgroup.path());
     assert_eq!(ids.len(), 5);
     let pid = daemon.pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     daemon.stop();
-    assert_eq!(mesh.dial("10.96.0.10:80", 3).backend("svc"), 3, "pinned programs keep steering");
+    assert_eq!(
+        mesh.dial("10.96.0.10:80", 3).backend("svc"),
+        3,
+        "pinned programs keep steering"
+    );
 
     let out = daemon.uninstall();
-    assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(attached_prog_ids(mesh.cgroup.path()).is_empty(), "links left after uninstall");
-    assert!(!pins.exists(), "pins left after uninstall: {:?}", fs::read_dir(&pins).map(|d| d.count()));
-    assert!(ids.iter().all(|id| !prog_exists(*id)), "programs left loaded after uninstall");
-    assert_eq!(mesh.dial("10.96.0.10:80", 3).error("ENETUNREACH"), 3, "nothing steers any more");
+    assert!(
+        out.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        attached_prog_ids(mesh.cgroup.path()).is_empty(),
+        "links left after uninstall"
+    );
+    assert!(
+        !pins.exists(),
+        "pins left after uninstall: {:?}",
+        fs::read_dir(&pins).map(|d| d.count())
+    );
+    assert!(
+        ids.iter().all(|id| !prog_exists(*id)),
+        "programs left loaded after uninstall"
+    );
+    assert_eq!(
+        mesh.dial("10.96.0.10:80", 3).error("ENETUNREACH"),
+        3,
+        "nothing steers any more"
+    );
+}
+
+/// The shape Istiod sends for a TCP service: listener filters, an mTLS
+/// transport socket, stats filters wrapped in TypedStruct, circuit breakers.
+/// None of it changes the connect-time decision: it must be accepted, routed,
+/// and listed as ignored.
+#[test]
+fn an_istio_shaped_config_is_accepted_routed_and_its_extras_listed_as_ignored() {
+    if !require_root() {
+        return;
+    }
+    let cluster = "outbound|3306||mysql.default.svc.cluster.local";
+    let yaml = format!(
+        r#"version_info: "2026-11-22T00:00:00Z/42"
+resources:
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: 10.96.0.11_3306
+  address: {{ socket_address: {{ address: 10.96.0.11, port_value: 3306 }} }}
+  bind_to_port: false
+  traffic_direction: OUTBOUND
+  listener_filters:
+  - name: envoy.filters.listener.tls_inspector
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+  filter_chains:
+  - filters:
+    - name: istio.stats
+      typed_config:
+        "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+        type_url: type.googleapis.com/stats.PluginConfig
+        value: {{ disable_host_header_fallback: true }}
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: "{cluster}"
+        cluster: "{cluster}"
+        idle_timeout: 3600s
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: "{cluster}"
+  type: EDS
+  eds_cluster_config:
+    service_name: "{cluster}"
+    eds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  connect_timeout: 10s
+  lb_policy: LEAST_REQUEST
+  circuit_breakers:
+    thresholds:
+    - {{ max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295 }}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      common_tls_context:
+        alpn_protocols: [istio-peer-exchange, istio]
+      sni: "{cluster}"
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: "{cluster}"
+  endpoints:
+  - locality: {{ region: r1, zone: z1 }}
+    lb_endpoints:
+    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.2, port_value: 3306 }} }} }}
+      health_status: HEALTHY
+      load_balancing_weight: 1
+    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.3, port_value: 3306 }} }} }}
+      health_status: UNHEALTHY
+      load_balancing_weight: 1
+    load_balancing_weight: 2
+"#
+    );
+    let mesh = Mesh::start(
+        "kn-istio",
+        &[],
+        &["127.0.0.2:3306=healthy", "127.0.0.3:3306=unhealthy"],
+        &yaml,
+        &[],
+    );
+    let r = mesh.dial("10.96.0.11:3306", 20);
+    assert_eq!(
+        r.backend("healthy"),
+        20,
+        "unhealthy endpoints are not used: {r:?}"
+    );
+
+    let dump = mesh.daemon.config_dump();
+    assert_eq!(dump["last_update"]["status"], "APPLIED", "{dump}");
+    assert_eq!(
+        dump["last_update"]["rejected"],
+        serde_json::json!([]),
+        "nothing rejected: {dump}"
+    );
+    let ignored = dump.to_string();
+    for extra in [
+        "listener_filters",
+        "transport_socket",
+        "circuit_breakers",
+        "LEAST_REQUEST",
+        "istio.stats",
+    ] {
+        assert!(
+            ignored.contains(extra),
+            "{extra} should be listed as ignored: {dump}"
+        );
+    }
+}
+
+#[test]
+fn kmeshctl_shows_version_and_both_dumps() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("vip", "10.96.0.12", 80, "svc"),
+        eds_cluster("svc", "RANDOM", &[("127.0.0.2", 8080, 7, 0)]),
+    ]);
+    let mesh = Mesh::start("kn-ctl", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kmeshctl"))
+            .args(["--admin-address", &mesh.daemon.admin_addr().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kmeshctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = ctl(&["version"]);
+    assert!(
+        version.contains("kmeshctl 0.") && version.contains("\"version\""),
+        "{version}"
+    );
+
+    let compiled: serde_json::Value =
+        serde_json::from_str(&ctl(&["dump", "kernel-native"])).unwrap();
+    assert_eq!(
+        compiled["listeners"][0]["address"], "10.96.0.12:80",
+        "{compiled}"
+    );
+    assert_eq!(
+        compiled["clusters"]["svc"]["lb_policy"], "RANDOM",
+        "{compiled}"
+    );
+
+    let bpf: serde_json::Value =
+        serde_json::from_str(&ctl(&["dump", "kernel-native", "--bpf"])).unwrap();
+    let records = bpf["clusters"][0]["records"].to_string();
+    assert!(
+        records.contains("127.0.0.2") && records.contains("\"cumulative_weight\":7"),
+        "{bpf}"
+    );
+
+    // A daemon that is not there: a clear error, non-zero exit.
+    let out = Command::new(env!("CARGO_BIN_EXE_kmeshctl"))
+        .args([
+            "--admin-address",
+            &format!("127.0.0.1:{}", free_port()),
+            "dump",
+            "kernel-native",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is kmesh-daemon running"));
 }

@@ -35,7 +35,9 @@ extern struct kn_stage_array kn_stages6 SEC(".maps");
 
 /* ---- the last stage: rewrite ---- */
 
-static __always_inline int kn_finish4(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c)
+/* `v6` is a constant after inlining: connect4 programs may not touch
+ * user_ip6, so the other branch must disappear at compile time. */
+static __always_inline int kn_finish(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c, const bool v6)
 {
 	struct kn_endpoint *ep = NULL;
 	int outcome = kn_cluster_stage(c, &ep);
@@ -45,22 +47,10 @@ static __always_inline int kn_finish4(struct bpf_sock_addr *ctx, struct kn_conne
 	if (outcome != KN_REWRITE || !ep)
 		return KN_ALLOW;
 	kn_remember(ctx, c);
-	kn_write_dst4(ctx, ep->addr, bpf_htons(ep->port));
-	kn_count(KN_STAT_REDIRECTED);
-	return KN_ALLOW;
-}
-
-static __always_inline int kn_finish6(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c)
-{
-	struct kn_endpoint *ep = NULL;
-	int outcome = kn_cluster_stage(c, &ep);
-
-	if (outcome == KN_NO_ENDPOINT)
-		return KN_REJECT;
-	if (outcome != KN_REWRITE || !ep)
-		return KN_ALLOW;
-	kn_remember(ctx, c);
-	kn_write_dst6(ctx, ep->family, ep->addr, bpf_htons(ep->port));
+	if (v6)
+		kn_write_dst6(ctx, ep->family, ep->addr, bpf_htons(ep->port));
+	else
+		kn_write_dst4(ctx, ep->addr, bpf_htons(ep->port));
 	kn_count(KN_STAT_REDIRECTED);
 	return KN_ALLOW;
 }
@@ -72,7 +62,7 @@ static __always_inline int kn_finish6(struct bpf_sock_addr *ctx, struct kn_conne
 	int kn_cluster##fam(struct bpf_sock_addr *ctx)                              \
 	{                                                                            \
 		struct kn_connect_ctx *c = kn_ctx();                                 \
-		return c ? kn_finish##fam(ctx, c) : KN_ALLOW;                        \
+		return c ? kn_finish(ctx, c, fam == 6) : KN_ALLOW;                   \
 	}                                                                            \
 	SEC(sec)                                                                     \
 	int kn_filter##fam(struct bpf_sock_addr *ctx)                               \
@@ -120,28 +110,41 @@ struct kn_stage_array kn_stages6 SEC(".maps") = {
 
 /* ---- entry programs ---- */
 
-SEC("cgroup/connect4")
-int kn_connect4(struct bpf_sock_addr *ctx)
+/* Common start of connect4/6: fill the scratch context and find the listener.
+ * NULL: not ours (not TCP, or no listener) and the connect goes on untouched. */
+static __always_inline struct kn_connect_ctx *kn_begin(struct bpf_sock_addr *ctx, const bool v6)
 {
 	struct kn_connect_ctx *c;
-	__u32 ip;
 
 	if (ctx->type != KN_SOCK_STREAM)
-		return KN_ALLOW;
+		return NULL;
 	kn_count(KN_STAT_CONNECT_SEEN);
 	c = kn_ctx();
 	if (!c)
-		return KN_ALLOW;
+		return NULL;
 	__builtin_memset(c, 0, sizeof(*c));
-	ip = ctx->user_ip4;
-	__builtin_memcpy(c->dst_addr, &ip, 4);
-	c->dst_family = KN_FAMILY_V4;
-	c->listener.family = KN_FAMILY_V4;
+	if (v6) {
+		c->dst_family = kn_read_dst6(ctx, c->dst_addr);
+	} else {
+		__u32 ip = ctx->user_ip4;
+
+		__builtin_memcpy(c->dst_addr, &ip, 4);
+		c->dst_family = KN_FAMILY_V4;
+	}
+	c->listener.family = c->dst_family;
 	c->listener.port = bpf_ntohs((__u16)ctx->user_port);
 	if (!kn_find_listener(c)) {
 		kn_count(KN_STAT_NO_LISTENER);
-		return KN_ALLOW;
+		return NULL;
 	}
+	return c;
+}
+
+SEC("cgroup/connect4")
+int kn_connect4(struct bpf_sock_addr *ctx)
+{
+	if (!kn_begin(ctx, false))
+		return KN_ALLOW;
 	bpf_tail_call(ctx, &kn_stages4, KN_STAGE_FILTER_CHAIN);
 	kn_count(KN_STAT_TAIL_CALL_FAILED);
 	return KN_ALLOW;
@@ -150,22 +153,8 @@ int kn_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int kn_connect6(struct bpf_sock_addr *ctx)
 {
-	struct kn_connect_ctx *c;
-
-	if (ctx->type != KN_SOCK_STREAM)
+	if (!kn_begin(ctx, true))
 		return KN_ALLOW;
-	kn_count(KN_STAT_CONNECT_SEEN);
-	c = kn_ctx();
-	if (!c)
-		return KN_ALLOW;
-	__builtin_memset(c, 0, sizeof(*c));
-	c->dst_family = kn_read_dst6(ctx, c->dst_addr);
-	c->listener.family = c->dst_family;
-	c->listener.port = bpf_ntohs((__u16)ctx->user_port);
-	if (!kn_find_listener(c)) {
-		kn_count(KN_STAT_NO_LISTENER);
-		return KN_ALLOW;
-	}
 	bpf_tail_call(ctx, &kn_stages6, KN_STAGE_FILTER_CHAIN);
 	kn_count(KN_STAT_TAIL_CALL_FAILED);
 	return KN_ALLOW;

@@ -9,7 +9,10 @@ fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", config.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -11,7 +11,12 @@ use kmesh::admin_client;
 #[command(name = "kmeshctl", version, about = "Operate a running kmesh-daemon")]
 struct Cli {
     /// The daemon's admin endpoint.
-    #[arg(long, global = true, default_value = "127.0.0.1:15200", env = "KMESH_ADMIN_ADDRESS")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:15200",
+        env = "KMESH_ADMIN_ADDRESS"
+    )]
     admin_address: SocketAddr,
     #[command(subcommand)]
     command: Cmd,
@@ -42,11 +47,16 @@ fn main() -> anyhow::Result<()> {
             println!("kmeshctl {}", env!("CARGO_PKG_VERSION"));
             match admin_client::get(cli.admin_address, "/version") {
                 Ok((200, body)) => println!("daemon   {}", body.trim()),
-                Ok((status, body)) => println!("daemon   unavailable (HTTP {status}: {})", body.trim()),
+                Ok((status, body)) => {
+                    println!("daemon   unavailable (HTTP {status}: {})", body.trim())
+                }
                 Err(e) => println!("daemon   unreachable: {e}"),
             }
         }
-        Cmd::Dump { mode: DumpMode::KernelNative, bpf } => {
+        Cmd::Dump {
+            mode: DumpMode::KernelNative,
+            bpf,
+        } => {
             let path = if bpf {
                 "/debug/config_dump/bpf/kernel-native"
             } else {

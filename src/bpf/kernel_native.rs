@@ -88,9 +88,9 @@ impl KernelNativeBpf {
             .kn_cluster_conns
             .set_max_entries(capacity.max_clusters)
             .map_err(BpfError::libbpf("sizing kn_cluster_conns"))?;
-        let mut skel = open
-            .load()
-            .map_err(BpfError::libbpf("loading the kernel-native programs (verifier)"))?;
+        let mut skel = open.load().map_err(BpfError::libbpf(
+            "loading the kernel-native programs (verifier)",
+        ))?;
 
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
@@ -113,7 +113,8 @@ impl KernelNativeBpf {
                 .map_err(BpfError::libbpf(format!("pinning map {name}")))?;
         }
 
-        let cgroup = File::open(cgroup2_path).map_err(BpfError::io("opening cgroup2", cgroup2_path))?;
+        let cgroup =
+            File::open(cgroup2_path).map_err(BpfError::io("opening cgroup2", cgroup2_path))?;
         let mut links = Vec::new();
         let progs = &skel.progs;
         for (name, prog) in [
@@ -125,7 +126,10 @@ impl KernelNativeBpf {
         ] {
             let mut link = prog
                 .attach_cgroup(cgroup.as_raw_fd())
-                .map_err(BpfError::libbpf(format!("attaching {name} to {}", cgroup2_path.display())))?;
+                .map_err(BpfError::libbpf(format!(
+                    "attaching {name} to {}",
+                    cgroup2_path.display()
+                )))?;
             link.pin(links_dir.join(name))
                 .map_err(BpfError::libbpf(format!("pinning link {name}")))?;
             links.push(link);
@@ -173,8 +177,10 @@ impl KernelNativeBpf {
 pub fn open_pinned_maps(pin_dir: &Path) -> Result<KernelNativeMaps, BpfError> {
     let open = |name: &str| {
         let path = pin_dir.join("maps").join(name);
-        MapHandle::from_pinned_path(&path)
-            .map_err(BpfError::libbpf(format!("opening pinned map {}", path.display())))
+        MapHandle::from_pinned_path(&path).map_err(BpfError::libbpf(format!(
+            "opening pinned map {}",
+            path.display()
+        )))
     };
     Ok(KernelNativeMaps {
         listeners: open(MAP_LISTENERS)?,

@@ -24,12 +24,17 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
     if fs_type_is(path, BPF_FS_MAGIC) {
         return Ok(());
     }
-    mount(Some("bpf"), path, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|source| {
-        BpfError::Mount {
-            fs: "bpf",
-            path: path.to_path_buf(),
-            source,
-        }
+    mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpfError::Mount {
+        fs: "bpf",
+        path: path.to_path_buf(),
+        source,
     })
 }
 

@@ -41,14 +41,21 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
         let shown = records::listener_key_from(&key)
             .map(|k| std::net::SocketAddr::new(k.addr, k.port).to_string())
             .unwrap_or_else(|| "<bad key>".into());
-        if let Some(inner) = read_inner(&maps.listeners, &key, shown, records::decode_listener_record)? {
+        if let Some(inner) = read_inner(
+            &maps.listeners,
+            &key,
+            shown,
+            records::decode_listener_record,
+        )? {
             listeners.push(inner);
         }
     }
     let mut clusters = Vec::new();
     for key in maps.clusters.keys() {
         let shown = records::name_from(&key);
-        if let Some(inner) = read_inner(&maps.clusters, &key, shown, records::decode_cluster_record)? {
+        if let Some(inner) =
+            read_inner(&maps.clusters, &key, shown, records::decode_cluster_record)?
+        {
             clusters.push(inner);
         }
     }
@@ -80,7 +87,10 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
             .unwrap_or_default();
         let sum: u64 = per_cpu
             .iter()
-            .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))))
+            .filter_map(|v| {
+                v.get(..8)
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+            })
             .sum();
         stats.insert((*name).to_string(), sum.into());
     }

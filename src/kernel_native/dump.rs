@@ -44,7 +44,12 @@ pub struct KernelNativeDump<'a> {
     pub route_configs: &'a BTreeMap<String, CompiledRouteConfig>,
 }
 
-pub fn build<'a>(source: &'a str, version: u64, last: Option<&'a LastUpdate>, plan: &'a Plan) -> KernelNativeDump<'a> {
+pub fn build<'a>(
+    source: &'a str,
+    version: u64,
+    last: Option<&'a LastUpdate>,
+    plan: &'a Plan,
+) -> KernelNativeDump<'a> {
     KernelNativeDump {
         mode: "kernel-native",
         source,

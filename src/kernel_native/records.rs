@@ -10,7 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-use super::plan::{ChainMatch, CompiledCluster, CompiledListener, FilterAction, LbPolicy, ListenerKey, PriorityLevel};
+use super::plan::{
+    ChainMatch, CompiledCluster, CompiledListener, FilterAction, LbPolicy, ListenerKey,
+    PriorityLevel,
+};
 use crate::bpf::skel::types as c;
 
 // Constants of include/kernel_native.h (enums are not in BTF-generated Rust).
@@ -149,7 +152,10 @@ pub fn listener_key_from(b: &[u8]) -> Option<ListenerKey> {
 /// The records of one listener's inner map, index by index.
 pub fn listener_records(l: &CompiledListener) -> Vec<(u32, Vec<u8>)> {
     // Equal actions share one filter record.
-    fn filter_index<'a>(action: &'a Option<FilterAction>, filters: &mut Vec<&'a FilterAction>) -> Option<usize> {
+    fn filter_index<'a>(
+        action: &'a Option<FilterAction>,
+        filters: &mut Vec<&'a FilterAction>,
+    ) -> Option<usize> {
         let action = action.as_ref()?;
         Some(match filters.iter().position(|f| *f == action) {
             Some(i) => i,
@@ -162,15 +168,25 @@ pub fn listener_records(l: &CompiledListener) -> Vec<(u32, Vec<u8>)> {
     let mut filters: Vec<&FilterAction> = Vec::new();
     // Filters are laid out after the header and the chain matches; weighted
     // entries after the filters.
-    let match_refs: Vec<Option<usize>> = l.matches.iter().map(|m| filter_index(&m.action, &mut filters)).collect();
+    let match_refs: Vec<Option<usize>> = l
+        .matches
+        .iter()
+        .map(|m| filter_index(&m.action, &mut filters))
+        .collect();
     let default_ref = filter_index(&l.default_action, &mut filters);
     let first_filter = 1 + l.matches.len() as u32;
     let filter_at = |i: Option<usize>| i.map_or(KN_NONE, |i| first_filter + i as u32);
 
     let mut out = Vec::new();
     let mut header = Record::new(LISTENER_RECORD_SIZE, KN_LREC_HEADER);
-    header.u32(LBODY + offset_of!(c::kn_listener_header, match_count), l.matches.len() as u32);
-    header.u32(LBODY + offset_of!(c::kn_listener_header, default_filter), filter_at(default_ref));
+    header.u32(
+        LBODY + offset_of!(c::kn_listener_header, match_count),
+        l.matches.len() as u32,
+    );
+    header.u32(
+        LBODY + offset_of!(c::kn_listener_header, default_filter),
+        filter_at(default_ref),
+    );
     out.push((0, header.0));
 
     for (i, (m, fref)) in l.matches.iter().zip(&match_refs).enumerate() {
@@ -190,17 +206,28 @@ pub fn listener_records(l: &CompiledListener) -> Vec<(u32, Vec<u8>)> {
                 f.u32(at(offset_of!(c::kn_filter, kind)), KN_FILTER_HTTP);
                 f.bytes(name_off, &name_key(route_config));
             }
-            FilterAction::Passthrough => f.u32(at(offset_of!(c::kn_filter, kind)), KN_FILTER_PASSTHROUGH),
+            FilterAction::Passthrough => {
+                f.u32(at(offset_of!(c::kn_filter, kind)), KN_FILTER_PASSTHROUGH)
+            }
             FilterAction::WeightedClusters { clusters } => {
                 f.u32(at(offset_of!(c::kn_filter, kind)), KN_FILTER_TCP_PROXY);
                 f.u32(at(offset_of!(c::kn_filter, weighted_first)), next_weighted);
-                f.u32(at(offset_of!(c::kn_filter, weighted_count)), clusters.len() as u32);
+                f.u32(
+                    at(offset_of!(c::kn_filter, weighted_count)),
+                    clusters.len() as u32,
+                );
                 let mut cumulative = 0u32;
                 for (name, weight) in clusters {
                     cumulative = cumulative.saturating_add(*weight);
                     let mut w = Record::new(LISTENER_RECORD_SIZE, KN_LREC_WEIGHTED_CLUSTER);
-                    w.u32(LBODY + offset_of!(c::kn_weighted_cluster, cumulative_weight), cumulative);
-                    w.bytes(LBODY + offset_of!(c::kn_weighted_cluster, cluster), &name_key(name));
+                    w.u32(
+                        LBODY + offset_of!(c::kn_weighted_cluster, cumulative_weight),
+                        cumulative,
+                    );
+                    w.bytes(
+                        LBODY + offset_of!(c::kn_weighted_cluster, cluster),
+                        &name_key(name),
+                    );
                     out.push((next_weighted, w.0));
                     next_weighted += 1;
                 }
@@ -239,7 +266,10 @@ pub fn cluster_records(cl: &CompiledCluster) -> Vec<(u32, Vec<u8>)> {
     let counts = h(offset_of!(c::kn_cluster_header, level_count));
     header.u8(counts, cl.levels_v4.len() as u8);
     header.u8(counts + 1, cl.levels_v6.len() as u8);
-    header.u8(h(offset_of!(c::kn_cluster_header, passthrough)), u8::from(cl.passthrough));
+    header.u8(
+        h(offset_of!(c::kn_cluster_header, passthrough)),
+        u8::from(cl.passthrough),
+    );
     out.push((0, header.0));
 
     let mut next = KN_CLUSTER_FIRST_ENDPOINT;
@@ -266,11 +296,20 @@ pub fn cluster_records(cl: &CompiledCluster) -> Vec<(u32, Vec<u8>)> {
 fn level_record(level: &PriorityLevel, first: u32) -> Vec<u8> {
     let mut r = Record::new(CLUSTER_RECORD_SIZE, KN_CREC_LEVEL);
     let at = |field: usize| CBODY + field;
-    let total = level.endpoints.iter().fold(0u32, |t, e| t.saturating_add(e.weight));
+    let total = level
+        .endpoints
+        .iter()
+        .fold(0u32, |t, e| t.saturating_add(e.weight));
     r.u32(at(offset_of!(c::kn_priority_level, first)), first);
-    r.u32(at(offset_of!(c::kn_priority_level, count)), level.endpoints.len() as u32);
+    r.u32(
+        at(offset_of!(c::kn_priority_level, count)),
+        level.endpoints.len() as u32,
+    );
     r.u32(at(offset_of!(c::kn_priority_level, total_weight)), total);
-    r.u32(at(offset_of!(c::kn_priority_level, priority)), level.priority);
+    r.u32(
+        at(offset_of!(c::kn_priority_level, priority)),
+        level.priority,
+    );
     r.0
 }
 
@@ -278,14 +317,48 @@ fn level_record(level: &PriorityLevel, first: u32) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum DecodedRecord {
-    ListenerHeader { match_count: u32, default_filter: Option<u32> },
-    ChainMatch { family: String, prefix: String, prefix_len: u8, filter: Option<u32> },
-    Filter { filter: String, name: String, weighted_first: u32, weighted_count: u32, total_weight: u32 },
-    WeightedCluster { cumulative_weight: u32, cluster: String },
-    ClusterHeader { lb_policy: String, rr_cursor: u32, levels_v4: u8, levels_v6: u8, passthrough: bool },
-    Level { first: u32, count: u32, total_weight: u32, priority: u32 },
-    Endpoint { address: String, port: u16, cumulative_weight: u32 },
-    Unknown { kind: u32 },
+    ListenerHeader {
+        match_count: u32,
+        default_filter: Option<u32>,
+    },
+    ChainMatch {
+        family: String,
+        prefix: String,
+        prefix_len: u8,
+        filter: Option<u32>,
+    },
+    Filter {
+        filter: String,
+        name: String,
+        weighted_first: u32,
+        weighted_count: u32,
+        total_weight: u32,
+    },
+    WeightedCluster {
+        cumulative_weight: u32,
+        cluster: String,
+    },
+    ClusterHeader {
+        lb_policy: String,
+        rr_cursor: u32,
+        levels_v4: u8,
+        levels_v6: u8,
+        passthrough: bool,
+    },
+    Level {
+        first: u32,
+        count: u32,
+        total_weight: u32,
+        priority: u32,
+    },
+    Endpoint {
+        address: String,
+        port: u16,
+        cumulative_weight: u32,
+    },
+    Unknown {
+        kind: u32,
+    },
 }
 
 fn opt(v: u32) -> Option<u32> {
@@ -300,7 +373,10 @@ pub fn decode_listener_record(b: &[u8]) -> DecodedRecord {
     match rd_u32(b, 0) {
         KN_LREC_HEADER => DecodedRecord::ListenerHeader {
             match_count: rd_u32(b, at(offset_of!(c::kn_listener_header, match_count))),
-            default_filter: opt(rd_u32(b, at(offset_of!(c::kn_listener_header, default_filter)))),
+            default_filter: opt(rd_u32(
+                b,
+                at(offset_of!(c::kn_listener_header, default_filter)),
+            )),
         },
         KN_LREC_CHAIN_MATCH => {
             let family = b[at(offset_of!(c::kn_chain_match, family))];
@@ -312,7 +388,11 @@ pub fn decode_listener_record(b: &[u8]) -> DecodedRecord {
                     _ => "any",
                 }
                 .into(),
-                prefix: if family == KN_FAMILY_ANY { "*".into() } else { addr_from(family, addr).to_string() },
+                prefix: if family == KN_FAMILY_ANY {
+                    "*".into()
+                } else {
+                    addr_from(family, addr).to_string()
+                },
                 prefix_len: b[at(offset_of!(c::kn_chain_match, prefix_len))],
                 filter: opt(rd_u32(b, at(offset_of!(c::kn_chain_match, filter)))),
             }
@@ -425,22 +505,59 @@ mod tests {
                     action: None,
                 },
             ],
-            default_action: Some(FilterAction::TcpProxy { cluster: "c3".into() }),
+            default_action: Some(FilterAction::TcpProxy {
+                cluster: "c3".into(),
+            }),
             ignored: vec![],
+            inline_route_configs: Default::default(),
         };
         let recs = listener_records(&l);
-        let decoded: Vec<_> = recs.iter().map(|(i, b)| (*i, decode_listener_record(b))).collect();
-        assert_eq!(decoded[0], (0, DecodedRecord::ListenerHeader { match_count: 2, default_filter: Some(4) }));
+        let decoded: Vec<_> = recs
+            .iter()
+            .map(|(i, b)| (*i, decode_listener_record(b)))
+            .collect();
+        assert_eq!(
+            decoded[0],
+            (
+                0,
+                DecodedRecord::ListenerHeader {
+                    match_count: 2,
+                    default_filter: Some(4)
+                }
+            )
+        );
         assert_eq!(
             decoded[1].1,
-            DecodedRecord::ChainMatch { family: "v4".into(), prefix: "10.0.0.0".into(), prefix_len: 8, filter: Some(3) }
+            DecodedRecord::ChainMatch {
+                family: "v4".into(),
+                prefix: "10.0.0.0".into(),
+                prefix_len: 8,
+                filter: Some(3)
+            }
         );
         assert_eq!(
             decoded[2].1,
-            DecodedRecord::ChainMatch { family: "any".into(), prefix: "*".into(), prefix_len: 0, filter: None }
+            DecodedRecord::ChainMatch {
+                family: "any".into(),
+                prefix: "*".into(),
+                prefix_len: 0,
+                filter: None
+            }
         );
-        assert!(decoded.contains(&(5, DecodedRecord::WeightedCluster { cumulative_weight: 80, cluster: "c1".into() })));
-        assert!(decoded.contains(&(6, DecodedRecord::WeightedCluster { cumulative_weight: 100, cluster: "c2".into() })));
+        assert!(decoded.contains(&(
+            5,
+            DecodedRecord::WeightedCluster {
+                cumulative_weight: 80,
+                cluster: "c1".into()
+            }
+        )));
+        assert!(decoded.contains(&(
+            6,
+            DecodedRecord::WeightedCluster {
+                cumulative_weight: 100,
+                cluster: "c2".into()
+            }
+        )));
         assert!(decoded.contains(&(
             4,
             DecodedRecord::Filter {
@@ -455,34 +572,67 @@ mod tests {
 
     #[test]
     fn cluster_records_lay_levels_and_cumulative_weights() {
-        let ep = |a: &str, w| Endpoint { addr: a.parse().unwrap(), port: 80, weight: w };
+        let ep = |a: &str, w| Endpoint {
+            addr: a.parse().unwrap(),
+            port: 80,
+            weight: w,
+        };
         let cl = CompiledCluster {
             lb_policy: LbPolicy::Random,
             levels_v4: vec![
-                PriorityLevel { priority: 0, endpoints: vec![ep("127.0.0.2", 1), ep("127.0.0.3", 3)] },
-                PriorityLevel { priority: 2, endpoints: vec![ep("127.0.0.4", 1)] },
+                PriorityLevel {
+                    priority: 0,
+                    endpoints: vec![ep("127.0.0.2", 1), ep("127.0.0.3", 3)],
+                },
+                PriorityLevel {
+                    priority: 2,
+                    endpoints: vec![ep("127.0.0.4", 1)],
+                },
             ],
-            levels_v6: vec![PriorityLevel { priority: 0, endpoints: vec![ep("fd00::2", 5)] }],
+            levels_v6: vec![PriorityLevel {
+                priority: 0,
+                endpoints: vec![ep("fd00::2", 5)],
+            }],
             passthrough: false,
             ignored: vec![],
         };
-        let recs: std::collections::BTreeMap<u32, DecodedRecord> =
-            cluster_records(&cl).iter().map(|(i, b)| (*i, decode_cluster_record(b))).collect();
+        let recs: std::collections::BTreeMap<u32, DecodedRecord> = cluster_records(&cl)
+            .iter()
+            .map(|(i, b)| (*i, decode_cluster_record(b)))
+            .collect();
         assert_eq!(
             recs[&level_index(KN_FAMILY_V4, 0)],
-            DecodedRecord::Level { first: 17, count: 2, total_weight: 4, priority: 0 }
+            DecodedRecord::Level {
+                first: 17,
+                count: 2,
+                total_weight: 4,
+                priority: 0
+            }
         );
         assert_eq!(
             recs[&level_index(KN_FAMILY_V4, 1)],
-            DecodedRecord::Level { first: 19, count: 1, total_weight: 1, priority: 2 }
+            DecodedRecord::Level {
+                first: 19,
+                count: 1,
+                total_weight: 1,
+                priority: 2
+            }
         );
         assert_eq!(
             recs[&18],
-            DecodedRecord::Endpoint { address: "127.0.0.3".into(), port: 80, cumulative_weight: 4 }
+            DecodedRecord::Endpoint {
+                address: "127.0.0.3".into(),
+                port: 80,
+                cumulative_weight: 4
+            }
         );
         assert_eq!(
             recs[&20],
-            DecodedRecord::Endpoint { address: "fd00::2".into(), port: 80, cumulative_weight: 5 }
+            DecodedRecord::Endpoint {
+                address: "fd00::2".into(),
+                port: 80,
+                cumulative_weight: 5
+            }
         );
     }
 }

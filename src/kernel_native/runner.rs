@@ -48,6 +48,9 @@ impl KernelNativeRunner {
                 return false;
             }
         };
+        for note in &staged.unsupported {
+            tracing::warn!("{note}; skipped");
+        }
         for err in &staged.rejected {
             tracing::error!(error = %err, "resource rejected; its previous version (if any) stays in force");
         }
@@ -55,13 +58,10 @@ impl KernelNativeRunner {
             Ok(write) => {
                 self.warn_http_only(&staged.plan);
                 self.version += 1;
-                tracing::info!(
-                    version = self.version,
-                    listeners = staged.plan.listeners.len(),
-                    clusters = staged.plan.clusters.len(),
-                    rejected = staged.rejected.len(),
-                    ?write,
-                    "configuration applied"
+                let (listeners, clusters, rejected) = (
+                    staged.plan.listeners.len(),
+                    staged.plan.clusters.len(),
+                    staged.rejected.len(),
                 );
                 self.last = Some(LastUpdate::Applied {
                     at_unix_ms: dump::now_unix_ms(),
@@ -70,6 +70,14 @@ impl KernelNativeRunner {
                 });
                 self.state.commit(staged);
                 self.publish_dump();
+                tracing::info!(
+                    version = self.version,
+                    listeners,
+                    clusters,
+                    rejected,
+                    ?write,
+                    "configuration applied"
+                );
                 self.admin.set_ready();
                 true
             }
@@ -91,7 +99,12 @@ impl KernelNativeRunner {
     }
 
     fn publish_dump(&self) {
-        let dump = dump::build(&self.source, self.version, self.last.as_ref(), self.state.plan());
+        let dump = dump::build(
+            &self.source,
+            self.version,
+            self.last.as_ref(),
+            self.state.plan(),
+        );
         match serde_json::to_value(&dump) {
             Ok(v) => self.admin.set_kernel_native_dump(v),
             Err(e) => tracing::error!(error = %e, "building the config dump"),
@@ -107,7 +120,10 @@ impl KernelNativeRunner {
                 .filter_map(|m| m.action.as_ref())
                 .chain(listener.default_action.as_ref())
                 .collect();
-            let http_only = !actions.is_empty() && actions.iter().all(|a| matches!(a, FilterAction::Http { .. }));
+            let http_only = !actions.is_empty()
+                && actions
+                    .iter()
+                    .all(|a| matches!(a, FilterAction::Http { .. }));
             if http_only && self.warned_http_only.insert(listener.name.clone()) {
                 tracing::warn!(
                     listener = %listener.name,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::compiler::{self, CapacityError, Limits};
 use super::plan::Plan;
-use super::resources::{self, Resource, ResourceError, ResourceKind, Resources};
+use super::resources::{self, DecodeError, Resource, ResourceError, ResourceKind, Resources};
 
 /// The accepted resources and the plan compiled from them.
 #[derive(Debug, Default)]
@@ -27,6 +27,8 @@ pub struct Staged {
     pub plan: Plan,
     /// Resources rejected individually (the NACK text).
     pub rejected: Vec<ResourceError>,
+    /// Resources of types this mode does not use (skipped, not an error).
+    pub unsupported: Vec<String>,
 }
 
 /// Why a whole snapshot was refused. The previous config stays in force.
@@ -44,7 +46,10 @@ fn rejected_suffix(rejected: &[ResourceError]) -> String {
     if rejected.is_empty() {
         String::new()
     } else {
-        format!(" (and {} resource(s) rejected individually)", rejected.len())
+        format!(
+            " (and {} resource(s) rejected individually)",
+            rejected.len()
+        )
     }
 }
 
@@ -63,7 +68,7 @@ impl ConfigState {
 
     /// Validate and compile a snapshot against the accepted state.
     pub fn stage(&self, snapshot: &[Any], limits: &Limits) -> Result<Staged, SnapshotError> {
-        let (mut candidate, mut rejected) = collect(snapshot);
+        let (mut candidate, mut rejected, unsupported) = collect(snapshot);
         for err in rejected.iter().filter(|e| !e.name.is_empty()) {
             replace_with_accepted(&mut candidate, &self.accepted, err.kind, &err.name);
         }
@@ -92,6 +97,7 @@ impl ConfigState {
             resources: candidate,
             plan: second.plan,
             rejected,
+            unsupported,
         })
     }
 
@@ -104,23 +110,32 @@ impl ConfigState {
 
 /// Decode a snapshot into resources by name. Undecodable items and repeated
 /// names are rejected (the first of a name wins, as the order is the sender's).
-fn collect(snapshot: &[Any]) -> (Resources, Vec<ResourceError>) {
+fn collect(snapshot: &[Any]) -> (Resources, Vec<ResourceError>, Vec<String>) {
     let mut out = Resources::default();
     let mut rejected = Vec::new();
+    let mut unsupported = Vec::new();
     for (i, any) in snapshot.iter().enumerate() {
         let resource = match resources::decode(any) {
             Ok(r) => r,
-            Err(e) => {
+            Err(DecodeError::Malformed(e)) => {
                 rejected.push(e);
+                continue;
+            }
+            Err(DecodeError::UnknownType(type_url)) => {
+                unsupported.push(format!(
+                    "resources[{i}]: {type_url} is not used by kernel-native mode"
+                ));
                 continue;
             }
         };
         let (kind, name) = (resource.kind(), resource.name().to_string());
         let duplicate = match resource {
-            Resource::Listener(l) => out.listeners.insert(name.clone(), l).is_some(),
-            Resource::Cluster(c) => out.clusters.insert(name.clone(), c).is_some(),
-            Resource::ClusterLoadAssignment(c) => out.load_assignments.insert(name.clone(), c).is_some(),
-            Resource::RouteConfiguration(r) => out.route_configs.insert(name.clone(), r).is_some(),
+            Resource::Listener(l) => out.listeners.insert(name.clone(), *l).is_some(),
+            Resource::Cluster(c) => out.clusters.insert(name.clone(), *c).is_some(),
+            Resource::ClusterLoadAssignment(c) => {
+                out.load_assignments.insert(name.clone(), *c).is_some()
+            }
+            Resource::RouteConfiguration(r) => out.route_configs.insert(name.clone(), *r).is_some(),
         };
         if duplicate {
             rejected.push(ResourceError {
@@ -131,10 +146,15 @@ fn collect(snapshot: &[Any]) -> (Resources, Vec<ResourceError>) {
             });
         }
     }
-    (out, rejected)
+    (out, rejected, unsupported)
 }
 
-fn replace_with_accepted(candidate: &mut Resources, accepted: &Resources, kind: ResourceKind, name: &str) {
+fn replace_with_accepted(
+    candidate: &mut Resources,
+    accepted: &Resources,
+    kind: ResourceKind,
+    name: &str,
+) {
     fn swap<T: Clone>(
         to: &mut std::collections::BTreeMap<String, T>,
         from: &std::collections::BTreeMap<String, T>,
@@ -152,10 +172,14 @@ fn replace_with_accepted(candidate: &mut Resources, accepted: &Resources, kind: 
     match kind {
         ResourceKind::Listener => swap(&mut candidate.listeners, &accepted.listeners, name),
         ResourceKind::Cluster => swap(&mut candidate.clusters, &accepted.clusters, name),
-        ResourceKind::ClusterLoadAssignment => {
-            swap(&mut candidate.load_assignments, &accepted.load_assignments, name)
+        ResourceKind::ClusterLoadAssignment => swap(
+            &mut candidate.load_assignments,
+            &accepted.load_assignments,
+            name,
+        ),
+        ResourceKind::RouteConfiguration => {
+            swap(&mut candidate.route_configs, &accepted.route_configs, name)
         }
-        ResourceKind::RouteConfiguration => swap(&mut candidate.route_configs, &accepted.route_configs, name),
     }
 }
 

@@ -116,7 +116,12 @@ impl MapWriter {
             .copied()
             .collect();
         for key in gone {
-            remove(&self.maps.listeners, "kn_listeners", &records::listener_key(&key), &display_key(&key))?;
+            remove(
+                &self.maps.listeners,
+                "kn_listeners",
+                &records::listener_key(&key),
+                &display_key(&key),
+            )?;
             self.listeners.remove(&key);
             stats.listeners_removed += 1;
         }

@@ -660,7 +660,21 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         loop {
             if self.is_ready() {
-                return Ok(());
+                // Make sure the port is ours: a parallel test's daemon could
+                // have taken the "free" port first.
+                let pid = try_http_get(self.admin, "/version")
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .and_then(|v| v["pid"].as_u64());
+                if pid == self.pid().map(u64::from) {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "admin port {} answered for pid {pid:?}, not our daemon {:?}; log:\n{}",
+                    self.admin,
+                    self.pid(),
+                    self.logs()
+                ));
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
