@@ -18,6 +18,8 @@ use crate::kernel_native::bpf_dump;
 pub struct AdminState {
     ready: AtomicBool,
     kernel_native_dump: RwLock<serde_json::Value>,
+    /// ADS transport state, shown inside the kernel-native dump as `xds`.
+    xds_status: RwLock<Option<serde_json::Value>>,
     bpf_fs_path: PathBuf,
 }
 
@@ -28,6 +30,7 @@ impl AdminState {
             kernel_native_dump: RwLock::new(
                 serde_json::json!({"status": "no configuration applied yet"}),
             ),
+            xds_status: RwLock::new(None),
             bpf_fs_path,
         })
     }
@@ -38,10 +41,27 @@ impl AdminState {
     }
 
     pub fn set_kernel_native_dump(&self, dump: serde_json::Value) {
-        match self.kernel_native_dump.write() {
-            Ok(mut d) => *d = dump,
-            Err(poisoned) => *poisoned.into_inner() = dump,
-        }
+        replace(&self.kernel_native_dump, dump);
+    }
+
+    pub fn set_xds_status(&self, status: serde_json::Value) {
+        replace(&self.xds_status, Some(status));
+    }
+}
+
+/// A poisoned lock only means a writer panicked mid-replace of a whole value:
+/// the value is still usable, so keep serving it.
+fn replace<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut d) => *d = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(d) => d.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
     }
 }
 
@@ -104,10 +124,10 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn kernel_native_dump(State(state): State<Arc<AdminState>>) -> Response {
-    let dump = match state.kernel_native_dump.read() {
-        Ok(d) => d.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
+    let mut dump = read(&state.kernel_native_dump);
+    if let (Some(xds), Some(obj)) = (read(&state.xds_status), dump.as_object_mut()) {
+        obj.insert("xds".to_string(), xds);
+    }
     Json(dump).into_response()
 }
 

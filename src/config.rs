@@ -38,6 +38,44 @@ pub struct Config {
     #[arg(long, env = "XDS_ADDRESS", value_name = "HOST:PORT")]
     pub xds_address: Option<String>,
 
+    /// Plaintext gRPC to the control plane even when the address has no
+    /// `http://` scheme (tests, local control planes).
+    #[arg(long)]
+    pub xds_plaintext: bool,
+
+    /// Root CA of the control plane (TLS).
+    #[arg(
+        long,
+        env = "XDS_ROOT_CA",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub xds_root_cert: PathBuf,
+
+    /// Bearer token sent to the control plane; used when the file exists.
+    #[arg(
+        long,
+        env = "XDS_TOKEN_FILE",
+        default_value = "/var/run/secrets/tokens/istio-token"
+    )]
+    pub xds_token_file: PathBuf,
+
+    /// Cluster name sent to the control plane (node metadata and `ClusterID`).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// This pod's IP, part of the node id.
+    #[arg(long, env = "INSTANCE_IP", default_value = "127.0.0.1")]
+    pub instance_ip: String,
+
+    #[arg(long, env = "POD_NAME", default_value = "kmesh")]
+    pub pod_name: String,
+
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kmesh-system")]
+    pub pod_namespace: String,
+
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+
     /// Root of the BPF filesystem; pins live under `<path>/kmesh/`.
     #[arg(long, global = true, default_value = "/sys/fs/bpf")]
     pub bpf_fs_path: PathBuf,

@@ -1,7 +1,7 @@
 //! The daemon's life: load and attach, follow the configuration source,
 //! detach on SIGTERM/SIGINT.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -13,8 +13,11 @@ use crate::config::{Command, Config, Mode};
 use crate::kernel_native::compiler::Limits;
 use crate::kernel_native::runner::KernelNativeRunner;
 use crate::kernel_native::writer::MapWriter;
+use crate::kernel_native::xds_sotw::KernelNativeXds;
+use crate::xds::ads::{self, AdsConfig, TlsSettings};
 use crate::xds::file::parse_resources;
 use crate::xds::file_watch::FileWatch;
+use crate::xds::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -22,11 +25,6 @@ pub enum DaemonError {
         "--mode dual-engine is not available in this release yet; run with --mode kernel-native"
     )]
     ModeNotAvailable,
-    #[error(
-        "ADS over gRPC (--xds-address / XDS_ADDRESS) is not available in this release yet; \
-         give the configuration with --xds-file PATH"
-    )]
-    AdsNotAvailable,
     #[error("no configuration source: give --xds-file PATH (or --xds-address HOST:PORT)")]
     NoSource,
     #[error(transparent)]
@@ -46,9 +44,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if config.mode == Mode::DualEngine {
         return Err(DaemonError::ModeNotAvailable);
     }
-    let file = match (&config.xds_file, &config.xds_address) {
-        (Some(file), _) => file.clone(),
-        (None, Some(_)) => return Err(DaemonError::AdsNotAvailable),
+    let source = match (&config.xds_file, &config.xds_address) {
+        (Some(file), _) => Source::File(file.clone()),
+        (None, Some(address)) => Source::Ads(Box::new(ads_config(&config, address))),
         (None, None) => return Err(DaemonError::NoSource),
     };
 
@@ -82,26 +80,84 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
-    let mut runner = KernelNativeRunner::new(
-        writer,
-        limits,
-        admin_state,
-        format!("file:{}", file.display()),
-    );
-    let mut watch = FileWatch::new(&file);
-    let mut last_read_error = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(config.xds_file_poll_ms.max(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    loop {
-        tokio::select! {
-            _ = tick.tick() => poll_file(&mut watch, &mut runner, &mut last_read_error),
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+    match source {
+        Source::File(file) => {
+            let name = format!("file:{}", file.display());
+            let runner = KernelNativeRunner::new(writer, limits, admin_state, name);
+            let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
+            tokio::select! {
+                _ = follow_file(runner, &file, poll) => {}
+                _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        Source::Ads(ads) => {
+            let name = format!("ads:{}", ads.uri);
+            let runner = KernelNativeRunner::new(writer, limits, admin_state.clone(), name);
+            let mut handler = KernelNativeXds::new(runner, admin_state);
+            tokio::select! {
+                _ = ads::run(*ads, &mut handler) => {}
+                _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+            }
         }
     }
     tokio::task::spawn_blocking(move || bpf.teardown()).await??;
     Ok(())
+}
+
+enum Source {
+    File(PathBuf),
+    Ads(Box<AdsConfig>),
+}
+
+/// `--xds-address`: `http://` means plaintext, `https://` TLS; a bare
+/// `host:port` is TLS (Istiod's 15012) unless `--xds-plaintext`.
+fn ads_config(config: &Config, address: &str) -> AdsConfig {
+    let (uri, tls) = if address.starts_with("http://") {
+        (address.to_string(), false)
+    } else if address.starts_with("https://") {
+        (address.to_string(), true)
+    } else if config.xds_plaintext {
+        (format!("http://{address}"), false)
+    } else {
+        (format!("https://{address}"), true)
+    };
+    let identity = Identity {
+        instance_ip: config.instance_ip.clone(),
+        pod_name: config.pod_name.clone(),
+        pod_namespace: config.pod_namespace.clone(),
+        cluster_id: config.cluster_id.clone(),
+        node_name: config.node_name.clone(),
+    };
+    AdsConfig {
+        uri,
+        tls: tls.then(|| TlsSettings {
+            root_cert: config.xds_root_cert.clone(),
+            domain: None,
+        }),
+        // Istio mounts the token only where it is needed: use it when present.
+        token_file: config
+            .xds_token_file
+            .exists()
+            .then(|| config.xds_token_file.clone()),
+        node: identity.node(),
+        cluster_id: config.cluster_id.clone(),
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(30),
+    }
+}
+
+/// Poll the xDS file forever (until the caller drops this future).
+async fn follow_file(mut runner: KernelNativeRunner, file: &Path, poll: Duration) {
+    let mut watch = FileWatch::new(file);
+    let mut last_read_error = None;
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        poll_file(&mut watch, &mut runner, &mut last_read_error);
+    }
 }
 
 /// Check the file; apply it when it changed. A file that cannot be read or

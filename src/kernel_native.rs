@@ -11,3 +11,4 @@ pub mod resources;
 pub mod runner;
 pub mod snapshot;
 pub mod writer;
+pub mod xds_sotw;

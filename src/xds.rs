@@ -1,4 +1,7 @@
-//! xDS transport: where resources come from (a watched file today, ADS later).
+//! xDS transport: where resources come from — a watched file, or an ADS
+//! stream to a control plane.
 
+pub mod ads;
 pub mod file;
 pub mod file_watch;
+pub mod identity;

@@ -9,9 +9,20 @@ use prost_types::Any;
 use super::compiler::Limits;
 use super::dump::{self, LastUpdate};
 use super::plan::{FilterAction, Plan};
+use super::resources::ResourceError;
 use super::snapshot::ConfigState;
 use super::writer::MapWriter;
 use crate::admin::AdminState;
+
+/// What became of a snapshot.
+#[derive(Debug, Clone)]
+pub enum ApplyOutcome {
+    /// In the kernel; these resources were refused individually (their
+    /// previous versions stay in force).
+    Applied { rejected: Vec<ResourceError> },
+    /// Nothing changed in the kernel.
+    Refused(String),
+}
 
 pub struct KernelNativeRunner {
     state: ConfigState,
@@ -38,14 +49,19 @@ impl KernelNativeRunner {
         }
     }
 
-    /// Apply one complete snapshot. Returns true if the kernel now has it.
-    pub fn apply(&mut self, snapshot: &[Any]) -> bool {
+    /// The plan in force.
+    pub fn plan(&self) -> &Plan {
+        self.state.plan()
+    }
+
+    /// Apply one complete snapshot.
+    pub fn apply(&mut self, snapshot: &[Any]) -> ApplyOutcome {
         let staged = match self.state.stage(snapshot, &self.limits) {
             Ok(staged) => staged,
             Err(e) => {
                 tracing::error!(error = %e, "configuration refused; the previous one stays in force");
                 self.refuse(e.to_string());
-                return false;
+                return ApplyOutcome::Refused(e.to_string());
             }
         };
         for note in &staged.unsupported {
@@ -68,6 +84,7 @@ impl KernelNativeRunner {
                     rejected: staged.rejected.clone(),
                     write,
                 });
+                let rejected_resources = staged.rejected.clone();
                 self.state.commit(staged);
                 self.publish_dump();
                 tracing::info!(
@@ -79,12 +96,15 @@ impl KernelNativeRunner {
                     "configuration applied"
                 );
                 self.admin.set_ready();
-                true
+                ApplyOutcome::Applied {
+                    rejected: rejected_resources,
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "writing the maps failed; will retry with the next update");
-                self.refuse(format!("writing the maps: {e}"));
-                false
+                let message = format!("writing the maps: {e}");
+                self.refuse(message.clone());
+                ApplyOutcome::Refused(message)
             }
         }
     }
