@@ -13,6 +13,8 @@
 // Test helpers report failure by panicking, with context in the message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod yaml;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
