@@ -30,6 +30,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::NamedTempFile;
 
+pub mod envoy;
 pub mod xds_server;
 
 /// Where tests put their pins. Each test gets its own directory below it.
