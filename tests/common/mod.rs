@@ -32,6 +32,9 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::NamedTempFile;
 
+pub mod envoy;
+pub mod xds_server;
+
 /// Where tests put their pins. Each test gets its own directory below it.
 pub const BPF_FS_ROOT: &str = "/sys/fs/bpf";
 /// Preferred cgroup2 mount (a hybrid hierarchy, as on the dev and CI machines).
