@@ -610,6 +610,17 @@ impl Daemon {
         cgroup: &Cgroup,
         extra: &[&str],
     ) -> Daemon {
+        let source = ["--xds-file".to_string(), xds_file.display().to_string()];
+        Daemon::spawn(&source, bpf_fs, cgroup, extra)
+    }
+
+    /// A daemon following an ADS control plane at `xds_url` (`http://...`).
+    pub fn start_ads(xds_url: &str, bpf_fs: &BpfFsDir, cgroup: &Cgroup, extra: &[&str]) -> Daemon {
+        let source = ["--xds-address".to_string(), xds_url.to_string()];
+        Daemon::spawn(&source, bpf_fs, cgroup, extra)
+    }
+
+    fn spawn(source: &[String], bpf_fs: &BpfFsDir, cgroup: &Cgroup, extra: &[&str]) -> Daemon {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = NamedTempFile::new().expect("creating daemon log file");
         // One open file description for both streams: a shared offset keeps
@@ -617,8 +628,8 @@ impl Daemon {
         let stdout = log.as_file().try_clone().expect("cloning log handle");
         let stderr = log.as_file().try_clone().expect("cloning log handle");
         let mut cmd = Command::new(DAEMON_BIN);
-        cmd.args(["--mode", "kernel-native", "--xds-file"])
-            .arg(xds_file)
+        cmd.args(["--mode", "kernel-native"])
+            .args(source)
             .arg("--bpf-fs-path")
             .arg(bpf_fs.path())
             .arg("--cgroup2-path")
