@@ -24,7 +24,10 @@ pub struct ResolverSettings {
     pub servers: Vec<SocketAddr>,
     /// Per-query timeout; `None` keeps the resolv.conf/hickory default (5 s).
     pub timeout: Option<Duration>,
-    /// Tries per query; `None` keeps the resolv.conf/hickory default (2).
+    /// Retries after a query that timed out or failed, before the lookup
+    /// counts as failed; `None` keeps the resolv.conf/hickory default (2).
+    /// UDP to a stopped server is not refused but times out, so a lookup
+    /// against a dead server takes `timeout * (1 + attempts)`.
     pub attempts: Option<usize>,
 }
 
