@@ -13,6 +13,9 @@
 // Test helpers report failure by panicking, with context in the message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// A real DNS server (dnsmasq on 127.0.0.x) whose records the test changes.
+pub mod dnsmasq;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
