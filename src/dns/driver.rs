@@ -1,6 +1,7 @@
 //! The running resolver: a tokio task that takes due hostnames off the
 //! refresh queue, looks them up concurrently and sends change notifications.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -8,9 +9,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::{Id, JoinHandle, JoinSet};
 
-use super::answer::{LookupError, LookupFamily};
+use super::answer::{Answer, LookupError, LookupFamily};
 use super::lookup::{NameLookup, ResolverSettings};
-use super::queue::{HostChanged, HostKey, HostState, RefreshQueue, Subscription};
+use super::queue::{HostChanged, HostKey, HostState, RefreshQueue, Subscription, Ticket};
 use super::timing::RefreshPolicy;
 use super::DnsError;
 
@@ -158,22 +159,20 @@ fn validate_host(host: &str) -> Result<(), DnsError> {
 }
 
 async fn run(shared: Arc<Shared>, lookup: NameLookup, changes: mpsc::UnboundedSender<HostChanged>) {
-    let mut lookups: JoinSet<(HostKey, Result<super::Answer, LookupError>)> = JoinSet::new();
-    // Which hostname each task resolves, to settle it even if the task dies.
-    let mut in_flight: std::collections::HashMap<Id, HostKey> = Default::default();
+    let mut lookups: JoinSet<Result<Answer, LookupError>> = JoinSet::new();
+    // The ticket each task works on, found again by task id even if the task
+    // panicked, so that its hostname is never left in flight forever.
+    let mut tickets: HashMap<Id, Ticket> = HashMap::new();
     loop {
         let (due, next) = {
             let mut queue = shared.queue();
             (queue.take_due(Instant::now()), queue.next_due())
         };
-        for key in due {
+        for ticket in due {
             let lookup = lookup.clone();
-            let task_key = key.clone();
-            let handle = lookups.spawn(async move {
-                let result = lookup.resolve(&task_key.host, task_key.family).await;
-                (task_key, result)
-            });
-            in_flight.insert(handle.id(), key);
+            let HostKey { host, family } = ticket.key.clone();
+            let handle = lookups.spawn(async move { lookup.resolve(&host, family).await });
+            tickets.insert(handle.id(), ticket);
         }
         let sleep = async {
             match next {
@@ -185,21 +184,19 @@ async fn run(shared: Arc<Shared>, lookup: NameLookup, changes: mpsc::UnboundedSe
             _ = shared.wake.notified() => {}
             _ = sleep => {}
             Some(joined) = lookups.join_next_with_id(), if !lookups.is_empty() => {
-                let (key, result) = match joined {
-                    Ok((id, (key, result))) => {
-                        in_flight.remove(&id);
-                        (key, result)
-                    }
-                    Err(err) => {
-                        // A lookup task panicked: count it as a failed lookup
-                        // so the hostname is retried rather than stuck.
-                        let Some(key) = in_flight.remove(&err.id()) else { continue };
-                        let reason = format!("lookup task failed: {err}");
-                        let result = Err(LookupError::Failed { host: key.host.clone(), reason });
-                        (key, result)
-                    }
+                let (id, outcome) = match joined {
+                    Ok((id, result)) => (id, Ok(result)),
+                    Err(err) => (err.id(), Err(err)),
                 };
-                let change = shared.queue().complete(&key, result, Instant::now());
+                let Some(ticket) = tickets.remove(&id) else { continue };
+                // A panicked lookup counts as a failed one: retried later.
+                let result = outcome.unwrap_or_else(|err| {
+                    Err(LookupError::Failed {
+                        host: ticket.key.host.clone(),
+                        reason: format!("lookup task failed: {err}"),
+                    })
+                });
+                let change = shared.queue().complete(&ticket, result, Instant::now());
                 if let Some(change) = change {
                     if changes.send(change).is_err() {
                         tracing::debug!("DNS change receiver dropped; notification discarded");

@@ -12,9 +12,19 @@ use super::timing::{RefreshPolicy, RefreshSchedule};
 /// A hostname as resolved for one family: the unit the queue refreshes and
 /// subscribers share.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostKey {
+pub(crate) struct HostKey {
     pub host: String,
     pub family: LookupFamily,
+}
+
+/// A lookup handed out by [`RefreshQueue::take_due`], to be given back to
+/// [`RefreshQueue::complete`]. The number ties the result to the entry it was
+/// taken from: if the hostname is dropped and subscribed again while the
+/// lookup runs, the late result must not settle the new entry's lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    pub(crate) key: HostKey,
+    number: u64,
 }
 
 /// One hostname a subscriber wants kept resolved.
@@ -69,7 +79,8 @@ struct Entry {
     /// Last address set notified (see `complete`).
     addresses: Vec<IpAddr>,
     ttl: Option<Duration>,
-    in_flight: bool,
+    /// Ticket number of the lookup running for this entry.
+    in_flight: Option<u64>,
     last_error: Option<String>,
     lookups: u64,
     failures: u64,
@@ -83,7 +94,7 @@ impl Entry {
             schedule: RefreshSchedule::new(now),
             addresses: Vec::new(),
             ttl: None,
-            in_flight: false,
+            in_flight: None,
             last_error: None,
             lookups: 0,
             failures: 0,
@@ -105,6 +116,7 @@ pub(crate) struct RefreshQueue {
     /// The reverse index of `Entry::owners`, so that removing an owner does
     /// not scan every hostname.
     by_owner: BTreeMap<String, BTreeSet<HostKey>>,
+    next_ticket: u64,
 }
 
 impl RefreshQueue {
@@ -206,12 +218,16 @@ impl RefreshQueue {
     /// Hostnames due at `now` and not already being looked up; they are marked
     /// in flight until `complete`. A linear scan: the queue holds the
     /// hostnames of one node's config, thousands at most.
-    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<HostKey> {
+    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<Ticket> {
         let mut due = Vec::new();
         for (key, entry) in &mut self.entries {
-            if !entry.in_flight && entry.due() <= now {
-                entry.in_flight = true;
-                due.push(key.clone());
+            if entry.in_flight.is_none() && entry.due() <= now {
+                self.next_ticket += 1;
+                entry.in_flight = Some(self.next_ticket);
+                due.push(Ticket {
+                    key: key.clone(),
+                    number: self.next_ticket,
+                });
             }
         }
         due
@@ -221,29 +237,34 @@ impl RefreshQueue {
     pub(crate) fn next_due(&self) -> Option<Instant> {
         self.entries
             .values()
-            .filter(|e| !e.in_flight)
+            .filter(|e| e.in_flight.is_none())
             .map(Entry::due)
             .min()
     }
 
     /// Records the result of a lookup that finished at `now`. Returns the
     /// notification to send if the address set changed. A result for a
-    /// hostname dropped meanwhile is discarded.
+    /// hostname dropped meanwhile (even if subscribed again since) is
+    /// discarded.
     ///
     /// Addresses are compared as sets: a server that rotates the order of its
     /// records does not cause a rewrite each refresh, and the first address
     /// (LOGICAL_DNS's pick) stays put while the set is unchanged.
     pub(crate) fn complete(
         &mut self,
-        key: &HostKey,
+        ticket: &Ticket,
         result: Result<Answer, LookupError>,
         now: Instant,
     ) -> Option<HostChanged> {
-        let Some(entry) = self.entries.get_mut(key) else {
-            tracing::debug!(host = %key.host, "lookup result for a dropped hostname ignored");
-            return None;
+        let key = &ticket.key;
+        let entry = match self.entries.get_mut(key) {
+            Some(entry) if entry.in_flight == Some(ticket.number) => entry,
+            _ => {
+                tracing::debug!(host = %key.host, "lookup result for a dropped hostname ignored");
+                return None;
+            }
         };
-        entry.in_flight = false;
+        entry.in_flight = None;
         entry.lookups += 1;
         match result {
             Ok(answer) => {
@@ -302,7 +323,7 @@ impl RefreshQueue {
                 owners: e.owner_names(),
                 addresses: e.addresses.clone(),
                 ttl: e.ttl,
-                next_refresh_in: if e.in_flight {
+                next_refresh_in: if e.in_flight.is_some() {
                     Duration::ZERO
                 } else {
                     e.due().saturating_duration_since(now)
@@ -366,6 +387,30 @@ mod tests {
         states.iter().find(|s| s.host == host).unwrap()
     }
 
+    /// Hostnames handed out at `now` (now in flight).
+    fn due_keys(q: &mut RefreshQueue, now: Instant) -> Vec<HostKey> {
+        q.take_due(now).into_iter().map(|t| t.key).collect()
+    }
+
+    /// The ticket of `host`, which must be due at `now`.
+    fn take(q: &mut RefreshQueue, host: &str, now: Instant) -> Ticket {
+        let due = q.take_due(now);
+        due.into_iter()
+            .find(|t| t.key.host == host)
+            .unwrap_or_else(|| panic!("{host} not due"))
+    }
+
+    /// A lookup of `host` that is due at `now` and finishes at once.
+    fn lookup(
+        q: &mut RefreshQueue,
+        host: &str,
+        result: Result<Answer, LookupError>,
+        now: Instant,
+    ) -> Option<HostChanged> {
+        let ticket = take(q, host, now);
+        q.complete(&ticket, result, now)
+    }
+
     #[test]
     fn new_hostname_is_due_once_until_completed() {
         let t0 = Instant::now();
@@ -373,9 +418,9 @@ mod tests {
         assert!(q
             .subscribe("c1", key("a.test"), rate(5, false), t0)
             .is_empty());
-        assert_eq!(q.take_due(t0), vec![key("a.test")]);
+        assert_eq!(due_keys(&mut q, t0), vec![key("a.test")]);
         // In flight: not handed out again, and nothing else to wait for.
-        assert!(q.take_due(t0 + S(60)).is_empty());
+        assert!(due_keys(&mut q, t0 + S(60)).is_empty());
         assert_eq!(q.next_due(), None);
         assert_eq!(q.snapshot(t0)[0].next_refresh_in, Duration::ZERO);
     }
@@ -385,17 +430,18 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), rate(30, true), t0);
-        q.take_due(t0);
+        let ticket = take(&mut q, "a.test", t0);
         let t1 = t0 + Duration::from_millis(20);
-        let changed = q.complete(&key("a.test"), answer(&["10.0.0.1", "10.0.0.2"], 2), t1);
-        let changed = changed.unwrap();
+        let changed = q
+            .complete(&ticket, answer(&["10.0.0.1", "10.0.0.2"], 2), t1)
+            .unwrap();
         assert_eq!(changed.addresses.len(), 2);
         assert_eq!(changed.ttl, Some(S(2)));
         assert_eq!(changed.owners, vec!["c1".to_string()]);
-        // TTL 2 s < rate 30 s with respect_ttl: due at 2 s.
+        // TTL 2 s < rate 30 s with respect_ttl: due 2 s after the answer.
         assert_eq!(q.next_due(), Some(t1 + S(2)));
-        assert!(q.take_due(t1 + S(1)).is_empty());
-        assert_eq!(q.take_due(t1 + S(2)), vec![key("a.test")]);
+        assert!(due_keys(&mut q, t1 + S(1)).is_empty());
+        assert_eq!(due_keys(&mut q, t1 + S(2)), vec![key("a.test")]);
         let s = q.snapshot(t1);
         assert_eq!(s[0].lookups, 1);
         assert_eq!(s[0].failures, 0);
@@ -406,8 +452,7 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), rate(2, true), t0);
-        q.take_due(t0);
-        q.complete(&key("a.test"), answer(&["10.0.0.1"], 30), t0);
+        lookup(&mut q, "a.test", answer(&["10.0.0.1"], 30), t0);
         assert_eq!(q.next_due(), Some(t0 + S(2)));
         assert_eq!(q.snapshot(t0 + S(1))[0].next_refresh_in, S(1));
     }
@@ -417,27 +462,20 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), rate(5, false), t0);
-        q.take_due(t0);
-        assert!(q
-            .complete(&key("a.test"), answer(&["10.0.0.1", "10.0.0.2"], 5), t0)
-            .is_some());
-        q.take_due(t0 + S(5));
-        assert!(q
-            .complete(
-                &key("a.test"),
-                answer(&["10.0.0.2", "10.0.0.1"], 5),
-                t0 + S(5)
-            )
-            .is_none());
+        let first = lookup(&mut q, "a.test", answer(&["10.0.0.1", "10.0.0.2"], 5), t0);
+        assert!(first.is_some());
+        let t1 = t0 + S(5);
+        let rotated = lookup(&mut q, "a.test", answer(&["10.0.0.2", "10.0.0.1"], 5), t1);
+        assert!(rotated.is_none());
         // The notified order stays: LOGICAL_DNS's first address does not move.
         assert_eq!(
             q.addresses(&key("a.test")).unwrap()[0],
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
-        q.take_due(t0 + S(10));
-        let changed = q.complete(&key("a.test"), answer(&["10.0.0.3"], 5), t0 + S(10));
+        let t2 = t0 + S(10);
+        let changed = lookup(&mut q, "a.test", answer(&["10.0.0.3"], 5), t2).unwrap();
         assert_eq!(
-            changed.unwrap().addresses,
+            changed.addresses,
             vec!["10.0.0.3".parse::<IpAddr>().unwrap()]
         );
     }
@@ -454,14 +492,12 @@ mod tests {
         };
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), policy, t0);
-        q.take_due(t0);
-        q.complete(&key("a.test"), answer(&["10.0.0.1"], 5), t0);
+        lookup(&mut q, "a.test", answer(&["10.0.0.1"], 5), t0);
 
         let mut t = t0 + S(5);
         let mut delays = Vec::new();
         for _ in 0..4 {
-            assert_eq!(q.take_due(t), vec![key("a.test")]);
-            assert!(q.complete(&key("a.test"), timeout("a.test"), t).is_none());
+            assert!(lookup(&mut q, "a.test", timeout("a.test"), t).is_none());
             let next = q.next_due().unwrap();
             delays.push(next - t);
             t = next;
@@ -473,8 +509,7 @@ mod tests {
         assert_eq!(s.last_error.as_deref(), Some("a.test: request timed out"));
 
         // Back: the new answer is applied, the error cleared, backoff reset.
-        q.take_due(t);
-        let changed = q.complete(&key("a.test"), answer(&["10.0.0.9"], 60), t);
+        let changed = lookup(&mut q, "a.test", answer(&["10.0.0.9"], 60), t);
         assert!(changed.is_some());
         let s = &q.snapshot(t)[0];
         assert_eq!((s.last_error.clone(), s.consecutive_failures), (None, 0));
@@ -486,11 +521,10 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), rate(3, false), t0);
-        q.take_due(t0);
         let nx = Err(LookupError::NxDomain {
             host: "a.test".into(),
         });
-        assert!(q.complete(&key("a.test"), nx, t0).is_none());
+        assert!(lookup(&mut q, "a.test", nx, t0).is_none());
         assert!(q.addresses(&key("a.test")).unwrap().is_empty());
         assert_eq!(q.next_due(), Some(t0 + S(3)));
     }
@@ -502,13 +536,10 @@ mod tests {
         q.subscribe("c1", key("a.test"), rate(30, false), t0);
         q.subscribe("c2", key("a.test"), rate(2, false), t0);
         q.subscribe("c2", key("b.test"), rate(5, false), t0);
-        assert_eq!(
-            q.take_due(t0).len(),
-            2,
-            "one lookup per hostname, not per owner"
-        );
-        q.complete(&key("a.test"), answer(&["10.0.0.1"], 60), t0);
-        q.complete(&key("b.test"), answer(&["10.0.0.2"], 60), t0);
+        let tickets = q.take_due(t0);
+        assert_eq!(tickets.len(), 2, "one lookup per hostname, not per owner");
+        q.complete(&tickets[0], answer(&["10.0.0.1"], 60), t0);
+        q.complete(&tickets[1], answer(&["10.0.0.2"], 60), t0);
         // The faster owner sets the pace while it is there.
         assert_eq!(q.next_due(), Some(t0 + S(2)));
 
@@ -533,18 +564,27 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), rate(5, false), t0);
-        q.take_due(t0);
+        let old = take(&mut q, "a.test", t0);
         q.unsubscribe_owner("c1");
-        assert!(q
-            .complete(&key("a.test"), answer(&["10.0.0.1"], 5), t0)
-            .is_none());
+        assert!(q.complete(&old, answer(&["10.0.0.1"], 5), t0).is_none());
         assert!(
             q.snapshot(t0).is_empty(),
             "not resurrected by a late result"
         );
-        // Subscribing again starts afresh: due at once.
-        q.subscribe("c1", key("a.test"), rate(5, false), t0 + S(1));
-        assert_eq!(q.take_due(t0 + S(1)), vec![key("a.test")]);
+
+        // Subscribed again while the old lookup still runs: the new entry gets
+        // its own lookup, and the old result does not settle it.
+        let t1 = t0 + S(1);
+        q.subscribe("c1", key("a.test"), rate(5, false), t1);
+        let new = take(&mut q, "a.test", t1);
+        assert!(q.complete(&old, answer(&["10.0.0.1"], 5), t1).is_none());
+        let s = &q.snapshot(t1)[0];
+        assert_eq!((s.lookups, s.addresses.len()), (0, 0));
+        assert!(
+            q.take_due(t1 + S(60)).is_empty(),
+            "the new lookup is still in flight"
+        );
+        assert!(q.complete(&new, answer(&["10.0.0.2"], 5), t1).is_some());
     }
 
     #[test]
@@ -552,8 +592,7 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), rate(5, false), t0);
-        q.take_due(t0);
-        q.complete(&key("a.test"), answer(&["10.0.0.1"], 5), t0);
+        lookup(&mut q, "a.test", answer(&["10.0.0.1"], 5), t0);
         let known = q.subscribe("c2", key("a.test"), rate(5, false), t0 + S(1));
         assert_eq!(known, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
         assert!(
@@ -572,8 +611,8 @@ mod tests {
             policy: rate(5, false),
         };
         q.set_owner("c1", &[sub("a.test"), sub("b.test")], t0);
-        q.take_due(t0);
-        q.complete(&key("a.test"), answer(&["10.0.0.1"], 5), t0);
+        let tickets = q.take_due(t0);
+        q.complete(&tickets[0], answer(&["10.0.0.1"], 5), t0);
 
         let known = q.set_owner("c1", &[sub("a.test"), sub("c.test")], t0 + S(1));
         assert_eq!(known[0], vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
@@ -595,8 +634,7 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RefreshQueue::default();
         q.subscribe("c1", key("a.test"), rate(5, true), t0);
-        q.take_due(t0);
-        q.complete(&key("a.test"), answer(&["10.0.0.1"], 0), t0);
+        lookup(&mut q, "a.test", answer(&["10.0.0.1"], 0), t0);
         assert_eq!(q.next_due(), Some(t0 + MIN_REFRESH_INTERVAL));
     }
 }
