@@ -112,6 +112,12 @@ pub struct Config {
     #[arg(long, default_value_t = 16384)]
     pub max_route_configs: u32,
 
+    /// DNS server for STRICT_DNS/LOGICAL_DNS clusters and ServiceEntry
+    /// hostnames, as `ADDR:PORT`; repeat the flag for several servers. When
+    /// absent, the nameservers (and search domains) of /etc/resolv.conf are used.
+    #[arg(long = "dns-server", value_name = "ADDR:PORT")]
+    pub dns_server: Vec<SocketAddr>,
+
     /// How often the xDS file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200, hide = true)]
     pub xds_file_poll_ms: u64,
@@ -121,4 +127,34 @@ pub struct Config {
 pub enum Command {
     /// Remove everything a daemon pinned or attached (programs, links, maps).
     Uninstall,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_server_is_repeatable_and_defaults_to_none() {
+        let config = Config::try_parse_from(["kmesh-daemon"]).unwrap();
+        assert!(config.dns_server.is_empty());
+
+        let config = Config::try_parse_from([
+            "kmesh-daemon",
+            "--dns-server",
+            "127.0.0.1:53",
+            "--dns-server",
+            "[::1]:5353",
+        ])
+        .unwrap();
+        let expected: Vec<SocketAddr> = vec![
+            "127.0.0.1:53".parse().unwrap(),
+            "[::1]:5353".parse().unwrap(),
+        ];
+        assert_eq!(config.dns_server, expected);
+    }
+
+    #[test]
+    fn dns_server_needs_a_port() {
+        assert!(Config::try_parse_from(["kmesh-daemon", "--dns-server", "127.0.0.1"]).is_err());
+    }
 }

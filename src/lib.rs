@@ -9,5 +9,6 @@ pub mod admin_client;
 pub mod bpf;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod kernel_native;
 pub mod xds;

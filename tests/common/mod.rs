@@ -13,6 +13,8 @@
 // Test helpers report failure by panicking, with context in the message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// A real DNS server (dnsmasq on 127.0.0.x) whose records the test changes.
+pub mod dnsmasq;
 pub mod yaml;
 
 use std::collections::BTreeMap;
