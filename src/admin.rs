@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::dns::DnsResolver;
 use crate::kernel_native::bpf_dump;
+use crate::kernel_native::dump::dns_hosts;
 
 /// What the admin endpoint shows; written by the mode's runner.
 pub struct AdminState {
@@ -20,6 +22,8 @@ pub struct AdminState {
     kernel_native_dump: RwLock<serde_json::Value>,
     /// ADS transport state, shown inside the kernel-native dump as `xds`.
     xds_status: RwLock<Option<serde_json::Value>>,
+    /// Read at request time: lookups and failures move between applies.
+    dns: RwLock<Option<DnsResolver>>,
     bpf_fs_path: PathBuf,
 }
 
@@ -31,6 +35,7 @@ impl AdminState {
                 serde_json::json!({"status": "no configuration applied yet"}),
             ),
             xds_status: RwLock::new(None),
+            dns: RwLock::new(None),
             bpf_fs_path,
         })
     }
@@ -42,6 +47,10 @@ impl AdminState {
 
     pub fn set_kernel_native_dump(&self, dump: serde_json::Value) {
         replace(&self.kernel_native_dump, dump);
+    }
+
+    pub fn set_dns(&self, resolver: DnsResolver) {
+        replace(&self.dns, Some(resolver));
     }
 
     pub fn set_xds_status(&self, status: serde_json::Value) {
@@ -125,8 +134,13 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn kernel_native_dump(State(state): State<Arc<AdminState>>) -> Response {
     let mut dump = read(&state.kernel_native_dump);
-    if let (Some(xds), Some(obj)) = (read(&state.xds_status), dump.as_object_mut()) {
-        obj.insert("xds".to_string(), xds);
+    if let Some(obj) = dump.as_object_mut() {
+        if let Some(xds) = read(&state.xds_status) {
+            obj.insert("xds".to_string(), xds);
+        }
+        if let Some(resolver) = read(&state.dns) {
+            obj.insert("dns".to_string(), dns_hosts(&resolver.snapshot()));
+        }
     }
     Json(dump).into_response()
 }

@@ -2,7 +2,10 @@
 //! detach on SIGTERM/SIGINT.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -10,6 +13,7 @@ use crate::admin::{self, AdminError, AdminState};
 use crate::bpf::kernel_native::{self as kn_bpf, KernelNativeBpf, MapCapacity};
 use crate::bpf::BpfError;
 use crate::config::{Command, Config, Mode};
+use crate::dns::{DnsResolver, HostChanged, ResolverSettings};
 use crate::kernel_native::compiler::Limits;
 use crate::kernel_native::runner::KernelNativeRunner;
 use crate::kernel_native::writer::MapWriter;
@@ -80,21 +84,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let (dns, dns_changes) = start_dns(&config);
+    if let Some(resolver) = &dns {
+        admin_state.set_dns(resolver.clone());
+    }
+    let source_name = match &source {
+        Source::File(file) => format!("file:{}", file.display()),
+        Source::Ads(ads) => format!("ads:{}", ads.uri),
+    };
+    let runner = Arc::new(Mutex::new(KernelNativeRunner::new(
+        writer,
+        limits,
+        admin_state.clone(),
+        source_name,
+        dns,
+    )));
+    let dns_task = dns_changes.map(|rx| tokio::spawn(follow_dns(rx, runner.clone())));
     match source {
         Source::File(file) => {
-            let name = format!("file:{}", file.display());
-            let runner = KernelNativeRunner::new(writer, limits, admin_state, name);
             let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
             tokio::select! {
-                _ = follow_file(runner, &file, poll) => {}
+                _ = follow_file(runner.clone(), &file, poll) => {}
                 _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
             }
         }
         Source::Ads(ads) => {
-            let name = format!("ads:{}", ads.uri);
-            let runner = KernelNativeRunner::new(writer, limits, admin_state.clone(), name);
-            let mut handler = KernelNativeXds::new(runner, admin_state);
+            let mut handler = KernelNativeXds::new(runner.clone(), admin_state);
             tokio::select! {
                 _ = ads::run(*ads, &mut handler) => {}
                 _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -102,8 +118,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
     }
+    if let Some(task) = dns_task {
+        task.abort();
+    }
     tokio::task::spawn_blocking(move || bpf.teardown()).await??;
     Ok(())
+}
+
+type SharedRunner = Arc<Mutex<KernelNativeRunner>>;
+
+/// The runner's state stays consistent across a panic in another holder
+/// (every apply is all-or-nothing), so a poisoned lock is still usable.
+fn lock(runner: &SharedRunner) -> std::sync::MutexGuard<'_, KernelNativeRunner> {
+    runner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 enum Source {
@@ -149,14 +178,45 @@ fn ads_config(config: &Config, address: &str) -> AdsConfig {
 }
 
 /// Poll the xDS file forever (until the caller drops this future).
-async fn follow_file(mut runner: KernelNativeRunner, file: &Path, poll: Duration) {
+async fn follow_file(runner: SharedRunner, file: &Path, poll: Duration) {
     let mut watch = FileWatch::new(file);
     let mut last_read_error = None;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        poll_file(&mut watch, &mut runner, &mut last_read_error);
+        poll_file(&mut watch, &mut lock(&runner), &mut last_read_error);
+    }
+}
+
+/// The resolver for DNS clusters. Without one (no nameserver configured),
+/// the daemon still runs; DNS clusters then have no endpoints.
+fn start_dns(config: &Config) -> (Option<DnsResolver>, Option<UnboundedReceiver<HostChanged>>) {
+    let settings = ResolverSettings {
+        servers: config.dns_server.clone(),
+        // A dead server times out rather than refusing: keep failures quick so
+        // the retry schedule, not the query timeout, sets the pace.
+        timeout: Some(Duration::from_secs(2)),
+        attempts: Some(1),
+    };
+    match DnsResolver::start(&settings) {
+        Ok((resolver, changes)) => (Some(resolver), Some(changes)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: STRICT_DNS/LOGICAL_DNS clusters get no endpoints");
+            (None, None)
+        }
+    }
+}
+
+/// Re-apply the configuration whenever a hostname's addresses change. A burst
+/// of changes is folded into one apply.
+async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, runner: SharedRunner) {
+    while let Some(change) = changes.recv().await {
+        tracing::info!(host = %change.host, addresses = ?change.addresses, "DNS answer changed");
+        while let Ok(more) = changes.try_recv() {
+            tracing::info!(host = %more.host, addresses = ?more.addresses, "DNS answer changed");
+        }
+        lock(&runner).reapply();
     }
 }
 

@@ -7,6 +7,7 @@
 //! Envoy applies the valid part of a response.
 
 mod cluster;
+mod dns_cluster;
 mod field;
 mod filter;
 mod listener;
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use cluster::{compile_cluster, eds_service_name};
+pub use dns_cluster::{dns_subscriptions, is_dns_cluster, NoDns, ResolvedHosts};
 pub use listener::compile_listener;
 pub use route::compile_route_config;
 
@@ -104,7 +106,7 @@ pub struct Compiled {
 /// Compiles a snapshot. Resources are taken in name order, so conflicts
 /// (two listeners on one address) are settled the same way every time: the
 /// later name loses.
-pub fn compile(resources: &Resources) -> Compiled {
+pub fn compile(resources: &Resources, dns: &dyn ResolvedHosts) -> Compiled {
     let mut out = Compiled::default();
 
     for (name, rc) in &resources.route_configs {
@@ -130,7 +132,7 @@ pub fn compile(resources: &Resources) -> Compiled {
     }
     for (name, c) in &resources.clusters {
         let cla = load_assignments.get(eds_service_name(c)).copied();
-        match compile_cluster(c, cla) {
+        match compile_cluster(c, cla, dns) {
             Ok(compiled) => {
                 out.plan.clusters.insert(name.clone(), compiled);
             }
@@ -274,7 +276,7 @@ resources:
 
     #[test]
     fn good_resources_compile_and_bad_ones_are_rejected_one_by_one() {
-        let Compiled { plan, rejected } = compile(&resources(SNAPSHOT));
+        let Compiled { plan, rejected } = compile(&resources(SNAPSHOT), &NoDns);
 
         let rejected: Vec<(ResourceKind, &str, &str)> = rejected
             .iter()
@@ -331,7 +333,7 @@ resources:
 
     #[test]
     fn the_address_conflict_message_names_the_holder() {
-        let Compiled { rejected, .. } = compile(&resources(SNAPSHOT));
+        let Compiled { rejected, .. } = compile(&resources(SNAPSHOT), &NoDns);
         let e = rejected
             .iter()
             .find(|e| e.name == "b-same-address")
@@ -350,7 +352,7 @@ resources:
             "name: \"8080\"\n          virtual_hosts: [{ name: other,",
         );
         assert_ne!(file, SNAPSHOT);
-        let Compiled { plan, rejected } = compile(&resources(&file));
+        let Compiled { plan, rejected } = compile(&resources(&file), &NoDns);
         assert!(rejected
             .iter()
             .any(|e| e.name == "d-http" && e.field == "filter_chains"));

@@ -74,3 +74,23 @@ pub fn now_unix_ms() -> u128 {
         .map(|d| d.as_millis())
         .unwrap_or(0)
 }
+
+/// The resolver's per-hostname state, for the `dns` section of the dump.
+pub fn dns_hosts(hosts: &[crate::dns::HostState]) -> serde_json::Value {
+    hosts
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "host": h.host,
+                "family": format!("{:?}", h.family),
+                "owners": h.owners,
+                "addresses": h.addresses,
+                "ttl_s": h.ttl.map(|t| t.as_secs_f64()),
+                "next_refresh_in_s": h.next_refresh_in.as_secs_f64(),
+                "last_error": h.last_error,
+                "lookups": h.lookups,
+                "failures": h.failures,
+            })
+        })
+        .collect()
+}

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use prost_types::Any;
 
-use super::compiler::Limits;
+use super::compiler::{dns_subscriptions, Limits, NoDns, ResolvedHosts};
 use super::dump::{self, LastUpdate};
 use super::plan::{FilterAction, Plan};
 use super::resources::ResourceError;
 use super::snapshot::ConfigState;
 use super::writer::MapWriter;
 use crate::admin::AdminState;
+use crate::dns::DnsResolver;
 
 /// What became of a snapshot.
 #[derive(Debug, Clone)]
@@ -26,6 +27,13 @@ pub enum ApplyOutcome {
 
 pub struct KernelNativeRunner {
     state: ConfigState,
+    /// Resolves STRICT_DNS/LOGICAL_DNS hostnames; `None` when no resolver
+    /// could be started (such clusters then have no endpoints).
+    dns: Option<DnsResolver>,
+    /// Clusters registered with the resolver as owners of hostnames.
+    dns_owners: BTreeSet<String>,
+    /// The last snapshot given, re-applied when a DNS answer changes.
+    last_snapshot: Vec<Any>,
     writer: MapWriter,
     limits: Limits,
     admin: Arc<AdminState>,
@@ -36,9 +44,18 @@ pub struct KernelNativeRunner {
 }
 
 impl KernelNativeRunner {
-    pub fn new(writer: MapWriter, limits: Limits, admin: Arc<AdminState>, source: String) -> Self {
+    pub fn new(
+        writer: MapWriter,
+        limits: Limits,
+        admin: Arc<AdminState>,
+        source: String,
+        dns: Option<DnsResolver>,
+    ) -> Self {
         Self {
             state: ConfigState::default(),
+            dns,
+            dns_owners: BTreeSet::new(),
+            last_snapshot: Vec::new(),
             writer,
             limits,
             admin,
@@ -54,9 +71,20 @@ impl KernelNativeRunner {
         self.state.plan()
     }
 
+    /// A DNS answer changed: compile the last snapshot again with it.
+    pub fn reapply(&mut self) -> ApplyOutcome {
+        let snapshot = std::mem::take(&mut self.last_snapshot);
+        self.apply(&snapshot)
+    }
+
     /// Apply one complete snapshot.
     pub fn apply(&mut self, snapshot: &[Any]) -> ApplyOutcome {
-        let staged = match self.state.stage(snapshot, &self.limits) {
+        self.last_snapshot = snapshot.to_vec();
+        let dns: &dyn ResolvedHosts = match &self.dns {
+            Some(resolver) => resolver,
+            None => &NoDns,
+        };
+        let staged = match self.state.stage(snapshot, &self.limits, dns) {
             Ok(staged) => staged,
             Err(e) => {
                 tracing::error!(error = %e, "configuration refused; the previous one stays in force");
@@ -86,6 +114,7 @@ impl KernelNativeRunner {
                 });
                 let rejected_resources = staged.rejected.clone();
                 self.state.commit(staged);
+                self.follow_dns_hostnames();
                 self.publish_dump();
                 tracing::info!(
                     version = self.version,
@@ -107,6 +136,30 @@ impl KernelNativeRunner {
                 ApplyOutcome::Refused(message)
             }
         }
+    }
+
+    /// Keep the resolver subscribed to exactly the hostnames of the DNS
+    /// clusters in force. New hostnames resolve in the background; their
+    /// first answer comes back as a change and triggers [`Self::reapply`].
+    fn follow_dns_hostnames(&mut self) {
+        let Some(resolver) = &self.dns else {
+            return;
+        };
+        let mut owners = BTreeSet::new();
+        for (name, cluster) in &self.state.accepted().clusters {
+            let subs = dns_subscriptions(cluster);
+            if subs.is_empty() {
+                continue;
+            }
+            if let Err(e) = resolver.set_owner(name, &subs) {
+                tracing::error!(cluster = %name, error = %e, "cannot resolve the cluster's hostnames");
+            }
+            owners.insert(name.clone());
+        }
+        for gone in self.dns_owners.difference(&owners) {
+            resolver.unsubscribe_owner(gone);
+        }
+        self.dns_owners = owners;
     }
 
     /// Record an update that could not be used at all (e.g. an unparsable file).

@@ -9,7 +9,7 @@
 use prost_types::Any;
 use serde::Serialize;
 
-use super::compiler::{self, CapacityError, Limits};
+use super::compiler::{self, CapacityError, Limits, ResolvedHosts};
 use super::plan::Plan;
 use super::resources::{self, DecodeError, Resource, ResourceError, ResourceKind, Resources};
 
@@ -67,14 +67,19 @@ impl ConfigState {
     }
 
     /// Validate and compile a snapshot against the accepted state.
-    pub fn stage(&self, snapshot: &[Any], limits: &Limits) -> Result<Staged, SnapshotError> {
+    pub fn stage(
+        &self,
+        snapshot: &[Any],
+        limits: &Limits,
+        dns: &dyn ResolvedHosts,
+    ) -> Result<Staged, SnapshotError> {
         let (mut candidate, mut rejected, unsupported) = collect(snapshot);
         for err in rejected.iter().filter(|e| !e.name.is_empty()) {
             replace_with_accepted(&mut candidate, &self.accepted, err.kind, &err.name);
         }
 
         // First pass: which resources are bad on their own (or clash)?
-        let first = compiler::compile(&candidate);
+        let first = compiler::compile(&candidate, dns);
         for err in &first.rejected {
             replace_with_accepted(&mut candidate, &self.accepted, err.kind, &err.name);
         }
@@ -82,12 +87,12 @@ impl ConfigState {
 
         // Second pass over what will be in force. An old version that no
         // longer fits (e.g. clashes with a new listener) is dropped.
-        let mut second = compiler::compile(&candidate);
+        let mut second = compiler::compile(&candidate, dns);
         for err in &second.rejected {
             remove(&mut candidate, err.kind, &err.name);
         }
         if !second.rejected.is_empty() {
-            second = compiler::compile(&candidate);
+            second = compiler::compile(&candidate, dns);
         }
 
         if let Err(capacity) = compiler::check_capacity(&second.plan, limits) {

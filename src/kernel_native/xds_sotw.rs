@@ -10,20 +10,20 @@
 //! rather than refusing connections for lack of endpoints).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use prost_types::Any;
 
 use super::compiler::eds_service_name;
-use super::plan::FilterAction;
+use super::plan::{FilterAction, Plan};
 use super::resources::{self, DecodeError, Resource, ResourceKind};
 use super::runner::{ApplyOutcome, KernelNativeRunner};
 use crate::admin::AdminState;
 use crate::xds::ads::{AdsStatus, SotwHandler, Subscription};
 
 pub struct KernelNativeXds {
-    runner: KernelNativeRunner,
+    runner: Arc<Mutex<KernelNativeRunner>>,
     admin: Arc<AdminState>,
     clusters: BTreeMap<String, Any>,
     listeners: BTreeMap<String, Any>,
@@ -40,7 +40,7 @@ pub struct KernelNativeXds {
 }
 
 impl KernelNativeXds {
-    pub fn new(runner: KernelNativeRunner, admin: Arc<AdminState>) -> Self {
+    pub fn new(runner: Arc<Mutex<KernelNativeRunner>>, admin: Arc<AdminState>) -> Self {
         Self {
             runner,
             admin,
@@ -53,6 +53,14 @@ impl KernelNativeXds {
             rds_names: BTreeSet::new(),
             cds_received: false,
         }
+    }
+
+    /// The runner is shared with the DNS follower; a poisoned lock is still
+    /// consistent (every apply is all-or-nothing).
+    fn runner(&self) -> std::sync::MutexGuard<'_, KernelNativeRunner> {
+        self.runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Store the resources of one response by name. Returns the NACK text for
@@ -132,26 +140,30 @@ impl KernelNativeXds {
 
     /// RDS names: HTTP filters whose route configuration is not inline.
     fn update_rds_names(&mut self) {
-        let plan = self.runner.plan();
-        let mut names = BTreeSet::new();
-        for listener in plan.listeners.values() {
-            let actions = listener
-                .matches
-                .iter()
-                .filter_map(|m| m.action.as_ref())
-                .chain(listener.default_action.as_ref());
-            for action in actions {
-                if let FilterAction::Http { route_config } = action {
-                    if !listener.inline_route_configs.contains_key(route_config) {
-                        names.insert(route_config.clone());
-                    }
-                }
-            }
-        }
+        let names = rds_names(self.runner().plan());
         self.rds_names = names;
         self.route_configs
             .retain(|name, _| self.rds_names.contains(name));
     }
+}
+
+fn rds_names(plan: &Plan) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for listener in plan.listeners.values() {
+        let actions = listener
+            .matches
+            .iter()
+            .filter_map(|m| m.action.as_ref())
+            .chain(listener.default_action.as_ref());
+        for action in actions {
+            if let FilterAction::Http { route_config } = action {
+                if !listener.inline_route_configs.contains_key(route_config) {
+                    names.insert(route_config.clone());
+                }
+            }
+        }
+    }
+    names
 }
 
 impl SotwHandler for KernelNativeXds {
@@ -165,7 +177,9 @@ impl SotwHandler for KernelNativeXds {
         if kind == ResourceKind::Cluster {
             self.cds_received = true;
         }
-        match self.runner.apply(&self.snapshot()) {
+        let snapshot = self.snapshot();
+        let outcome = self.runner().apply(&snapshot);
+        match outcome {
             ApplyOutcome::Applied { rejected } => {
                 errors.extend(
                     rejected

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, locality_lb_endpoints::LbConfig, ClusterLoadAssignment, LbEndpoint,
 };
 
+use super::dns_cluster::{self, ResolvedHosts};
 use super::field::{
     ignored, ignored_within, ip_and_port, join, socket_address, FieldError, FieldResult,
 };
@@ -37,6 +38,7 @@ pub fn eds_service_name(c: &Cluster) -> &str {
 pub fn compile_cluster(
     c: &Cluster,
     cla: Option<&ClusterLoadAssignment>,
+    dns: &dyn ResolvedHosts,
 ) -> Result<CompiledCluster, ResourceError> {
     let reject = |e: FieldError| e.into_resource_error(ResourceKind::Cluster, &c.name);
     super::field::check_name("name", &c.name).map_err(reject)?;
@@ -101,13 +103,23 @@ pub fn compile_cluster(
             }
             None
         }
-        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
-            out.ignored.push(ignored(
-                "type",
-                "DNS clusters are resolved by the dns module (not yet implemented): no endpoints yet",
-            ));
-            None
-        }
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => match &c.load_assignment {
+            Some(la) => {
+                let (resolved, pending) = dns_cluster::resolve(c, la, dns);
+                if !pending.is_empty() {
+                    out.ignored.push(ignored(
+                        "load_assignment",
+                        format!("not resolved yet (no endpoint until DNS answers): {pending:?}"),
+                    ));
+                }
+                Some(
+                    levels(&resolved)
+                        .map_err(|e| reject(e.within("load_assignment")))?
+                        .within("load_assignment"),
+                )
+            }
+            None => None,
+        },
     };
     if let Some(levels) = endpoints {
         out.levels_v4 = levels.v4;
@@ -473,11 +485,17 @@ mod tests {
 
     fn compile(cluster: &str, cla: Option<&str>) -> CompiledCluster {
         let cla: Option<ClusterLoadAssignment> = cla.map(from_yaml);
-        compile_cluster(&from_yaml(cluster), cla.as_ref()).unwrap_or_else(|e| panic!("{e}"))
+        compile_cluster(
+            &from_yaml(cluster),
+            cla.as_ref(),
+            &super::super::dns_cluster::NoDns,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn rejected(cluster: &str) -> ResourceError {
-        compile_cluster(&from_yaml(cluster), None).expect_err("cluster must be rejected")
+        compile_cluster(&from_yaml(cluster), None, &super::super::dns_cluster::NoDns)
+            .expect_err("cluster must be rejected")
     }
 
     fn static_cluster(endpoints: &str) -> String {
@@ -604,7 +622,12 @@ endpoints:
         let cla: ClusterLoadAssignment = from_yaml(
             "cluster_name: reviews\nendpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: reviews.local, port_value: 80 } } } }] }]",
         );
-        let e = compile_cluster(&from_yaml(EDS), Some(&cla)).unwrap_err();
+        let e = compile_cluster(
+            &from_yaml(EDS),
+            Some(&cla),
+            &super::super::dns_cluster::NoDns,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ResourceKind::ClusterLoadAssignment);
         assert_eq!(e.name, "reviews");
         assert_eq!(
@@ -631,9 +654,9 @@ endpoints:
                 ),
                 None,
             );
-            assert!(c.levels_v4.is_empty());
-            assert_eq!(fields(&c.ignored), ["type"]);
-            assert!(c.ignored[0].reason.contains("dns module"));
+            assert!(c.levels_v4.is_empty(), "no endpoint before DNS answers");
+            assert_eq!(fields(&c.ignored), ["load_assignment"]);
+            assert!(c.ignored[0].reason.contains("not resolved yet"));
         }
 
         let c = compile(
