@@ -19,7 +19,20 @@ fn main() {
     copy_envoy_descriptors(&out_dir);
 }
 
+/// A fingerprint of the shared C layout: a restarted daemon reuses pinned
+/// maps only if they were written with the same layout (FNV-1a of the header).
+fn layout_version() -> String {
+    let header = fs::read("include/kernel_native.h").expect("include/kernel_native.h exists");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in header {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 fn build_bpf_skeletons(out_dir: &Path) {
+    println!("cargo:rustc-env=KMESH_KN_LAYOUT={}", layout_version());
     println!("cargo:rerun-if-changed=include");
     println!("cargo:rerun-if-changed=bpf");
     let include = Path::new("include")

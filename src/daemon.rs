@@ -67,23 +67,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         max_clusters: config.max_clusters,
     };
     let (bpf_fs, cgroup) = (config.bpf_fs_path.clone(), config.cgroup2_path.clone());
-    let bpf = tokio::task::spawn_blocking(move || {
-        KernelNativeBpf::load_and_attach(&bpf_fs, &cgroup, capacity)
-    })
-    .await??;
+    let bpf =
+        tokio::task::spawn_blocking(move || KernelNativeBpf::load(&bpf_fs, &cgroup, capacity))
+            .await??;
     let limits = Limits {
         max_listeners: config.max_listeners as usize,
         max_clusters: config.max_clusters as usize,
         max_endpoints_per_cluster: config.max_endpoints_per_cluster as usize,
         max_route_configs: config.max_route_configs as usize,
     };
-    let writer = match bpf.maps() {
-        Ok(maps) => MapWriter::new(maps),
-        Err(e) => {
-            let _ = bpf.teardown();
-            return Err(e.into());
-        }
-    };
+    let writer = MapWriter::new(bpf.maps()?);
+    let bpf = Arc::new(Mutex::new(bpf));
     let (dns, dns_changes) = start_dns(&config);
     if let Some(resolver) = &dns {
         admin_state.set_dns(resolver.clone());
@@ -99,6 +93,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         source_name,
         dns,
     )));
+    let activation_bpf = bpf.clone();
+    lock(&runner).on_first_write(Box::new(move || {
+        activation_bpf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .activate()
+            .map_err(|e| e.to_string())
+    }));
     let dns_task = dns_changes.map(|rx| tokio::spawn(follow_dns(rx, runner.clone())));
     match source {
         Source::File(file) => {
@@ -121,7 +123,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(task) = dns_task {
         task.abort();
     }
-    tokio::task::spawn_blocking(move || bpf.teardown()).await??;
+    // The programs stay attached through their pinned links and the maps keep
+    // the configuration: traffic is steered while no daemon runs. The next
+    // daemon takes over; `kmesh-daemon uninstall` removes everything.
+    tracing::info!("exiting; the data plane stays in place (kmesh-daemon uninstall removes it)");
     Ok(())
 }
 

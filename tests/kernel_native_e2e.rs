@@ -480,61 +480,91 @@ fn prog_exists(id: u64) -> bool {
 }
 
 #[test]
-fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
+fn sigterm_keeps_steering_a_restarted_daemon_takes_over_and_uninstall_removes_everything() {
     if !require_root() {
         return;
     }
-    let yaml = config(&[
+    let v1 = config(&[
         listener("vip", "10.96.0.10", 80, "svc"),
         eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+        listener("doomed", "10.96.0.13", 80, "doomed"),
+        eds_cluster("doomed", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
     ]);
-    let mut mesh = Mesh::start("kn-uninstall", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
-    let ids = attached_prog_ids(mesh.cgroup.path());
+    let mut mesh = Mesh::start(
+        "kn-restart",
+        &[],
+        &["127.0.0.2:8080=old", "127.0.0.3:8080=new"],
+        &v1,
+        &[],
+    );
+    let first_ids = attached_prog_ids(mesh.cgroup.path());
     assert_eq!(
-        ids.len(),
+        first_ids.len(),
         5,
-        "connect4/6, getpeername4/6, sockops attached: {ids:?}"
+        "connect4/6, getpeername4/6, sockops: {first_ids:?}"
     );
     let pins = mesh.bpffs.path().join("kmesh");
-    assert!(pins.exists());
 
-    // SIGTERM: a clean exit detaches everything and removes the pins.
+    // SIGTERM: a clean exit that leaves the data plane in place.
     let status = mesh.daemon.stop().unwrap();
     assert!(
         status.success(),
         "exit status {status}\n{}",
         mesh.daemon.logs()
     );
-    assert!(attached_prog_ids(mesh.cgroup.path()).is_empty());
-    assert!(
-        !pins.join("kernel_native").exists(),
-        "pins left after SIGTERM"
-    );
-    assert!(
-        ids.iter().all(|id| !prog_exists(*id)),
-        "programs left loaded after SIGTERM"
+    assert_eq!(attached_prog_ids(mesh.cgroup.path()), first_ids);
+    assert_eq!(
+        mesh.dial("10.96.0.10:80", 5).backend("old"),
+        5,
+        "steered with no daemon running"
     );
 
-    // A daemon killed outright leaves its pinned links: traffic keeps flowing
-    // (state outlives the daemon) until `uninstall` removes it all.
-    let mut daemon = Daemon::start(mesh.xds.path(), &mesh.bpffs, &mesh.cgroup);
-    daemon.wait_ready(READY);
-    let ids = attached_prog_ids(mesh.cgroup.path());
-    assert_eq!(ids.len(), 5);
-    let pid = daemon.pid().unwrap();
+    // Changed while no daemon ran: an endpoint moved, a listener deleted.
+    let v2 = config(&[
+        listener("vip", "10.96.0.10", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.3", 8080, 0, 0)]),
+    ]);
+    mesh.rewrite(&v2);
+    let mut second = Daemon::start(mesh.xds.path(), &mesh.bpffs, &mesh.cgroup);
+    second.wait_ready(READY);
+    assert!(
+        second.logs().contains("Adopted"),
+        "the pinned maps are adopted:\n{}",
+        second.logs()
+    );
+    assert_eq!(mesh.dial("10.96.0.10:80", 5).backend("new"), 5);
+    assert_eq!(
+        mesh.dial("10.96.0.13:80", 3).error("ENETUNREACH"),
+        3,
+        "a listener deleted while the daemon was down is gone from the maps"
+    );
+    let second_ids = attached_prog_ids(mesh.cgroup.path());
+    assert_eq!(
+        second_ids.len(),
+        5,
+        "links switched, not added: {second_ids:?}"
+    );
+    assert!(
+        second_ids.iter().all(|id| !first_ids.contains(id)),
+        "the new programs run"
+    );
+    assert!(
+        first_ids.iter().all(|id| !prog_exists(*id)),
+        "the old programs are released"
+    );
+
+    // Even a daemon killed outright leaves steering in place...
+    let pid = second.pid().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    daemon.stop();
-    assert_eq!(
-        mesh.dial("10.96.0.10:80", 3).backend("svc"),
-        3,
-        "pinned programs keep steering"
-    );
+    second.stop();
+    assert_eq!(mesh.dial("10.96.0.10:80", 3).backend("new"), 3);
 
-    let out = daemon.uninstall();
+    // ... until `uninstall` removes it all.
+    let out = second.uninstall();
     assert!(
         out.status.success(),
         "uninstall: {}",
@@ -544,13 +574,9 @@ fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
         attached_prog_ids(mesh.cgroup.path()).is_empty(),
         "links left after uninstall"
     );
+    assert!(!pins.exists(), "pins left after uninstall");
     assert!(
-        !pins.exists(),
-        "pins left after uninstall: {:?}",
-        fs::read_dir(&pins).map(|d| d.count())
-    );
-    assert!(
-        ids.iter().all(|id| !prog_exists(*id)),
+        second_ids.iter().all(|id| !prog_exists(*id)),
         "programs left loaded after uninstall"
     );
     assert_eq!(
@@ -558,6 +584,60 @@ fn sigterm_cleans_up_and_uninstall_removes_what_a_killed_daemon_left() {
         3,
         "nothing steers any more"
     );
+}
+
+#[test]
+fn a_restart_under_load_fails_no_connection() {
+    if !require_root() {
+        return;
+    }
+    let v1 = config(&[
+        listener("vip", "10.96.0.14", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mut mesh = Mesh::start(
+        "kn-load",
+        &[],
+        &["127.0.0.2:8080=a", "127.0.0.3:8080=b"],
+        &v1,
+        &[],
+    );
+    // A new connection every 10 ms for 5 s through the VIP...
+    let (netns, cgroup) = (
+        mesh.netns.name().to_string(),
+        mesh.cgroup.path().to_path_buf(),
+    );
+    let load = std::thread::spawn(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_kmesh-traffic"))
+            .args(["dial", "--netns", &netns, "--cgroup"])
+            .arg(&cgroup)
+            .args(["--count", "500", "--interval-ms", "10", "10.96.0.14:80"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    });
+    // ... while the daemon is stopped, the config changed, and a new one started.
+    std::thread::sleep(Duration::from_millis(500));
+    mesh.daemon.stop();
+    mesh.rewrite(&config(&[
+        listener("vip", "10.96.0.14", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.3", 8080, 0, 0)]),
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut next = Daemon::start(mesh.xds.path(), &mesh.bpffs, &mesh.cgroup);
+    next.wait_ready(READY);
+    let report = load.join().unwrap();
+    assert_eq!(
+        report["connected"], 500,
+        "zero failed connections across the restart: {report}"
+    );
+    assert!(report["backends"]["a"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["backends"]["b"].as_u64().unwrap() > 0,
+        "the change applied after the restart: {report}"
+    );
+    next.stop();
+    let _ = next.uninstall();
 }
 
 /// The shape Istiod sends for a TCP service: listener filters, an mTLS

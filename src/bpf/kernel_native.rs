@@ -1,8 +1,20 @@
-//! Load the kernel-native object, pin its maps and links, attach it to a cgroup.
+//! Load the kernel-native object, pin its maps and links, attach it to a cgroup,
+//! and take over what an earlier daemon left pinned.
 //!
-//! Pins: `<bpf-fs-path>/kmesh/kernel_native/maps/<map>` and `.../links/<program>`.
-//! Links are pinned so that (in a later release) traffic keeps flowing while
-//! the daemon restarts; today SIGTERM removes them again.
+//! Pins: `<bpf-fs-path>/kmesh/kernel_native/{maps/<map>, links/<program>, layout-<hash>/}`.
+//! State outlives the daemon: SIGTERM leaves the pinned links attached and the
+//! maps filled, so connections keep being steered while no daemon runs. The
+//! next daemon:
+//!
+//! - **adopts** the pinned maps when their layout (`include/kernel_native.h`)
+//!   and sizes are the ones it was built with: its programs use the same maps,
+//!   and the pinned links are switched to them atomically (`bpf_link_update`);
+//! - **rebuilds** otherwise: fresh maps are filled with the configuration
+//!   first, then the links are switched, then the old maps' pins are replaced.
+//!
+//! Either way the switch happens in [`KernelNativeBpf::activate`], after the
+//! first configuration is in the maps the new programs read: make-before-break
+//! for the whole data plane.
 
 use std::fs::{self, File};
 use std::mem::MaybeUninit;
@@ -10,11 +22,15 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapHandle};
+use libbpf_rs::{Link, MapCore, MapHandle, MapMut};
 
 use super::mounts::{self, ensure_bpffs, ensure_cgroup2};
 use super::skel::{KernelNativeSkel, KernelNativeSkelBuilder};
 use super::BpfError;
+
+/// Hash of `include/kernel_native.h`, from build.rs: pinned maps written by a
+/// daemon with another layout are never reused.
+pub const LAYOUT_VERSION: &str = env!("KMESH_KN_LAYOUT");
 
 /// Map capacities chosen by the operator (outer maps; inner maps are sized per resource).
 #[derive(Debug, Clone, Copy)]
@@ -31,19 +47,50 @@ pub struct KernelNativeMaps {
     pub stats: MapHandle,
 }
 
-/// The pinned names of the maps that userspace opens again by path.
 pub const MAP_LISTENERS: &str = "kn_listeners";
 pub const MAP_CLUSTERS: &str = "kn_clusters";
 pub const MAP_CLUSTER_CONNS: &str = "kn_cluster_conns";
+pub const MAP_SOCKS: &str = "kn_socks";
 pub const MAP_STATS: &str = "kn_stats";
 
-/// The loaded, pinned and attached kernel-native programs.
+/// Maps that carry state across daemons (the configuration, per-socket state,
+/// counters). The tail-call arrays and the scratch map belong to one program
+/// generation and are always fresh.
+const DURABLE_MAPS: [&str; 5] = [
+    MAP_LISTENERS,
+    MAP_CLUSTERS,
+    MAP_CLUSTER_CONNS,
+    MAP_SOCKS,
+    MAP_STATS,
+];
+
+const ATTACHED: [&str; 5] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "getpeername6",
+    "sockops",
+];
+
+/// How this daemon found the pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartKind {
+    /// Nothing was pinned.
+    Fresh,
+    /// An earlier daemon's maps are reused as they are.
+    Adopted,
+    /// Pins of another layout or size: replaced once the new maps are filled.
+    Rebuilt,
+}
+
+/// The loaded programs; attached (or switched to) by [`Self::activate`].
 pub struct KernelNativeBpf {
-    // Held for the lifetime of the daemon: dropping the skeleton closes the
-    // program fds (the pinned links keep the attached ones alive anyway).
-    _skel: KernelNativeSkel<'static>,
-    links: Vec<Link>,
+    skel: KernelNativeSkel<'static>,
     pin_dir: PathBuf,
+    cgroup2_path: PathBuf,
+    start: StartKind,
+    active: bool,
 }
 
 pub fn pin_dir(bpf_fs_path: &Path) -> PathBuf {
@@ -54,10 +101,49 @@ pub fn map_pin_path(bpf_fs_path: &Path, map: &str) -> PathBuf {
     pin_dir(bpf_fs_path).join("maps").join(map)
 }
 
+fn skel_map<'a>(
+    skel: &'a mut KernelNativeSkel<'static>,
+    name: &str,
+) -> Option<&'a mut MapMut<'static>> {
+    let maps = &mut skel.maps;
+    Some(match name {
+        MAP_LISTENERS => &mut maps.kn_listeners,
+        MAP_CLUSTERS => &mut maps.kn_clusters,
+        MAP_CLUSTER_CONNS => &mut maps.kn_cluster_conns,
+        MAP_SOCKS => &mut maps.kn_socks,
+        MAP_STATS => &mut maps.kn_stats,
+        _ => return None,
+    })
+}
+
+/// `layout-<hash>`: marks which layout the pinned maps were written with.
+fn layout_marker() -> String {
+    format!("layout-{LAYOUT_VERSION}")
+}
+
+/// Can the pinned maps be reused by this build with these sizes?
+fn adoptable(pin_dir: &Path, capacity: MapCapacity) -> bool {
+    if !pin_dir.join(layout_marker()).is_dir() {
+        return false;
+    }
+    let sized = |name: &str, want: u32| {
+        MapHandle::from_pinned_path(pin_dir.join("maps").join(name))
+            .ok()
+            .and_then(|m| m.info().ok())
+            .is_some_and(|i| i.info.max_entries == want)
+    };
+    DURABLE_MAPS
+        .iter()
+        .all(|m| pin_dir.join("maps").join(m).exists())
+        && sized(MAP_LISTENERS, capacity.max_listeners)
+        && sized(MAP_CLUSTERS, capacity.max_clusters)
+        && sized(MAP_CLUSTER_CONNS, capacity.max_clusters)
+}
+
 impl KernelNativeBpf {
-    /// Load, pin and attach. Stale pins from a daemon that did not shut down
-    /// cleanly are removed first (adopting them is the restart feature's job).
-    pub fn load_and_attach(
+    /// Load the programs, reusing pinned maps when they fit. Nothing changes
+    /// for traffic until [`Self::activate`].
+    pub fn load(
         bpf_fs_path: &Path,
         cgroup2_path: &Path,
         capacity: MapCapacity,
@@ -65,9 +151,13 @@ impl KernelNativeBpf {
         ensure_bpffs(bpf_fs_path)?;
         ensure_cgroup2(cgroup2_path)?;
         let pin_dir = pin_dir(bpf_fs_path);
-        if mounts::remove_pins(&pin_dir)? {
-            tracing::warn!(dir = %pin_dir.display(), "removed stale pins of an earlier daemon");
-        }
+        let start = if !pin_dir.exists() {
+            StartKind::Fresh
+        } else if adoptable(&pin_dir, capacity) {
+            StartKind::Adopted
+        } else {
+            StartKind::Rebuilt
+        };
 
         // The skeleton borrows its object storage for as long as it lives,
         // which is the whole daemon: give it a 'static home.
@@ -88,87 +178,154 @@ impl KernelNativeBpf {
             .kn_cluster_conns
             .set_max_entries(capacity.max_clusters)
             .map_err(BpfError::libbpf("sizing kn_cluster_conns"))?;
-        let mut skel = open.load().map_err(BpfError::libbpf(
+        if start == StartKind::Adopted {
+            let maps = &mut open.maps;
+            for (name, map) in [
+                (MAP_LISTENERS, &mut maps.kn_listeners),
+                (MAP_CLUSTERS, &mut maps.kn_clusters),
+                (MAP_CLUSTER_CONNS, &mut maps.kn_cluster_conns),
+                (MAP_SOCKS, &mut maps.kn_socks),
+                (MAP_STATS, &mut maps.kn_stats),
+            ] {
+                map.reuse_pinned_map(pin_dir.join("maps").join(name))
+                    .map_err(BpfError::libbpf(format!("reusing pinned map {name}")))?;
+            }
+        }
+        let skel = open.load().map_err(BpfError::libbpf(
             "loading the kernel-native programs (verifier)",
         ))?;
-
-        let maps_dir = pin_dir.join("maps");
-        let links_dir = pin_dir.join("links");
-        for dir in [&maps_dir, &links_dir] {
-            fs::create_dir_all(dir).map_err(BpfError::io("creating pin directory", dir))?;
+        let mut bpf = Self {
+            skel,
+            pin_dir,
+            cgroup2_path: cgroup2_path.to_path_buf(),
+            start,
+            active: false,
+        };
+        if start == StartKind::Fresh {
+            bpf.pin_maps()?;
         }
-        let maps = &mut skel.maps;
-        for map in [
-            &mut maps.kn_listeners,
-            &mut maps.kn_clusters,
-            &mut maps.kn_cluster_conns,
-            &mut maps.kn_socks,
-            &mut maps.kn_stats,
-            &mut maps.kn_scratch,
-            &mut maps.kn_stages4,
-            &mut maps.kn_stages6,
-        ] {
-            let name = map.name().to_string_lossy().into_owned();
-            map.pin(maps_dir.join(&name))
-                .map_err(BpfError::libbpf(format!("pinning map {name}")))?;
-        }
+        tracing::info!(start = ?start, pins = %bpf.pin_dir.display(), "kernel-native programs loaded");
+        Ok(bpf)
+    }
 
-        let cgroup =
-            File::open(cgroup2_path).map_err(BpfError::io("opening cgroup2", cgroup2_path))?;
-        let mut links = Vec::new();
-        let progs = &skel.progs;
-        for (name, prog) in [
-            ("connect4", &progs.kn_connect4),
-            ("connect6", &progs.kn_connect6),
-            ("getpeername4", &progs.kn_getpeername4),
-            ("getpeername6", &progs.kn_getpeername6),
-            ("sockops", &progs.kn_sockops),
-        ] {
+    pub fn start_kind(&self) -> StartKind {
+        self.start
+    }
+
+    /// The maps the new programs read (to fill before [`Self::activate`]).
+    pub fn maps(&self) -> Result<KernelNativeMaps, BpfError> {
+        let handle = |name: &'static str, map: &MapMut<'static>| {
+            MapHandle::try_from(map).map_err(BpfError::libbpf(format!(
+                "duplicating the handle of {name}"
+            )))
+        };
+        let maps = &self.skel.maps;
+        Ok(KernelNativeMaps {
+            listeners: handle(MAP_LISTENERS, &maps.kn_listeners)?,
+            clusters: handle(MAP_CLUSTERS, &maps.kn_clusters)?,
+            cluster_conns: handle(MAP_CLUSTER_CONNS, &maps.kn_cluster_conns)?,
+            stats: handle(MAP_STATS, &maps.kn_stats)?,
+        })
+    }
+
+    /// Make these programs the ones that run: switch the pinned links to them
+    /// (or attach and pin new links), then pin this generation's maps. Called
+    /// once the maps hold the configuration; later calls do nothing.
+    pub fn activate(&mut self) -> Result<(), BpfError> {
+        if self.active {
+            return Ok(());
+        }
+        let links_dir = self.pin_dir.join("links");
+        fs::create_dir_all(&links_dir)
+            .map_err(BpfError::io("creating pin directory", &links_dir))?;
+        let cgroup = File::open(&self.cgroup2_path)
+            .map_err(BpfError::io("opening cgroup2", &self.cgroup2_path))?;
+        let progs = &self.skel.progs;
+        for (name, prog) in ATTACHED.iter().zip([
+            &progs.kn_connect4,
+            &progs.kn_connect6,
+            &progs.kn_getpeername4,
+            &progs.kn_getpeername6,
+            &progs.kn_sockops,
+        ]) {
+            let path = links_dir.join(name);
+            let switched = path.exists()
+                && match Link::open(&path) {
+                    // Atomic: every connect runs either the old program or this one.
+                    Ok(mut link) => link.update_prog(prog).is_ok(),
+                    Err(_) => false,
+                };
+            if switched {
+                continue;
+            }
+            let _ = fs::remove_file(&path);
             let mut link = prog
                 .attach_cgroup(cgroup.as_raw_fd())
                 .map_err(BpfError::libbpf(format!(
                     "attaching {name} to {}",
-                    cgroup2_path.display()
+                    self.cgroup2_path.display()
                 )))?;
-            link.pin(links_dir.join(name))
+            link.pin(&path)
                 .map_err(BpfError::libbpf(format!("pinning link {name}")))?;
-            links.push(link);
+            // The pin keeps the link (and the attachment) alive.
+            link.disconnect();
         }
+        if self.start == StartKind::Rebuilt {
+            self.pin_maps()?;
+        }
+        self.pin_stage_arrays()?;
+        // bpffs holds only pins and directories: the layout is a directory name.
+        if let Ok(entries) = fs::read_dir(&self.pin_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("layout-") && name != layout_marker() {
+                    let _ = fs::remove_dir(entry.path());
+                }
+            }
+        }
+        let marker = self.pin_dir.join(layout_marker());
+        fs::create_dir_all(&marker).map_err(BpfError::io("creating", &marker))?;
+        self.active = true;
         tracing::info!(
-            cgroup = %cgroup2_path.display(),
-            pins = %pin_dir.display(),
-            "kernel-native programs attached"
+            start = ?self.start,
+            cgroup = %self.cgroup2_path.display(),
+            "kernel-native programs active"
         );
-        Ok(Self {
-            _skel: skel,
-            links,
-            pin_dir,
-        })
+        Ok(())
     }
 
-    /// Open the maps by their pins (independent handles, usable from any task).
-    pub fn maps(&self) -> Result<KernelNativeMaps, BpfError> {
-        open_pinned_maps(&self.pin_dir)
+    /// The kernel empties a tail-call array once no file descriptor or pin
+    /// refers to it, even while programs still use it: pin this generation's
+    /// arrays (replacing the previous generation's) so the pipeline keeps
+    /// working after the daemon exits.
+    fn pin_stage_arrays(&mut self) -> Result<(), BpfError> {
+        let maps_dir = self.pin_dir.join("maps");
+        fs::create_dir_all(&maps_dir).map_err(BpfError::io("creating pin directory", &maps_dir))?;
+        let maps = &mut self.skel.maps;
+        for (name, map) in [
+            ("kn_stages4", &mut maps.kn_stages4),
+            ("kn_stages6", &mut maps.kn_stages6),
+        ] {
+            let path = maps_dir.join(name);
+            let _ = fs::remove_file(&path);
+            map.pin(&path)
+                .map_err(BpfError::libbpf(format!("pinning map {name}")))?;
+        }
+        Ok(())
     }
 
-    /// Detach everything and remove the pins.
-    pub fn teardown(mut self) -> Result<(), BpfError> {
-        for link in &mut self.links {
-            if let Err(e) = link.unpin() {
-                tracing::warn!(error = %e, "unpinning a link");
+    /// Pin this generation's durable maps, replacing older pins.
+    fn pin_maps(&mut self) -> Result<(), BpfError> {
+        let maps_dir = self.pin_dir.join("maps");
+        fs::create_dir_all(&maps_dir).map_err(BpfError::io("creating pin directory", &maps_dir))?;
+        for name in DURABLE_MAPS {
+            let path = maps_dir.join(name);
+            let _ = fs::remove_file(&path);
+            if let Some(map) = skel_map(&mut self.skel, name) {
+                map.pin(&path)
+                    .map_err(BpfError::libbpf(format!("pinning map {name}")))?;
             }
         }
-        for link in self.links.drain(..) {
-            if let Err(e) = link.detach() {
-                tracing::warn!(error = %e, "detaching a link");
-            }
-        }
-        mounts::remove_pins(&self.pin_dir)?;
-        if let Some(root) = self.pin_dir.parent() {
-            // Only if empty: other modes may keep pins there.
-            let _ = fs::remove_dir(root);
-        }
-        tracing::info!(pins = %self.pin_dir.display(), "kernel-native programs detached, pins removed");
         Ok(())
     }
 }

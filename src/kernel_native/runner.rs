@@ -15,6 +15,9 @@ use super::writer::MapWriter;
 use crate::admin::AdminState;
 use crate::dns::DnsResolver;
 
+/// Switches the data plane to the programs that read the maps being written.
+pub type Activation = Box<dyn FnMut() -> Result<(), String> + Send>;
+
 /// What became of a snapshot.
 #[derive(Debug, Clone)]
 pub enum ApplyOutcome {
@@ -34,6 +37,8 @@ pub struct KernelNativeRunner {
     dns_owners: BTreeSet<String>,
     /// The last snapshot given, re-applied when a DNS answer changes.
     last_snapshot: Vec<Any>,
+    /// Pending until the first configuration is written.
+    activation: Option<Activation>,
     writer: MapWriter,
     limits: Limits,
     admin: Arc<AdminState>,
@@ -56,6 +61,7 @@ impl KernelNativeRunner {
             dns,
             dns_owners: BTreeSet::new(),
             last_snapshot: Vec::new(),
+            activation: None,
             writer,
             limits,
             admin,
@@ -69,6 +75,29 @@ impl KernelNativeRunner {
     /// The plan in force.
     pub fn plan(&self) -> &Plan {
         self.state.plan()
+    }
+
+    /// Run once the maps first hold a configuration: make the loaded programs
+    /// the ones that run (see `bpf::kernel_native::KernelNativeBpf::activate`).
+    pub fn on_first_write(&mut self, activation: Activation) {
+        self.activation = Some(activation);
+    }
+
+    /// True when the programs that read these maps are the active ones.
+    fn activate(&mut self) -> bool {
+        let Some(activation) = self.activation.as_mut() else {
+            return true;
+        };
+        match activation() {
+            Ok(()) => {
+                self.activation = None;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "activating the programs failed; will retry with the next update");
+                false
+            }
+        }
     }
 
     /// A DNS answer changed: compile the last snapshot again with it.
@@ -124,6 +153,11 @@ impl KernelNativeRunner {
                     ?write,
                     "configuration applied"
                 );
+                if !self.activate() {
+                    return ApplyOutcome::Applied {
+                        rejected: rejected_resources,
+                    };
+                }
                 self.admin.set_ready();
                 ApplyOutcome::Applied {
                     rejected: rejected_resources,

@@ -59,14 +59,29 @@ pub struct MapWriter {
     maps: KernelNativeMaps,
     listeners: BTreeMap<ListenerKey, CompiledListener>,
     clusters: BTreeMap<String, CompiledCluster>,
+    /// Keys found in the maps at start (an earlier daemon's configuration):
+    /// the first apply rewrites what the plan has and deletes the rest.
+    adopted_listeners: Vec<Vec<u8>>,
+    adopted_clusters: Vec<Vec<u8>>,
 }
 
 impl MapWriter {
     pub fn new(maps: KernelNativeMaps) -> Self {
+        let adopted_listeners: Vec<Vec<u8>> = maps.listeners.keys().collect();
+        let adopted_clusters: Vec<Vec<u8>> = maps.clusters.keys().collect();
+        if !adopted_listeners.is_empty() || !adopted_clusters.is_empty() {
+            tracing::info!(
+                listeners = adopted_listeners.len(),
+                clusters = adopted_clusters.len(),
+                "maps hold an earlier configuration: reconciling it with the first update"
+            );
+        }
         Self {
             maps,
             listeners: BTreeMap::new(),
             clusters: BTreeMap::new(),
+            adopted_listeners,
+            adopted_clusters,
         }
     }
 
@@ -147,7 +162,38 @@ impl MapWriter {
             self.clusters.remove(name);
         }
         stats.clusters_removed = gone.len();
+        self.remove_adopted_leftovers(plan, &mut stats)?;
         Ok(stats)
+    }
+
+    /// After the first apply over adopted maps: delete what the earlier
+    /// daemon wrote and the current plan no longer has.
+    fn remove_adopted_leftovers(
+        &mut self,
+        plan: &Plan,
+        stats: &mut WriteStats,
+    ) -> Result<(), WriteError> {
+        let wanted: std::collections::BTreeSet<Vec<u8>> =
+            plan.listeners.keys().map(records::listener_key).collect();
+        let stale: Vec<Vec<u8>> = std::mem::take(&mut self.adopted_listeners)
+            .into_iter()
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        remove_all(&self.maps.listeners, "kn_listeners", &stale)?;
+        stats.listeners_removed += stale.len();
+
+        let wanted: std::collections::BTreeSet<Vec<u8>> =
+            plan.clusters.keys().map(|n| records::name_key(n)).collect();
+        let stale: Vec<Vec<u8>> = std::mem::take(&mut self.adopted_clusters)
+            .into_iter()
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        remove_all(&self.maps.clusters, "kn_clusters", &stale)?;
+        for key in &stale {
+            let _ = self.maps.cluster_conns.delete(key);
+        }
+        stats.clusters_removed += stale.len();
+        Ok(())
     }
 }
 
