@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use crate::dns::DnsResolver;
 use crate::kernel_native::bpf_dump;
 use crate::kernel_native::dump::dns_hosts;
+use crate::logging::LogControl;
 
 /// What the admin endpoint shows; written by the mode's runner.
 pub struct AdminState {
@@ -25,10 +26,11 @@ pub struct AdminState {
     /// Read at request time: lookups and failures move between applies.
     dns: RwLock<Option<DnsResolver>>,
     bpf_fs_path: PathBuf,
+    logs: Arc<LogControl>,
 }
 
 impl AdminState {
-    pub fn new(bpf_fs_path: PathBuf) -> Arc<Self> {
+    pub fn new(bpf_fs_path: PathBuf, logs: Arc<LogControl>) -> Arc<Self> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
             kernel_native_dump: RwLock::new(
@@ -37,6 +39,7 @@ impl AdminState {
             xds_status: RwLock::new(None),
             dns: RwLock::new(None),
             bpf_fs_path,
+            logs,
         })
     }
 
@@ -95,6 +98,7 @@ pub fn version_info() -> serde_json::Value {
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/debug/ready", get(ready))
+        .route("/debug/loggers", get(get_loggers).post(set_logger))
         .route("/version", get(|| async { Json(version_info()) }))
         .route("/debug/config_dump/kernel-native", get(kernel_native_dump))
         .route(
@@ -155,5 +159,52 @@ async fn kernel_native_bpf_dump(State(state): State<Arc<AdminState>>) -> Respons
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// `POST /debug/loggers` body, as `kmeshctl log --set name:level` sends it.
+#[derive(Debug, serde::Deserialize)]
+struct LoggerChange {
+    /// `default` (the daemon's log filter); the eBPF programs have no logger yet.
+    #[serde(default = "default_logger")]
+    name: String,
+    level: String,
+}
+
+fn default_logger() -> String {
+    "default".to_string()
+}
+
+async fn get_loggers(State(state): State<Arc<AdminState>>) -> Response {
+    Json(serde_json::json!({ "loggers": [{ "name": "default", "level": state.logs.level() }] }))
+        .into_response()
+}
+
+async fn set_logger(State(state): State<Arc<AdminState>>, body: axum::body::Bytes) -> Response {
+    let change: LoggerChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected JSON {{\"name\": \"default\", \"level\": \"debug\"}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    if change.name != "default" {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown logger {:?}: this daemon has the logger \"default\"\n",
+                change.name
+            ),
+        )
+            .into_response();
+    }
+    match state.logs.set(&change.level) {
+        Ok(()) => {
+            Json(serde_json::json!({ "name": "default", "level": change.level })).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }

@@ -92,6 +92,10 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:15200")]
     pub admin_address: SocketAddr,
 
+    /// Prometheus metrics endpoint (`/status/metric`).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_address: SocketAddr,
+
     /// Log filter: a level (`info`) or tracing directives (`kmesh=debug,info`).
     #[arg(long, global = true, default_value = "info", env = "KMESH_LOG_LEVEL")]
     pub log_level: String,

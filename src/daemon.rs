@@ -18,6 +18,8 @@ use crate::kernel_native::compiler::Limits;
 use crate::kernel_native::runner::KernelNativeRunner;
 use crate::kernel_native::writer::MapWriter;
 use crate::kernel_native::xds_sotw::KernelNativeXds;
+use crate::logging::LogControl;
+use crate::metrics::{self, Metrics};
 use crate::xds::ads::{self, AdsConfig, TlsSettings};
 use crate::xds::file::parse_resources;
 use crate::xds::file_watch::FileWatch;
@@ -41,7 +43,7 @@ pub enum DaemonError {
     Join(#[from] tokio::task::JoinError),
 }
 
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(config: Config, logs: Arc<LogControl>) -> Result<(), DaemonError> {
     if let Some(Command::Uninstall) = config.command {
         return uninstall(&config.bpf_fs_path);
     }
@@ -59,8 +61,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
 
-    let admin_state = AdminState::new(config.bpf_fs_path.clone());
+    let admin_state = AdminState::new(config.bpf_fs_path.clone(), logs);
     admin::serve(config.admin_address, admin_state.clone()).await?;
+    let metrics = Metrics::new(
+        config.bpf_fs_path.clone(),
+        config.max_listeners,
+        config.max_clusters,
+    );
+    metrics::serve(config.metrics_address, metrics.clone()).await;
 
     let capacity = MapCapacity {
         max_listeners: config.max_listeners,
@@ -93,6 +101,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         source_name,
         dns,
     )));
+    lock(&runner).with_metrics(metrics.clone());
     let activation_bpf = bpf.clone();
     lock(&runner).on_first_write(Box::new(move || {
         activation_bpf
@@ -112,7 +121,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
         Source::Ads(ads) => {
-            let mut handler = KernelNativeXds::new(runner.clone(), admin_state);
+            let mut handler =
+                KernelNativeXds::new(runner.clone(), admin_state).with_metrics(metrics);
             tokio::select! {
                 _ = ads::run(*ads, &mut handler) => {}
                 _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -11,4 +11,6 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod kernel_native;
+pub mod logging;
+pub mod metrics;
 pub mod xds;

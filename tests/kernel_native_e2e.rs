@@ -804,3 +804,111 @@ fn kmeshctl_shows_version_and_both_dumps() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is kmesh-daemon running"));
 }
+
+#[test]
+fn metrics_count_what_happened_and_pass_promtool() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("vip", "10.96.0.15", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+        listener("vip2", "10.96.0.16", 80, "svc"),
+    ]);
+    let mesh = Mesh::start("kn-metrics", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
+    assert_eq!(mesh.dial("10.96.0.15:80", 7).backend("svc"), 7);
+    assert_eq!(mesh.dial("10.96.0.99:80", 2).error("ENETUNREACH"), 2);
+
+    let (status, text) = http_get(mesh.daemon.metrics_addr(), "/status/metric");
+    assert_eq!(status, 200, "{text}");
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {line_start} in:\n{text}"))
+    };
+    assert_eq!(value("kmesh_config_applied_total"), 1.0);
+    assert_eq!(value("kmesh_map_entries{map=\"kn_listeners\"}"), 2.0);
+    assert_eq!(value("kmesh_map_entries{map=\"kn_clusters\"}"), 1.0);
+    assert_eq!(value("kmesh_map_capacity{map=\"kn_clusters\"}"), 65536.0);
+    assert_eq!(
+        value("kmesh_bpf_connect_events_total{event=\"redirected\"}"),
+        7.0
+    );
+    assert_eq!(
+        value("kmesh_bpf_connect_events_total{event=\"no_listener\"}"),
+        2.0
+    );
+
+    // The exposition format is valid for Prometheus itself.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian prometheus) is installed by scripts/install-deps.sh");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kmeshctl_changes_the_log_level_at_run_time() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("vip", "10.96.0.17", 80, "svc"),
+        eds_cluster("svc", "ROUND_ROBIN", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start("kn-log", &[], &["127.0.0.2:8080=svc"], &yaml, &[]);
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kmeshctl"))
+            .args(["--admin-address", &mesh.daemon.admin_addr().to_string()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["log"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "default: debug"
+    );
+
+    let out = ctl(&["log", "--set", "default:warn"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ctl(&["log"]).stdout).trim(),
+        "default: warn"
+    );
+    // At warn, an applied configuration (INFO) is no longer logged.
+    let before = mesh.daemon.logs().matches("configuration applied").count();
+    mesh.rewrite(&yaml.replace("10.96.0.17", "10.96.0.18"));
+    mesh.wait_dump_version(2);
+    assert_eq!(
+        mesh.daemon.logs().matches("configuration applied").count(),
+        before
+    );
+
+    let out = ctl(&["log", "--set", "default:loud"]);
+    assert!(!out.status.success(), "a bad level is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid log level"));
+}

@@ -1,28 +1,20 @@
 //! kmesh-daemon: subscribes to xDS, compiles it into eBPF maps.
 
-use std::io::IsTerminal;
+use std::sync::Arc;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use kmesh::config::Config;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log_level)
-        .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", config.log_level))?;
-    // Colours only for a terminal: logs in files and pipes stay plain text.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    let logs = Arc::new(kmesh::logging::init(&config.log_level)?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if let Err(e) = runtime.block_on(kmesh::daemon::run(config)) {
+    if let Err(e) = runtime.block_on(kmesh::daemon::run(config, logs)) {
         tracing::error!("{e}");
         // The full cause chain, for errors that wrap an OS error.
         return Err(anyhow::Error::new(e));

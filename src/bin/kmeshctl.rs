@@ -26,6 +26,12 @@ struct Cli {
 enum Cmd {
     /// Print kmeshctl's version and the daemon's.
     Version,
+    /// Show the daemon's log level, or change it (`--set default:debug`).
+    Log {
+        /// `NAME:LEVEL` (NAME is `default`), or just `LEVEL`.
+        #[arg(long)]
+        set: Option<String>,
+    },
     /// Print the configuration of a mode as JSON.
     Dump {
         mode: DumpMode,
@@ -52,6 +58,34 @@ fn main() -> anyhow::Result<()> {
                 }
                 Err(e) => println!("daemon   unreachable: {e}"),
             }
+        }
+        Cmd::Log { set: None } => {
+            let (status, body) = admin_client::get(cli.admin_address, "/debug/loggers")?;
+            if status != 200 {
+                bail!("the daemon answered HTTP {status}: {}", body.trim());
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&body).context("the daemon's answer is not JSON")?;
+            for logger in value["loggers"].as_array().into_iter().flatten() {
+                println!(
+                    "{}: {}",
+                    logger["name"].as_str().unwrap_or("?"),
+                    logger["level"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Cmd::Log { set: Some(spec) } => {
+            let (name, level) = spec.split_once(':').unwrap_or(("default", spec.as_str()));
+            let body = serde_json::json!({ "name": name, "level": level }).to_string();
+            let (status, answer) =
+                admin_client::post_json(cli.admin_address, "/debug/loggers", &body)?;
+            if status != 200 {
+                bail!(
+                    "the daemon refused the change (HTTP {status}): {}",
+                    answer.trim()
+                );
+            }
+            println!("{name}: {level}");
         }
         Cmd::Dump {
             mode: DumpMode::KernelNative,

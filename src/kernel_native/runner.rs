@@ -14,6 +14,7 @@ use super::snapshot::ConfigState;
 use super::writer::MapWriter;
 use crate::admin::AdminState;
 use crate::dns::DnsResolver;
+use crate::metrics::Metrics;
 
 /// Switches the data plane to the programs that read the maps being written.
 pub type Activation = Box<dyn FnMut() -> Result<(), String> + Send>;
@@ -39,6 +40,7 @@ pub struct KernelNativeRunner {
     last_snapshot: Vec<Any>,
     /// Pending until the first configuration is written.
     activation: Option<Activation>,
+    metrics: Option<Arc<Metrics>>,
     writer: MapWriter,
     limits: Limits,
     admin: Arc<AdminState>,
@@ -62,6 +64,7 @@ impl KernelNativeRunner {
             dns_owners: BTreeSet::new(),
             last_snapshot: Vec::new(),
             activation: None,
+            metrics: None,
             writer,
             limits,
             admin,
@@ -75,6 +78,10 @@ impl KernelNativeRunner {
     /// The plan in force.
     pub fn plan(&self) -> &Plan {
         self.state.plan()
+    }
+
+    pub fn with_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// Run once the maps first hold a configuration: make the loaded programs
@@ -142,6 +149,9 @@ impl KernelNativeRunner {
                     write,
                 });
                 let rejected_resources = staged.rejected.clone();
+                if let Some(m) = &self.metrics {
+                    m.applied(rejected_resources.len());
+                }
                 self.state.commit(staged);
                 self.follow_dns_hostnames();
                 self.publish_dump();
@@ -198,6 +208,9 @@ impl KernelNativeRunner {
 
     /// Record an update that could not be used at all (e.g. an unparsable file).
     pub fn refuse(&mut self, error: String) {
+        if let Some(m) = &self.metrics {
+            m.refused();
+        }
         self.last = Some(LastUpdate::Refused {
             at_unix_ms: dump::now_unix_ms(),
             error,

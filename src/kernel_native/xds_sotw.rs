@@ -20,6 +20,7 @@ use super::plan::{FilterAction, Plan};
 use super::resources::{self, DecodeError, Resource, ResourceKind};
 use super::runner::{ApplyOutcome, KernelNativeRunner};
 use crate::admin::AdminState;
+use crate::metrics::Metrics;
 use crate::xds::ads::{AdsStatus, SotwHandler, Subscription};
 
 pub struct KernelNativeXds {
@@ -37,6 +38,7 @@ pub struct KernelNativeXds {
     rds_names: BTreeSet<String>,
     /// LDS is requested once the first CDS response has been handled.
     cds_received: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl KernelNativeXds {
@@ -52,7 +54,13 @@ impl KernelNativeXds {
             eds_cluster_service: BTreeMap::new(),
             rds_names: BTreeSet::new(),
             cds_received: false,
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The runner is shared with the DNS follower; a poisoned lock is still
@@ -221,6 +229,9 @@ impl SotwHandler for KernelNativeXds {
     }
 
     fn on_status(&mut self, status: &AdsStatus) {
+        if let Some(m) = &self.metrics {
+            m.xds_status(status);
+        }
         match serde_json::to_value(status) {
             Ok(v) => self.admin.set_xds_status(v),
             Err(e) => tracing::error!(error = %e, "serializing the ADS status"),

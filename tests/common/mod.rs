@@ -595,6 +595,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub struct Daemon {
     child: Option<Child>,
     admin: SocketAddr,
+    metrics: SocketAddr,
     log: NamedTempFile,
     bpf_fs_path: PathBuf,
     cgroup2_path: PathBuf,
@@ -624,6 +625,7 @@ impl Daemon {
 
     fn spawn(source: &[String], bpf_fs: &BpfFsDir, cgroup: &Cgroup, extra: &[&str]) -> Daemon {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = NamedTempFile::new().expect("creating daemon log file");
         // One open file description for both streams: a shared offset keeps
         // stdout and stderr lines from overwriting each other.
@@ -637,6 +639,7 @@ impl Daemon {
             .arg("--cgroup2-path")
             .arg(cgroup.path())
             .args(["--admin-address", &admin.to_string()])
+            .args(["--metrics-address", &metrics.to_string()])
             .args(["--log-level", "debug"])
             .args(extra)
             .stdin(Stdio::null())
@@ -648,6 +651,7 @@ impl Daemon {
         Daemon {
             child: Some(child),
             admin,
+            metrics,
             log,
             bpf_fs_path: bpf_fs.path().to_path_buf(),
             cgroup2_path: cgroup.path().to_path_buf(),
@@ -656,6 +660,11 @@ impl Daemon {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// Where `/status/metric` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -1,0 +1,296 @@
+//! Prometheus metrics (`--metrics-address`, default 0.0.0.0:15020,
+//! `/status/metric`): the daemon's health. Counters that the kernel keeps
+//! (pipeline events, map fill) are read from the pinned maps at scrape time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use libbpf_rs::{MapCore, MapFlags};
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::bpf::kernel_native::{open_pinned_maps, pin_dir};
+use crate::kernel_native::records::KN_STAT_NAMES;
+use crate::xds::ads::AdsStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdsLabels {
+    type_url: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    xds_responses: Family<XdsLabels, Counter>,
+    xds_acks: Family<XdsLabels, Counter>,
+    xds_nacks: Family<XdsLabels, Counter>,
+    xds_reconnects: Counter,
+    xds_connected: Gauge,
+    config_applied: Counter,
+    config_refused: Counter,
+    resources_rejected: Counter,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
+    bpf_events: Family<EventLabels, Counter>,
+    bpf_fs_path: PathBuf,
+    capacity: (u32, u32),
+    /// Serialises scrapes: each refreshes the kernel-side values first.
+    scrape: Mutex<()>,
+}
+
+/// Raise a counter to `value` (the source keeps a running total).
+fn raise_to(counter: &Counter<u64, AtomicU64>, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
+}
+
+impl Metrics {
+    pub fn new(bpf_fs_path: PathBuf, max_listeners: u32, max_clusters: u32) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let m = Self {
+            registry: Registry::default(),
+            xds_responses: Family::default(),
+            xds_acks: Family::default(),
+            xds_nacks: Family::default(),
+            xds_reconnects: Counter::default(),
+            xds_connected: Gauge::default(),
+            config_applied: Counter::default(),
+            config_refused: Counter::default(),
+            resources_rejected: Counter::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            bpf_events: Family::default(),
+            bpf_fs_path,
+            capacity: (max_listeners, max_clusters),
+            scrape: Mutex::new(()),
+        };
+        registry.register(
+            "kmesh_xds_responses",
+            "xDS responses received, by type",
+            m.xds_responses.clone(),
+        );
+        registry.register(
+            "kmesh_xds_acks",
+            "xDS responses ACKed, by type",
+            m.xds_acks.clone(),
+        );
+        registry.register(
+            "kmesh_xds_nacks",
+            "xDS responses NACKed, by type",
+            m.xds_nacks.clone(),
+        );
+        registry.register(
+            "kmesh_xds_reconnects",
+            "ADS streams re-opened",
+            m.xds_reconnects.clone(),
+        );
+        registry.register(
+            "kmesh_xds_connected",
+            "1 while the ADS stream is open",
+            m.xds_connected.clone(),
+        );
+        registry.register(
+            "kmesh_config_applied",
+            "configurations written to the kernel",
+            m.config_applied.clone(),
+        );
+        registry.register(
+            "kmesh_config_refused",
+            "configurations refused whole (the previous one stayed in force)",
+            m.config_refused.clone(),
+        );
+        registry.register(
+            "kmesh_resources_rejected",
+            "resources rejected individually (their previous version stayed in force)",
+            m.resources_rejected.clone(),
+        );
+        registry.register(
+            "kmesh_map_entries",
+            "entries in a kernel map",
+            m.map_entries.clone(),
+        );
+        registry.register(
+            "kmesh_map_capacity",
+            "capacity of a kernel map",
+            m.map_capacity.clone(),
+        );
+        registry.register(
+            "kmesh_bpf_connect_events",
+            "connect() pipeline outcomes counted by the eBPF programs",
+            m.bpf_events.clone(),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    pub fn applied(&self, rejected: usize) {
+        self.config_applied.inc();
+        self.resources_rejected.inc_by(rejected as u64);
+    }
+
+    pub fn refused(&self) {
+        self.config_refused.inc();
+    }
+
+    pub fn xds_status(&self, status: &AdsStatus) {
+        raise_to(&self.xds_reconnects, status.reconnects);
+        self.xds_connected.set(i64::from(status.connected));
+        for (type_url, t) in &status.types {
+            let labels = XdsLabels {
+                type_url: type_url.clone(),
+            };
+            raise_to(&self.xds_responses.get_or_create(&labels), t.responses);
+            raise_to(&self.xds_acks.get_or_create(&labels), t.acks);
+            raise_to(&self.xds_nacks.get_or_create(&labels), t.nacks);
+        }
+    }
+
+    /// Refresh what the kernel keeps, then render the text format.
+    pub fn render(&self) -> String {
+        let _one_at_a_time = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.refresh_kernel_values();
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        to_prometheus_text(&out)
+    }
+
+    fn refresh_kernel_values(&self) {
+        let Ok(maps) = open_pinned_maps(&pin_dir(&self.bpf_fs_path)) else {
+            return;
+        };
+        for (name, map, capacity) in [
+            ("kn_listeners", &maps.listeners, self.capacity.0),
+            ("kn_clusters", &maps.clusters, self.capacity.1),
+        ] {
+            let labels = MapLabels {
+                map: name.to_string(),
+            };
+            self.map_entries
+                .get_or_create(&labels)
+                .set(map.keys().count() as i64);
+            self.map_capacity
+                .get_or_create(&labels)
+                .set(i64::from(capacity));
+        }
+        for (i, event) in KN_STAT_NAMES.iter().enumerate() {
+            let Ok(Some(per_cpu)) = maps
+                .stats
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+            else {
+                continue;
+            };
+            let total: u64 = per_cpu
+                .iter()
+                .filter_map(|v| {
+                    v.get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_ne_bytes)
+                })
+                .sum();
+            let labels = EventLabels {
+                event: (*event).to_string(),
+            };
+            raise_to(&self.bpf_events.get_or_create(&labels), total);
+        }
+    }
+}
+
+/// The encoder writes OpenMetrics, where a counter family `x` has samples
+/// `x_total`. Prometheus' classic text format (what Kmesh serves, what
+/// `promtool check metrics` reads) names the family after its samples and has
+/// no `# EOF`: rename counter families and drop the terminator.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Serve `/status/metric` (Kmesh's path) and `/metrics`. A port that cannot be
+/// bound is reported and the daemon goes on: steering traffic matters more.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "metrics endpoint cannot listen; continuing without it");
+            return;
+        }
+    };
+    tracing::info!(%addr, "metrics endpoint listening");
+    let render = move || {
+        let metrics = metrics.clone();
+        async move {
+            let text = tokio::task::spawn_blocking(move || metrics.render())
+                .await
+                .unwrap_or_default();
+            (
+                [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                text,
+            )
+                .into_response()
+        }
+    };
+    let app = Router::new()
+        .route("/status/metric", get(render.clone()))
+        .route("/metrics", get(render));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_families_are_named_after_their_samples() {
+        let om = "# HELP a_x Some help.\n# TYPE a_x counter\na_x_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_x_total Some help.\n# TYPE a_x_total counter\na_x_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+}
