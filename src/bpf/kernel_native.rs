@@ -28,6 +28,9 @@ pub struct KernelNativeMaps {
     pub listeners: MapHandle,
     pub clusters: MapHandle,
     pub cluster_conns: MapHandle,
+    pub netns_conns: MapHandle,
+    pub endpoint_conns: MapHandle,
+    pub rl_buckets: MapHandle,
     pub stats: MapHandle,
 }
 
@@ -36,6 +39,9 @@ pub const MAP_LISTENERS: &str = "kn_listeners";
 pub const MAP_CLUSTERS: &str = "kn_clusters";
 pub const MAP_CLUSTER_CONNS: &str = "kn_cluster_conns";
 pub const MAP_STATS: &str = "kn_stats";
+pub const MAP_NETNS_CONNS: &str = "kn_netns_conns";
+pub const MAP_ENDPOINT_CONNS: &str = "kn_endpoint_conns";
+pub const MAP_RL_BUCKETS: &str = "kn_rl_buckets";
 
 /// The loaded, pinned and attached kernel-native programs.
 pub struct KernelNativeBpf {
@@ -102,6 +108,9 @@ impl KernelNativeBpf {
             &mut maps.kn_listeners,
             &mut maps.kn_clusters,
             &mut maps.kn_cluster_conns,
+            &mut maps.kn_netns_conns,
+            &mut maps.kn_endpoint_conns,
+            &mut maps.kn_rl_buckets,
             &mut maps.kn_socks,
             &mut maps.kn_stats,
             &mut maps.kn_scratch,
@@ -186,6 +195,9 @@ pub fn open_pinned_maps(pin_dir: &Path) -> Result<KernelNativeMaps, BpfError> {
         listeners: open(MAP_LISTENERS)?,
         clusters: open(MAP_CLUSTERS)?,
         cluster_conns: open(MAP_CLUSTER_CONNS)?,
+        netns_conns: open(MAP_NETNS_CONNS)?,
+        endpoint_conns: open(MAP_ENDPOINT_CONNS)?,
+        rl_buckets: open(MAP_RL_BUCKETS)?,
         stats: open(MAP_STATS)?,
     })
 }

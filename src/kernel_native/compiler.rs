@@ -322,6 +322,7 @@ resources:
                 }],
                 levels_v6: vec![],
                 passthrough: false,
+                circuit_breakers: None,
                 ignored: vec![],
             }
         );
@@ -396,6 +397,7 @@ resources:
                     }],
                     levels_v6: vec![],
                     passthrough: false,
+                    circuit_breakers: None,
                     ignored: vec![],
                 },
             );
