@@ -142,7 +142,8 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
             });
         }
     }
-    netns_connections.sort_by(|a, b| (&a.cluster, a.netns_cookie).cmp(&(&b.cluster, b.netns_cookie)));
+    netns_connections
+        .sort_by(|a, b| (&a.cluster, a.netns_cookie).cmp(&(&b.cluster, b.netns_cookie)));
 
     let mut endpoint_connections = Vec::new();
     for (k, v) in entries(&maps.endpoint_conns, "kn_endpoint_conns")? {

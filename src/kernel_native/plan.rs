@@ -144,7 +144,9 @@ pub enum LbPolicy {
     RoundRobin,
     Random,
     /// Fewest active connections among `choice_count` random picks.
-    LeastRequest { choice_count: u32 },
+    LeastRequest {
+        choice_count: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -211,7 +211,10 @@ pub fn listener_records(l: &CompiledListener) -> Vec<(u32, Vec<u8>)> {
         let name_off = at(offset_of!(c::kn_filter, cluster));
         let mut action: &FilterAction = action;
         if let FilterAction::RateLimited { limit, then } = action {
-            f.u32(at(offset_of!(c::kn_filter, rl_max_tokens)), limit.max_tokens);
+            f.u32(
+                at(offset_of!(c::kn_filter, rl_max_tokens)),
+                limit.max_tokens,
+            );
             f.u32(
                 at(offset_of!(c::kn_filter, rl_tokens_per_fill)),
                 limit.tokens_per_fill,
@@ -497,7 +500,10 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
                     0 => None,
                     n => Some(n),
                 },
-                max_connections: match rd_u32(b, at(offset_of!(c::kn_cluster_header, max_connections))) {
+                max_connections: match rd_u32(
+                    b,
+                    at(offset_of!(c::kn_cluster_header, max_connections)),
+                ) {
                     0 => None,
                     n => Some(n),
                 },

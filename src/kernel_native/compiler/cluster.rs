@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig as EnvoyLbConfig, LbPolicy as EnvoyLbPolicy},
+    cluster::{
+        ClusterDiscoveryType, DiscoveryType, LbConfig as EnvoyLbConfig, LbPolicy as EnvoyLbPolicy,
+    },
     Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, RoutingPriority};
@@ -223,9 +225,9 @@ fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
         Ok(EnvoyLbPolicy::Random) => Ok(LbPolicy::Random),
         Ok(EnvoyLbPolicy::LeastRequest) => {
             let choice_count = match &c.lb_config {
-                Some(EnvoyLbConfig::LeastRequestLbConfig(lr)) => lr
-                    .choice_count
-                    .map_or(DEFAULT_CHOICE_COUNT, |v| v.value),
+                Some(EnvoyLbConfig::LeastRequestLbConfig(lr)) => {
+                    lr.choice_count.map_or(DEFAULT_CHOICE_COUNT, |v| v.value)
+                }
                 _ => DEFAULT_CHOICE_COUNT,
             };
             if !(2..=crate::kernel_native::limits::KN_MAX_CHOICES).contains(&choice_count) {
@@ -809,7 +811,9 @@ endpoints:
         );
         assert_eq!(c.lb_policy, LbPolicy::LeastRequest { choice_count: 5 });
         assert_eq!(fields(&c.ignored), ["least_request_lb_config"]);
-        let e = rejected("name: c\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 9 }");
+        let e = rejected(
+            "name: c\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 9 }",
+        );
         assert_eq!(e.field, "least_request_lb_config.choice_count");
     }
 
@@ -834,7 +838,10 @@ endpoints:
         );
         assert!(c.ignored[1].reason.contains("no meaning for L4"));
         // A DEFAULT threshold without max_connections: Envoy's default 1024.
-        let c = compile("name: c\ncircuit_breakers: { thresholds: [{ max_requests: 2 }] }", None);
+        let c = compile(
+            "name: c\ncircuit_breakers: { thresholds: [{ max_requests: 2 }] }",
+            None,
+        );
         assert_eq!(
             c.circuit_breakers,
             Some(CircuitBreakers {

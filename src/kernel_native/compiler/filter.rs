@@ -88,9 +88,8 @@ pub(crate) fn compile_chain(
                 continue;
             };
             let within = join(&field, "typed_config");
-            let config = EnvoyLocalRateLimit::decode(any.value.as_slice()).map_err(|e| {
-                FieldError::new(&within, format!("malformed LocalRateLimit: {e}"))
-            })?;
+            let config = EnvoyLocalRateLimit::decode(any.value.as_slice())
+                .map_err(|e| FieldError::new(&within, format!("malformed LocalRateLimit: {e}")))?;
             let (limit, notes) = local_rate_limit(&config).map_err(|e| e.within(&within))?;
             out.ignored.extend(ignored_within(&within, notes));
             match (limit, &rate_limit) {

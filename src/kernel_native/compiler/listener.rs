@@ -640,14 +640,20 @@ filter_chains:
         let l = only(&rate_limited("{ max_tokens: 3, fill_interval: 0.5s }"));
         match &l.matches[0].action {
             Some(FilterAction::RateLimited { limit, .. }) => {
-                assert_eq!((limit.tokens_per_fill, limit.fill_interval_ns), (1, 500_000_000))
+                assert_eq!(
+                    (limit.tokens_per_fill, limit.fill_interval_ns),
+                    (1, 500_000_000)
+                )
             }
             other => panic!("{other:?}"),
         }
         for (bucket, field) in [
             ("{ max_tokens: 0, fill_interval: 1s }", "max_tokens"),
             ("{ max_tokens: 1, fill_interval: 0.01s }", "fill_interval"),
-            ("{ max_tokens: 1, tokens_per_fill: 0, fill_interval: 1s }", "tokens_per_fill"),
+            (
+                "{ max_tokens: 1, tokens_per_fill: 0, fill_interval: 1s }",
+                "tokens_per_fill",
+            ),
             ("{ max_tokens: 1 }", "fill_interval"),
         ] {
             let e = rejected(&rate_limited(bucket));
