@@ -67,8 +67,10 @@ pub struct RateLimitBucket {
     pub limited: u64,
 }
 
+type Entry = (Vec<u8>, Vec<u8>);
+
 /// Every (key, value) of a map (entries removed while listing are skipped).
-fn entries(map: &MapHandle, what: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpfError> {
+fn entries(map: &MapHandle, what: &str) -> Result<Vec<Entry>, BpfError> {
     let mut out = Vec::new();
     for key in map.keys() {
         if let Some(v) = map

@@ -277,13 +277,14 @@ fn lb_notes(c: &Cluster) -> Vec<Ignored> {
         Some(EnvoyLbConfig::LeastRequestLbConfig(lr))
             if c.lb_policy == EnvoyLbPolicy::LeastRequest as i32 =>
         {
-            if lr.active_request_bias.is_some() || lr.slow_start_config.is_some() {
-                notes.push(ignored(
+            let tuned = lr.active_request_bias.is_some() || lr.slow_start_config.is_some();
+            notes.extend(tuned.then(|| {
+                ignored(
                     "least_request_lb_config",
                     "active_request_bias and slow start are not applied: the pick with the \
                      fewest active connections wins",
-                ));
-            }
+                )
+            }));
         }
         Some(_) => notes.push(ignored(
             "lb_config",
