@@ -133,10 +133,10 @@ fn cluster_with(name: &str, extra: &str, endpoints: &[Ep]) -> String {
     static_cluster(name, endpoints).replacen("  lb_policy: ROUND_ROBIN", extra, 1)
 }
 
-fn find<'a>(
-    list: &'a serde_json::Value,
+fn find(
+    list: &serde_json::Value,
     pred: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<&'a serde_json::Value> {
+) -> Vec<&serde_json::Value> {
     list.as_array()
         .unwrap()
         .iter()
