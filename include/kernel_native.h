@@ -35,6 +35,9 @@
 #define KN_ENDPOINT_SEARCH_STEPS 17
 #define KN_MAX_ENDPOINTS_PER_LEVEL (1u << KN_ENDPOINT_SEARCH_STEPS)
 
+/* LEAST_REQUEST: at most this many random picks compared (choice_count). */
+#define KN_MAX_CHOICES 8
+
 /* "No record": a filter index meaning "leave this connection untouched". */
 #define KN_NONE 0xffffffffu
 
@@ -102,6 +105,11 @@ struct kn_filter {
 	__u32 weighted_count;
 	__u32 total_weight;    /* sum of the weighted entries' weights */
 	struct kn_name cluster; /* TCP_PROXY with weighted_count == 0: the cluster; HTTP: route config name */
+	/* Local rate limit (network filter before the terminal one): a token
+	 * bucket per client netns and filter record. rl_max_tokens == 0: none. */
+	__u32 rl_max_tokens;
+	__u32 rl_tokens_per_fill;
+	__u64 rl_fill_interval_ns;
 };
 
 struct kn_weighted_cluster {
@@ -126,6 +134,7 @@ struct kn_listener_record {
 enum kn_lb_policy {
 	KN_LB_ROUND_ROBIN = 0,
 	KN_LB_RANDOM = 1,
+	KN_LB_LEAST_REQUEST = 2,
 };
 
 enum kn_cluster_record_kind {
@@ -142,7 +151,10 @@ struct kn_cluster_header {
 	__u32 rr_cursor;   /* advanced atomically by the kernel for ROUND_ROBIN */
 	__u8 level_count[KN_FAMILY_COUNT]; /* priority levels written, lowest priority first */
 	__u8 passthrough; /* 1: keep the original destination (ORIGINAL_DST cluster) */
-	__u8 pad[5];
+	__u8 choice_count; /* LEAST_REQUEST: endpoints compared per pick (>= 2) */
+	/* Circuit breaking: active connections allowed per client netns, 0 = no limit. */
+	__u32 max_connections;
+	__u32 pad;
 };
 
 /* One priority level of one family: endpoints [first, first + count). */
@@ -173,6 +185,22 @@ struct kn_cluster_record {
 
 /* ---- per-connection state ---- */
 
+/* Per endpoint, by identity (survives rewrites of the cluster's records). */
+struct kn_endpoint_key {
+	struct kn_name cluster;
+	__u8 addr[16];  /* as in struct kn_endpoint */
+	__u16 port;     /* host byte order */
+	__u8 family;
+	__u8 pad[5];
+};
+
+/* Circuit breaking: per (client netns, cluster). */
+struct kn_netns_cluster_key {
+	__u64 netns_cookie; /* bpf_get_netns_cookie() of the connecting socket */
+	struct kn_name cluster;
+};
+
+
 /* Carried between tail-call stages of one connect (per-CPU scratch; a connect
  * runs start to end on one CPU). */
 struct kn_connect_ctx {
@@ -181,7 +209,10 @@ struct kn_connect_ctx {
 	__u8 pad[3];
 	__u32 filter;     /* filter record chosen by the filter-chain stage */
 	__u8 dst_addr[16]; /* the dialled address; IPv4 uses the first 4 bytes */
-	struct kn_name cluster; /* chosen by the filter stage */
+	struct kn_netns_cluster_key nc; /* the client's netns; the cluster chosen by the filter stage */
+	struct kn_endpoint_key probe;   /* scratch key for per-endpoint lookups */
+	__u32 max_connections;          /* of the chosen cluster */
+	__u32 pad2;
 };
 
 /* Socket-local storage of a redirected socket: what it dialled and where it went. */
@@ -190,12 +221,43 @@ struct kn_sock_state {
 	__u8 counted;       /* 1 once sockops has counted it as an active connection */
 	__u16 orig_port;    /* network byte order, as in the sockaddr */
 	__u8 orig_addr[16];
-	struct kn_name cluster;
+	__u8 cb_held;       /* 1: holds a slot in kn_netns_conns (released at TCP_CLOSE) */
+	__u8 ep_held;       /* 1: holds an active count in kn_endpoint_conns */
+	__u8 established;   /* 1 once the active open completed */
+	__u8 pad[5];
+	struct kn_netns_cluster_key nc;  /* client netns and the cluster it went to */
+	struct kn_endpoint_key endpoint; /* the endpoint it went to */
+};
+
+struct kn_netns_conns {
+	__u64 active;   /* connects steered and not yet closed (any state) */
+	__u64 overflow; /* connects refused at max_connections */
+};
+
+struct kn_endpoint_conns {
+	__u64 active;   /* connects steered to it and not yet closed (LEAST_REQUEST) */
+	__u64 total;
+};
+
+/* Local rate limit: one token bucket per (client netns, listener, filter record). */
+struct kn_rl_key {
+	__u64 netns_cookie;
+	struct kn_listener_key listener;
+	__u32 filter;   /* index of the KN_LREC_FILTER record */
+};
+
+/* Updated without a lock (compare-and-swap): under concurrent connects of one
+ * netns a refill may briefly leave more than max_tokens, never fewer. */
+struct kn_rl_bucket {
+	__u64 tokens;
+	__u64 last_fill_ns; /* bpf_ktime_get_ns() of the last whole fill interval accounted for */
+	__u64 limited;      /* connects refused for want of a token */
 };
 
 struct kn_cluster_conns {
 	__u64 active;  /* established and not yet closed */
 	__u64 total;   /* established since the counter was created */
+	__u64 cx_overflow; /* connects refused by max_connections (all client netns) */
 };
 
 /* ---- counters (PERCPU_ARRAY kn_stats, index = enum kn_stat) ---- */
@@ -209,7 +271,9 @@ enum kn_stat {
 	KN_STAT_NO_ENDPOINT = 6,      /* cluster has no endpoint of the family: rejected */
 	KN_STAT_REDIRECTED = 7,       /* destination rewritten to an endpoint */
 	KN_STAT_TAIL_CALL_FAILED = 8, /* a stage could not be entered: untouched */
-	KN_STAT_COUNT = 9,
+	KN_STAT_CX_OVERFLOW = 9,      /* refused: the cluster's max_connections for this netns */
+	KN_STAT_RATE_LIMITED = 10,    /* refused: no token in the local rate limit bucket */
+	KN_STAT_COUNT = 11,
 };
 
 #endif /* KMESH_KERNEL_NATIVE_H */

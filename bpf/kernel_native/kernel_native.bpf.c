@@ -6,7 +6,11 @@
  *   --tail call-->  filter (tcp_proxy)  --tail call-->  cluster: rewrite the destination
  *
  *   cgroup/getpeername4|6  report the address the client dialled, not the endpoint
- *   sockops                count active connections per cluster
+ *   sockops                count active connections per cluster; release what a
+ *                          socket holds (circuit-breaker slot, endpoint count) at close
+ *
+ * A connect refused by policy (circuit breaker, local rate limit) returns 0
+ * from cgroup/connect: the application's connect() fails at once with EPERM.
  *
  * Only TCP is steered; other sockets pass untouched.
  */
@@ -46,7 +50,10 @@ static __always_inline int kn_finish(struct bpf_sock_addr *ctx, struct kn_connec
 		return KN_REJECT;
 	if (outcome != KN_REWRITE || !ep)
 		return KN_ALLOW;
-	kn_remember(ctx, c);
+	if (!kn_admit(ctx, c, ep)) {
+		kn_count(KN_STAT_CX_OVERFLOW);
+		return KN_REJECT;
+	}
 	if (v6)
 		kn_write_dst6(ctx, ep->family, ep->addr, bpf_htons(ep->port));
 	else
@@ -68,7 +75,12 @@ static __always_inline int kn_finish(struct bpf_sock_addr *ctx, struct kn_connec
 	int kn_filter##fam(struct bpf_sock_addr *ctx)                               \
 	{                                                                            \
 		struct kn_connect_ctx *c = kn_ctx();                                 \
-		if (!c || kn_filter_stage(c) < 0)                                    \
+		if (!c)                                                              \
+			return KN_ALLOW;                                             \
+		int verdict = kn_filter_stage(c);                                    \
+		if (verdict == KN_FILTER_REJECT)                                     \
+			return KN_REJECT;                                            \
+		if (verdict < 0)                                                     \
 			return KN_ALLOW;                                             \
 		bpf_tail_call(ctx, &kn_stages##fam, KN_STAGE_CLUSTER);               \
 		kn_count(KN_STAT_TAIL_CALL_FAILED);                                  \
@@ -123,6 +135,7 @@ static __always_inline struct kn_connect_ctx *kn_begin(struct bpf_sock_addr *ctx
 	if (!c)
 		return NULL;
 	__builtin_memset(c, 0, sizeof(*c));
+	c->nc.netns_cookie = bpf_get_netns_cookie(ctx);
 	if (v6) {
 		c->dst_family = kn_read_dst6(ctx, c->dst_addr);
 	} else {
@@ -182,7 +195,13 @@ int kn_getpeername6(struct bpf_sock_addr *ctx)
 }
 
 /* Active connections per cluster: +1 when a redirected socket is established,
- * -1 when it closes. Later issues build circuit breaking and least-request on it. */
+ * -1 when it closes.
+ *
+ * Circuit-breaker slots and endpoint counts are taken at connect (in
+ * cgroup/connect, so concurrent connects cannot overshoot max_connections)
+ * and given back when the socket reaches TCP_CLOSE from any state: the state
+ * callback is switched on at TCP_CONNECT_CB, before the SYN leaves, so a
+ * refused or timed-out active open (SYN_SENT -> CLOSE) releases too. */
 SEC("sockops")
 int kn_sockops(struct bpf_sock_ops *skops)
 {
@@ -193,14 +212,20 @@ int kn_sockops(struct bpf_sock_ops *skops)
 	if (!sk)
 		return 1;
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
+		if (st)
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
 		struct kn_cluster_conns fresh = {};
 
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
 		if (!st || st->counted)
 			return 1;
-		bpf_map_update_elem(&kn_cluster_conns, &st->cluster, &fresh, BPF_NOEXIST);
-		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->cluster);
+		st->established = 1;
+		bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
+		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
 		if (!conns)
 			return 1;
 		__sync_fetch_and_add(&conns->active, 1);
@@ -213,10 +238,13 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] != KN_TCP_CLOSE)
 			return 1;
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
-		if (!st || !st->counted)
+		if (!st)
+			return 1;
+		kn_release(st);
+		if (!st->counted)
 			return 1;
 		st->counted = 0;
-		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->cluster);
+		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
 		if (conns)
 			__sync_fetch_and_sub(&conns->active, 1);
 		return 1;

@@ -66,6 +66,10 @@ enum Command {
         /// Keep each connection open this long after reading the line.
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
+        /// Keep every connection open (all at once) until this long after
+        /// the last connect, then close them all.
+        #[arg(long, default_value_t = 0)]
+        keep_open_ms: u64,
         /// Target, e.g. `10.96.0.1:80` or `[fd00::1]:80`.
         target: SocketAddr,
     },
@@ -111,6 +115,7 @@ fn main() -> Result<()> {
             interval_ms,
             timeout_ms,
             hold_ms,
+            keep_open_ms,
             target,
         } => {
             if let Some(ns) = &netns {
@@ -125,6 +130,7 @@ fn main() -> Result<()> {
                 // A zero timeout is rejected by std; treat it as "1 ms" rather than fail.
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 hold: Duration::from_millis(hold_ms),
+                keep_open: Duration::from_millis(keep_open_ms),
             };
             let report = dial(target, &opts);
             let mut out = io::stdout().lock();
@@ -204,6 +210,7 @@ struct DialOptions {
     interval: Duration,
     timeout: Duration,
     hold: Duration,
+    keep_open: Duration,
 }
 
 /// The JSON printed by `dial`. Keys are sorted so output is stable.
@@ -222,14 +229,21 @@ struct DialReport {
 
 fn dial(target: SocketAddr, opts: &DialOptions) -> DialReport {
     let mut report = DialReport::default();
+    let mut kept = Vec::new();
     for i in 0..opts.count {
         if i > 0 && !opts.interval.is_zero() {
             thread::sleep(opts.interval);
         }
-        if let Err(kind) = dial_once(target, opts, &mut report) {
-            *report.errors.entry(kind).or_default() += 1;
+        match dial_once(target, opts, &mut report) {
+            Ok(stream) if !opts.keep_open.is_zero() => kept.push(stream),
+            Ok(_) => {}
+            Err(kind) => *report.errors.entry(kind).or_default() += 1,
         }
     }
+    if !kept.is_empty() {
+        thread::sleep(opts.keep_open);
+    }
+    drop(kept);
     report
 }
 
@@ -240,7 +254,7 @@ fn dial_once(
     target: SocketAddr,
     opts: &DialOptions,
     report: &mut DialReport,
-) -> Result<(), String> {
+) -> Result<TcpStream, String> {
     let stream = TcpStream::connect_timeout(&target, opts.timeout).map_err(|e| error_key(&e))?;
     report.connected += 1;
     if let Ok(peer) = stream.peer_addr() {
@@ -263,7 +277,7 @@ fn dial_once(
     if !opts.hold.is_zero() {
         thread::sleep(opts.hold);
     }
-    Ok(())
+    Ok(stream)
 }
 
 /// Maps an I/O error to a stable report key: the errno's symbolic name, or

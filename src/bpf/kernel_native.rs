@@ -44,6 +44,9 @@ pub struct KernelNativeMaps {
     pub listeners: MapHandle,
     pub clusters: MapHandle,
     pub cluster_conns: MapHandle,
+    pub netns_conns: MapHandle,
+    pub endpoint_conns: MapHandle,
+    pub rl_buckets: MapHandle,
     pub stats: MapHandle,
 }
 
@@ -52,14 +55,20 @@ pub const MAP_CLUSTERS: &str = "kn_clusters";
 pub const MAP_CLUSTER_CONNS: &str = "kn_cluster_conns";
 pub const MAP_SOCKS: &str = "kn_socks";
 pub const MAP_STATS: &str = "kn_stats";
+pub const MAP_NETNS_CONNS: &str = "kn_netns_conns";
+pub const MAP_ENDPOINT_CONNS: &str = "kn_endpoint_conns";
+pub const MAP_RL_BUCKETS: &str = "kn_rl_buckets";
 
 /// Maps that carry state across daemons (the configuration, per-socket state,
 /// counters). The tail-call arrays and the scratch map belong to one program
 /// generation and are always fresh.
-const DURABLE_MAPS: [&str; 5] = [
+const DURABLE_MAPS: [&str; 8] = [
     MAP_LISTENERS,
     MAP_CLUSTERS,
     MAP_CLUSTER_CONNS,
+    MAP_NETNS_CONNS,
+    MAP_ENDPOINT_CONNS,
+    MAP_RL_BUCKETS,
     MAP_SOCKS,
     MAP_STATS,
 ];
@@ -110,6 +119,9 @@ fn skel_map<'a>(
         MAP_LISTENERS => &mut maps.kn_listeners,
         MAP_CLUSTERS => &mut maps.kn_clusters,
         MAP_CLUSTER_CONNS => &mut maps.kn_cluster_conns,
+        MAP_NETNS_CONNS => &mut maps.kn_netns_conns,
+        MAP_ENDPOINT_CONNS => &mut maps.kn_endpoint_conns,
+        MAP_RL_BUCKETS => &mut maps.kn_rl_buckets,
         MAP_SOCKS => &mut maps.kn_socks,
         MAP_STATS => &mut maps.kn_stats,
         _ => return None,
@@ -184,6 +196,9 @@ impl KernelNativeBpf {
                 (MAP_LISTENERS, &mut maps.kn_listeners),
                 (MAP_CLUSTERS, &mut maps.kn_clusters),
                 (MAP_CLUSTER_CONNS, &mut maps.kn_cluster_conns),
+                (MAP_NETNS_CONNS, &mut maps.kn_netns_conns),
+                (MAP_ENDPOINT_CONNS, &mut maps.kn_endpoint_conns),
+                (MAP_RL_BUCKETS, &mut maps.kn_rl_buckets),
                 (MAP_SOCKS, &mut maps.kn_socks),
                 (MAP_STATS, &mut maps.kn_stats),
             ] {
@@ -224,6 +239,9 @@ impl KernelNativeBpf {
             listeners: handle(MAP_LISTENERS, &maps.kn_listeners)?,
             clusters: handle(MAP_CLUSTERS, &maps.kn_clusters)?,
             cluster_conns: handle(MAP_CLUSTER_CONNS, &maps.kn_cluster_conns)?,
+            netns_conns: handle(MAP_NETNS_CONNS, &maps.kn_netns_conns)?,
+            endpoint_conns: handle(MAP_ENDPOINT_CONNS, &maps.kn_endpoint_conns)?,
+            rl_buckets: handle(MAP_RL_BUCKETS, &maps.kn_rl_buckets)?,
             stats: handle(MAP_STATS, &maps.kn_stats)?,
         })
     }
@@ -343,6 +361,9 @@ pub fn open_pinned_maps(pin_dir: &Path) -> Result<KernelNativeMaps, BpfError> {
         listeners: open(MAP_LISTENERS)?,
         clusters: open(MAP_CLUSTERS)?,
         cluster_conns: open(MAP_CLUSTER_CONNS)?,
+        netns_conns: open(MAP_NETNS_CONNS)?,
+        endpoint_conns: open(MAP_ENDPOINT_CONNS)?,
+        rl_buckets: open(MAP_RL_BUCKETS)?,
         stats: open(MAP_STATS)?,
     })
 }

@@ -15,6 +15,12 @@ pub struct BpfDump {
     pub listeners: Vec<InnerDump>,
     pub clusters: Vec<InnerDump>,
     pub cluster_connections: Vec<ClusterConnections>,
+    /// Circuit breaking: connections held per (client netns, cluster).
+    pub netns_connections: Vec<NetnsConnections>,
+    /// Connections held per endpoint (LEAST_REQUEST reads these).
+    pub endpoint_connections: Vec<EndpointConnections>,
+    /// Local rate limit token buckets per (client netns, listener, filter).
+    pub rate_limit_buckets: Vec<RateLimitBucket>,
     /// Pipeline counters summed over CPUs (see `enum kn_stat`).
     pub stats: serde_json::Map<String, serde_json::Value>,
 }
@@ -32,6 +38,49 @@ pub struct ClusterConnections {
     pub cluster: String,
     pub active: u64,
     pub total: u64,
+    /// Connects refused by the cluster's max_connections (all client netns).
+    pub cx_overflow: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetnsConnections {
+    pub netns_cookie: u64,
+    pub cluster: String,
+    pub active: u64,
+    pub overflow: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointConnections {
+    pub cluster: String,
+    pub address: String,
+    pub active: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RateLimitBucket {
+    pub netns_cookie: u64,
+    pub listener: String,
+    pub filter: u32,
+    pub tokens: u64,
+    pub limited: u64,
+}
+
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// Every (key, value) of a map (entries removed while listing are skipped).
+fn entries(map: &MapHandle, what: &str) -> Result<Vec<Entry>, BpfError> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        if let Some(v) = map
+            .lookup(&key, MapFlags::ANY)
+            .map_err(BpfError::libbpf(format!("reading {what}")))?
+        {
+            out.push((key, v));
+        }
+    }
+    Ok(out)
 }
 
 pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
@@ -68,15 +117,69 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
             .cluster_conns
             .lookup(&key, MapFlags::ANY)
             .map_err(BpfError::libbpf("reading kn_cluster_conns"))?;
-        if let Some((active, total)) = value.as_deref().and_then(records::decode_cluster_conns) {
+        if let Some((active, total, cx_overflow)) =
+            value.as_deref().and_then(records::decode_cluster_conns)
+        {
             cluster_connections.push(ClusterConnections {
                 cluster: records::name_from(&key),
+                active,
+                total,
+                cx_overflow,
+            });
+        }
+    }
+    cluster_connections.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+
+    let mut netns_connections = Vec::new();
+    for (k, v) in entries(&maps.netns_conns, "kn_netns_conns")? {
+        if let (Some((netns_cookie, cluster)), Some((active, overflow))) = (
+            records::decode_netns_cluster_key(&k),
+            records::decode_netns_conns(&v),
+        ) {
+            netns_connections.push(NetnsConnections {
+                netns_cookie,
+                cluster,
+                active,
+                overflow,
+            });
+        }
+    }
+    netns_connections
+        .sort_by(|a, b| (&a.cluster, a.netns_cookie).cmp(&(&b.cluster, b.netns_cookie)));
+
+    let mut endpoint_connections = Vec::new();
+    for (k, v) in entries(&maps.endpoint_conns, "kn_endpoint_conns")? {
+        if let (Some((cluster, addr, port)), Some((active, total))) = (
+            records::decode_endpoint_key(&k),
+            records::decode_endpoint_conns(&v),
+        ) {
+            endpoint_connections.push(EndpointConnections {
+                cluster,
+                address: std::net::SocketAddr::new(addr, port).to_string(),
                 active,
                 total,
             });
         }
     }
-    cluster_connections.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    endpoint_connections.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
+
+    let mut rate_limit_buckets = Vec::new();
+    for (k, v) in entries(&maps.rl_buckets, "kn_rl_buckets")? {
+        if let (Some((netns_cookie, listener, filter)), Some((tokens, limited))) =
+            (records::decode_rl_key(&k), records::decode_rl_bucket(&v))
+        {
+            rate_limit_buckets.push(RateLimitBucket {
+                netns_cookie,
+                listener: std::net::SocketAddr::new(listener.addr, listener.port).to_string(),
+                filter,
+                tokens,
+                limited,
+            });
+        }
+    }
+    rate_limit_buckets.sort_by(|a, b| {
+        (&a.listener, a.filter, a.netns_cookie).cmp(&(&b.listener, b.filter, b.netns_cookie))
+    });
 
     let mut stats = serde_json::Map::new();
     for (i, name) in records::KN_STAT_NAMES.iter().enumerate() {
@@ -98,6 +201,9 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
         listeners,
         clusters,
         cluster_connections,
+        netns_connections,
+        endpoint_connections,
+        rate_limit_buckets,
         stats,
     })
 }

@@ -14,6 +14,8 @@ pub const KN_MAX_WEIGHTED_CLUSTERS: usize = 32;
 pub const KN_MAX_PRIORITIES: usize = 8;
 /// Endpoints in one priority level (bounded by the kernel's binary search).
 pub const KN_MAX_ENDPOINTS_PER_LEVEL: usize = 1 << 17;
+/// LEAST_REQUEST picks compared per connect (`choice_count`).
+pub const KN_MAX_CHOICES: u32 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -46,6 +48,7 @@ mod tests {
         assert_eq!(define("KN_MAX_CHAIN_MATCHES"), KN_MAX_CHAIN_MATCHES);
         assert_eq!(define("KN_MAX_WEIGHTED_CLUSTERS"), KN_MAX_WEIGHTED_CLUSTERS);
         assert_eq!(define("KN_MAX_PRIORITIES"), KN_MAX_PRIORITIES);
+        assert_eq!(define("KN_MAX_CHOICES"), KN_MAX_CHOICES as usize);
         assert_eq!(
             define("KN_MAX_ENDPOINTS_PER_LEVEL"),
             KN_MAX_ENDPOINTS_PER_LEVEL

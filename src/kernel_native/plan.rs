@@ -84,6 +84,34 @@ pub enum FilterAction {
     Http { route_config: String },
     /// Keep the original destination.
     Passthrough,
+    /// A local rate limit network filter in front of the terminal filter:
+    /// a new connection without a token is refused at connect() (EPERM).
+    RateLimited {
+        limit: LocalRateLimit,
+        then: Box<FilterAction>,
+    },
+}
+
+impl FilterAction {
+    /// The terminal filter's action, under any policing filters.
+    pub fn terminal(&self) -> &FilterAction {
+        match self {
+            FilterAction::RateLimited { then, .. } => then.terminal(),
+            other => other,
+        }
+    }
+}
+
+/// `envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit`:
+/// one token bucket per client network namespace and filter chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalRateLimit {
+    pub stat_prefix: String,
+    /// The bucket starts full; at most this many tokens.
+    pub max_tokens: u32,
+    /// Tokens added every `fill_interval_ns` (Envoy's default 1).
+    pub tokens_per_fill: u32,
+    pub fill_interval_ns: u64,
 }
 
 /// A cluster ready for the kernel.
@@ -96,7 +124,18 @@ pub struct CompiledCluster {
     pub levels_v6: Vec<PriorityLevel>,
     /// Set for clusters that keep the original destination (ORIGINAL_DST).
     pub passthrough: bool,
+    /// `circuit_breakers.thresholds` of the DEFAULT priority, enforced per
+    /// client network namespace; `None`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
     pub ignored: Vec<Ignored>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CircuitBreakers {
+    /// Connections (connecting or established, until closed) one client
+    /// netns may hold to the cluster; the next connect() fails with EPERM.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,6 +143,10 @@ pub struct CompiledCluster {
 pub enum LbPolicy {
     RoundRobin,
     Random,
+    /// Fewest active connections among `choice_count` random picks.
+    LeastRequest {
+        choice_count: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

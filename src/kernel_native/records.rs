@@ -32,11 +32,12 @@ const KN_FILTER_HTTP: u32 = 2;
 const KN_FILTER_PASSTHROUGH: u32 = 3;
 const KN_LB_ROUND_ROBIN: u32 = 0;
 const KN_LB_RANDOM: u32 = 1;
+const KN_LB_LEAST_REQUEST: u32 = 2;
 const KN_CREC_HEADER: u32 = 1;
 const KN_CREC_LEVEL: u32 = 2;
 const KN_CREC_ENDPOINT: u32 = 3;
 pub const KN_CLUSTER_FIRST_ENDPOINT: u32 = 1 + 2 * KN_MAX_PRIORITIES;
-pub const KN_STAT_NAMES: [&str; 9] = [
+pub const KN_STAT_NAMES: [&str; 11] = [
     "connect_seen",
     "no_listener",
     "no_chain",
@@ -46,6 +47,8 @@ pub const KN_STAT_NAMES: [&str; 9] = [
     "no_endpoint",
     "redirected",
     "tail_call_failed",
+    "cx_overflow",
+    "rate_limited",
 ];
 
 pub const LISTENER_RECORD_SIZE: usize = size_of::<c::kn_listener_record>();
@@ -69,6 +72,9 @@ impl Record {
     fn u32(&mut self, off: usize, v: u32) {
         self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
     }
+    fn u64(&mut self, off: usize, v: u64) {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    }
     fn u16(&mut self, off: usize, v: u16) {
         self.0[off..off + 2].copy_from_slice(&v.to_ne_bytes());
     }
@@ -84,6 +90,12 @@ fn rd_u32(b: &[u8], off: usize) -> u32 {
     let mut a = [0; 4];
     a.copy_from_slice(&b[off..off + 4]);
     u32::from_ne_bytes(a)
+}
+
+fn rd_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_ne_bytes(a)
 }
 
 fn rd_u16(b: &[u8], off: usize) -> u16 {
@@ -197,6 +209,22 @@ pub fn listener_records(l: &CompiledListener) -> Vec<(u32, Vec<u8>)> {
         let mut f = Record::new(LISTENER_RECORD_SIZE, KN_LREC_FILTER);
         let at = |field: usize| LBODY + field;
         let name_off = at(offset_of!(c::kn_filter, cluster));
+        let mut action: &FilterAction = action;
+        if let FilterAction::RateLimited { limit, then } = action {
+            f.u32(
+                at(offset_of!(c::kn_filter, rl_max_tokens)),
+                limit.max_tokens,
+            );
+            f.u32(
+                at(offset_of!(c::kn_filter, rl_tokens_per_fill)),
+                limit.tokens_per_fill,
+            );
+            f.u64(
+                at(offset_of!(c::kn_filter, rl_fill_interval_ns)),
+                limit.fill_interval_ns,
+            );
+            action = then.terminal();
+        }
         match action {
             FilterAction::TcpProxy { cluster } => {
                 f.u32(at(offset_of!(c::kn_filter, kind)), KN_FILTER_TCP_PROXY);
@@ -206,7 +234,7 @@ pub fn listener_records(l: &CompiledListener) -> Vec<(u32, Vec<u8>)> {
                 f.u32(at(offset_of!(c::kn_filter, kind)), KN_FILTER_HTTP);
                 f.bytes(name_off, &name_key(route_config));
             }
-            FilterAction::Passthrough => {
+            FilterAction::Passthrough | FilterAction::RateLimited { .. } => {
                 f.u32(at(offset_of!(c::kn_filter, kind)), KN_FILTER_PASSTHROUGH)
             }
             FilterAction::WeightedClusters { clusters } => {
@@ -261,8 +289,21 @@ pub fn cluster_records(cl: &CompiledCluster) -> Vec<(u32, Vec<u8>)> {
     let lb = match cl.lb_policy {
         LbPolicy::RoundRobin => KN_LB_ROUND_ROBIN,
         LbPolicy::Random => KN_LB_RANDOM,
+        LbPolicy::LeastRequest { choice_count } => {
+            header.u8(
+                h(offset_of!(c::kn_cluster_header, choice_count)),
+                choice_count.min(crate::kernel_native::limits::KN_MAX_CHOICES) as u8,
+            );
+            KN_LB_LEAST_REQUEST
+        }
     };
     header.u32(h(offset_of!(c::kn_cluster_header, lb_policy)), lb);
+    if let Some(cb) = &cl.circuit_breakers {
+        header.u32(
+            h(offset_of!(c::kn_cluster_header, max_connections)),
+            cb.max_connections,
+        );
+    }
     let counts = h(offset_of!(c::kn_cluster_header, level_count));
     header.u8(counts, cl.levels_v4.len() as u8);
     header.u8(counts + 1, cl.levels_v6.len() as u8);
@@ -333,6 +374,8 @@ pub enum DecodedRecord {
         weighted_first: u32,
         weighted_count: u32,
         total_weight: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rate_limit: Option<DecodedRateLimit>,
     },
     WeightedCluster {
         cumulative_weight: u32,
@@ -344,6 +387,10 @@ pub enum DecodedRecord {
         levels_v4: u8,
         levels_v6: u8,
         passthrough: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        choice_count: Option<u8>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_connections: Option<u32>,
     },
     Level {
         first: u32,
@@ -359,6 +406,13 @@ pub enum DecodedRecord {
     Unknown {
         kind: u32,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecodedRateLimit {
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    pub fill_interval_ns: u64,
 }
 
 fn opt(v: u32) -> Option<u32> {
@@ -409,6 +463,14 @@ pub fn decode_listener_record(b: &[u8]) -> DecodedRecord {
             weighted_first: rd_u32(b, at(offset_of!(c::kn_filter, weighted_first))),
             weighted_count: rd_u32(b, at(offset_of!(c::kn_filter, weighted_count))),
             total_weight: rd_u32(b, at(offset_of!(c::kn_filter, total_weight))),
+            rate_limit: match rd_u32(b, at(offset_of!(c::kn_filter, rl_max_tokens))) {
+                0 => None,
+                max_tokens => Some(DecodedRateLimit {
+                    max_tokens,
+                    tokens_per_fill: rd_u32(b, at(offset_of!(c::kn_filter, rl_tokens_per_fill))),
+                    fill_interval_ns: rd_u64(b, at(offset_of!(c::kn_filter, rl_fill_interval_ns))),
+                }),
+            },
         },
         KN_LREC_WEIGHTED_CLUSTER => DecodedRecord::WeightedCluster {
             cumulative_weight: rd_u32(b, at(offset_of!(c::kn_weighted_cluster, cumulative_weight))),
@@ -430,9 +492,21 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
                 lb_policy: match rd_u32(b, at(offset_of!(c::kn_cluster_header, lb_policy))) {
                     KN_LB_ROUND_ROBIN => "ROUND_ROBIN",
                     KN_LB_RANDOM => "RANDOM",
+                    KN_LB_LEAST_REQUEST => "LEAST_REQUEST",
                     _ => "unknown",
                 }
                 .into(),
+                choice_count: match b[at(offset_of!(c::kn_cluster_header, choice_count))] {
+                    0 => None,
+                    n => Some(n),
+                },
+                max_connections: match rd_u32(
+                    b,
+                    at(offset_of!(c::kn_cluster_header, max_connections)),
+                ) {
+                    0 => None,
+                    n => Some(n),
+                },
                 rr_cursor: rd_u32(b, at(offset_of!(c::kn_cluster_header, rr_cursor))),
                 levels_v4: b[counts],
                 levels_v6: b[counts + 1],
@@ -457,16 +531,75 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
     }
 }
 
-/// Decode a `kn_cluster_conns` value.
-pub fn decode_cluster_conns(b: &[u8]) -> Option<(u64, u64)> {
-    let rd = |off: usize| -> Option<u64> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b.get(off..off + 8)?);
-        Some(u64::from_ne_bytes(a))
-    };
+fn rd_opt_u64(b: &[u8], off: usize) -> Option<u64> {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b.get(off..off + 8)?);
+    Some(u64::from_ne_bytes(a))
+}
+
+/// Decode a `kn_cluster_conns` value: (active, total, cx_overflow).
+pub fn decode_cluster_conns(b: &[u8]) -> Option<(u64, u64, u64)> {
     Some((
-        rd(offset_of!(c::kn_cluster_conns, active))?,
-        rd(offset_of!(c::kn_cluster_conns, total))?,
+        rd_opt_u64(b, offset_of!(c::kn_cluster_conns, active))?,
+        rd_opt_u64(b, offset_of!(c::kn_cluster_conns, total))?,
+        rd_opt_u64(b, offset_of!(c::kn_cluster_conns, cx_overflow))?,
+    ))
+}
+
+/// Decode a `kn_netns_cluster_key`: (netns cookie, cluster).
+pub fn decode_netns_cluster_key(b: &[u8]) -> Option<(u64, String)> {
+    let cookie = rd_opt_u64(b, offset_of!(c::kn_netns_cluster_key, netns_cookie))?;
+    let name = b.get(offset_of!(c::kn_netns_cluster_key, cluster)..)?;
+    Some((cookie, name_from(name)))
+}
+
+/// Decode a `kn_netns_conns` value: (active, overflow).
+pub fn decode_netns_conns(b: &[u8]) -> Option<(u64, u64)> {
+    Some((
+        rd_opt_u64(b, offset_of!(c::kn_netns_conns, active))?,
+        rd_opt_u64(b, offset_of!(c::kn_netns_conns, overflow))?,
+    ))
+}
+
+/// Decode a `kn_endpoint_key`: (cluster, address, port).
+pub fn decode_endpoint_key(b: &[u8]) -> Option<(String, IpAddr, u16)> {
+    if b.len() != size_of::<c::kn_endpoint_key>() {
+        return None;
+    }
+    let family = b[offset_of!(c::kn_endpoint_key, family)];
+    Some((
+        name_from(&b[offset_of!(c::kn_endpoint_key, cluster)..][..KMESH_NAME_LEN]),
+        addr_from(family, &b[offset_of!(c::kn_endpoint_key, addr)..]),
+        rd_u16(b, offset_of!(c::kn_endpoint_key, port)),
+    ))
+}
+
+/// Decode a `kn_endpoint_conns` value: (active, total).
+pub fn decode_endpoint_conns(b: &[u8]) -> Option<(u64, u64)> {
+    Some((
+        rd_opt_u64(b, offset_of!(c::kn_endpoint_conns, active))?,
+        rd_opt_u64(b, offset_of!(c::kn_endpoint_conns, total))?,
+    ))
+}
+
+/// Decode a `kn_rl_key`: (netns cookie, listener, filter index).
+pub fn decode_rl_key(b: &[u8]) -> Option<(u64, ListenerKey, u32)> {
+    if b.len() != size_of::<c::kn_rl_key>() {
+        return None;
+    }
+    let lk = offset_of!(c::kn_rl_key, listener);
+    Some((
+        rd_opt_u64(b, offset_of!(c::kn_rl_key, netns_cookie))?,
+        listener_key_from(&b[lk..lk + size_of::<c::kn_listener_key>()])?,
+        rd_u32(b, offset_of!(c::kn_rl_key, filter)),
+    ))
+}
+
+/// Decode a `kn_rl_bucket` value: (tokens, limited).
+pub fn decode_rl_bucket(b: &[u8]) -> Option<(u64, u64)> {
+    Some((
+        rd_opt_u64(b, offset_of!(c::kn_rl_bucket, tokens))?,
+        rd_opt_u64(b, offset_of!(c::kn_rl_bucket, limited))?,
     ))
 }
 
@@ -482,7 +615,7 @@ mod tests {
         assert_eq!(size_of::<c::kn_name>(), KMESH_NAME_LEN);
         assert_eq!(size_of::<c::kn_endpoint>(), 24);
         assert_eq!(CLUSTER_RECORD_SIZE, 32);
-        assert_eq!(LISTENER_RECORD_SIZE, 8 + 16 + KMESH_NAME_LEN);
+        assert_eq!(LISTENER_RECORD_SIZE, 8 + 16 + KMESH_NAME_LEN + 16);
     }
 
     #[test]
@@ -565,7 +698,8 @@ mod tests {
                 name: "c3".into(),
                 weighted_first: 0,
                 weighted_count: 0,
-                total_weight: 0
+                total_weight: 0,
+                rate_limit: None
             }
         )));
     }
@@ -594,6 +728,7 @@ mod tests {
                 endpoints: vec![ep("fd00::2", 5)],
             }],
             passthrough: false,
+            circuit_breakers: None,
             ignored: vec![],
         };
         let recs: std::collections::BTreeMap<u32, DecodedRecord> = cluster_records(&cl)

@@ -243,7 +243,7 @@ impl KernelNativeRunner {
             let http_only = !actions.is_empty()
                 && actions
                     .iter()
-                    .all(|a| matches!(a, FilterAction::Http { .. }));
+                    .all(|a| matches!(a.terminal(), FilterAction::Http { .. }));
             if http_only && self.warned_http_only.insert(listener.name.clone()) {
                 tracing::warn!(
                     listener = %listener.name,

@@ -164,7 +164,7 @@ fn rds_names(plan: &Plan) -> BTreeSet<String> {
             .filter_map(|m| m.action.as_ref())
             .chain(listener.default_action.as_ref());
         for action in actions {
-            if let FilterAction::Http { route_config } = action {
+            if let FilterAction::Http { route_config } = action.terminal() {
                 if !listener.inline_route_configs.contains_key(route_config) {
                     names.insert(route_config.clone());
                 }

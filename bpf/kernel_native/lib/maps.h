@@ -19,6 +19,12 @@ const volatile struct kn_listener_key kn_layout_listener_key;
 const volatile struct kn_name kn_layout_name;
 const volatile struct kn_sock_state kn_layout_sock_state;
 const volatile struct kn_cluster_conns kn_layout_cluster_conns;
+const volatile struct kn_netns_cluster_key kn_layout_netns_cluster_key;
+const volatile struct kn_netns_conns kn_layout_netns_conns;
+const volatile struct kn_endpoint_key kn_layout_endpoint_key;
+const volatile struct kn_endpoint_conns kn_layout_endpoint_conns;
+const volatile struct kn_rl_key kn_layout_rl_key;
+const volatile struct kn_rl_bucket kn_layout_rl_bucket;
 
 /* Template of one listener's flattened tree. Real inner maps are created by
  * the daemon with exactly as many records as the listener needs. */
@@ -57,6 +63,31 @@ struct {
 	__type(value, struct kn_cluster_conns);
 	__uint(max_entries, 65536); /* set by the daemon: --max-clusters */
 } kn_cluster_conns SEC(".maps");
+
+/* Circuit breaking: active connections per (client netns, cluster). LRU: a
+ * namespace that goes away takes its entries with it eventually. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct kn_netns_cluster_key);
+	__type(value, struct kn_netns_conns);
+	__uint(max_entries, 65536); /* fixed; LRU evicts the least recently used */
+} kn_netns_conns SEC(".maps");
+
+/* Active connections per endpoint (by cluster name + address + port). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct kn_endpoint_key);
+	__type(value, struct kn_endpoint_conns);
+	__uint(max_entries, 65536); /* fixed; LRU evicts the least recently used */
+} kn_endpoint_conns SEC(".maps");
+
+/* Local rate limit token buckets per (client netns, listener, filter). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct kn_rl_key);
+	__type(value, struct kn_rl_bucket);
+	__uint(max_entries, 65536); /* fixed; LRU evicts the least recently used */
+} kn_rl_buckets SEC(".maps");
 
 /* What each redirected socket dialled (for getpeername) and where it went. */
 struct {

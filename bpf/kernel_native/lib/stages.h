@@ -71,8 +71,63 @@ static __always_inline int kn_filter_chain_stage(struct kn_connect_ctx *c)
 	return 0;
 }
 
+/* Take one token from the bucket of this client netns and filter, refilling it
+ * first for the whole fill intervals that passed. Lock-free: the refill is
+ * claimed by moving last_fill_ns with compare-and-swap, tokens are taken with
+ * compare-and-swap (a few attempts; a connect that loses every race is
+ * refused, as if the bucket were empty). */
+static __always_inline bool kn_rl_take(struct kn_connect_ctx *c, struct kn_filter *f)
+{
+	struct kn_rl_key key = {};
+	struct kn_rl_bucket *b;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 max = f->rl_max_tokens;
+
+	key.netns_cookie = c->nc.netns_cookie;
+	__builtin_memcpy(&key.listener, &c->listener, sizeof(key.listener));
+	key.filter = c->filter;
+	b = bpf_map_lookup_elem(&kn_rl_buckets, &key);
+	if (!b) {
+		struct kn_rl_bucket fresh = { .tokens = max, .last_fill_ns = now };
+
+		bpf_map_update_elem(&kn_rl_buckets, &key, &fresh, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&kn_rl_buckets, &key);
+		if (!b)
+			return true; /* no state: fail open */
+	}
+	__u64 interval = f->rl_fill_interval_ns;
+	__u64 last = b->last_fill_ns;
+
+	if (interval && now > last && now - last >= interval) {
+		__u64 fills = (now - last) / interval;
+
+		if (__sync_val_compare_and_swap(&b->last_fill_ns, last, last + fills * interval) == last) {
+			__u64 add = fills >= max ? max * f->rl_tokens_per_fill : fills * f->rl_tokens_per_fill;
+			__u64 t = __sync_fetch_and_add(&b->tokens, add) + add;
+
+			if (t > max)
+				__sync_val_compare_and_swap(&b->tokens, t, max);
+		}
+	}
+	for (int i = 0; i < 4; i++) {
+		__u64 t = b->tokens;
+
+		if (t == 0)
+			break;
+		if (__sync_val_compare_and_swap(&b->tokens, t, t - 1) == t)
+			return true;
+	}
+	__sync_fetch_and_add(&b->limited, 1);
+	return false;
+}
+
+#define KN_FILTER_CONTINUE 0
+#define KN_FILTER_UNTOUCHED -1
+#define KN_FILTER_REJECT -2
+
 /* Stage 2: the filter decides the cluster (tcp_proxy), or leaves the
- * connection alone (HTTP on a stock kernel, passthrough). */
+ * connection alone (HTTP on a stock kernel, passthrough). A local rate limit
+ * in front of it refuses a connect that finds no token (KN_FILTER_REJECT). */
 static __always_inline int kn_filter_stage(struct kn_connect_ctx *c)
 {
 	void *inner = kn_listener_inner(c);
@@ -86,6 +141,10 @@ static __always_inline int kn_filter_stage(struct kn_connect_ctx *c)
 
 	struct kn_filter *f = &rec->filter;
 
+	if (f->rl_max_tokens && !kn_rl_take(c, f)) {
+		kn_count(KN_STAT_RATE_LIMITED);
+		return KN_FILTER_REJECT;
+	}
 	if (f->kind == KN_FILTER_HTTP) {
 		kn_count(KN_STAT_HTTP_UNTOUCHED);
 		return -1;
@@ -95,7 +154,7 @@ static __always_inline int kn_filter_stage(struct kn_connect_ctx *c)
 		return -1;
 	}
 	if (f->weighted_count == 0) {
-		__builtin_memcpy(&c->cluster, &f->cluster, sizeof(c->cluster));
+		__builtin_memcpy(&c->nc.cluster, &f->cluster, sizeof(c->nc.cluster));
 		return 0;
 	}
 	if (f->total_weight == 0)
@@ -114,18 +173,87 @@ static __always_inline int kn_filter_stage(struct kn_connect_ctx *c)
 		if (!rec || rec->kind != KN_LREC_WEIGHTED_CLUSTER)
 			return -1;
 		if (point < rec->weighted.cumulative_weight) {
-			__builtin_memcpy(&c->cluster, &rec->weighted.cluster, sizeof(c->cluster));
+			__builtin_memcpy(&c->nc.cluster, &rec->weighted.cluster, sizeof(c->nc.cluster));
 			return 0;
 		}
 	}
 	return -1;
 }
 
+/* The endpoint of a level whose cumulative weight range holds `point`:
+ * the smallest index whose cumulative weight exceeds it. */
+static __always_inline struct kn_endpoint *kn_search(void *inner, struct kn_priority_level *level, __u32 point)
+{
+	struct kn_cluster_record *rec;
+	__u32 lo = level->first, hi = level->first + level->count - 1;
+
+	for (__u32 step = 0; step < KN_ENDPOINT_SEARCH_STEPS + 1; step++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+
+		rec = bpf_map_lookup_elem(inner, &mid);
+		if (!rec || rec->kind != KN_CREC_ENDPOINT)
+			return NULL;
+		if (rec->endpoint.cumulative_weight > point)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	rec = bpf_map_lookup_elem(inner, &lo);
+	if (!rec || rec->kind != KN_CREC_ENDPOINT)
+		return NULL;
+	return &rec->endpoint;
+}
+
+/* Fill the scratch endpoint key (its cluster name is already set) for `ep`. */
+static __always_inline void kn_probe_set(struct kn_connect_ctx *c, struct kn_endpoint *ep)
+{
+	__builtin_memcpy(c->probe.addr, ep->addr, 16);
+	c->probe.port = ep->port;
+	c->probe.family = ep->family;
+}
+
+static __always_inline __u64 kn_endpoint_active(struct kn_connect_ctx *c, struct kn_endpoint *ep)
+{
+	struct kn_endpoint_conns *conns;
+
+	kn_probe_set(c, ep);
+	conns = bpf_map_lookup_elem(&kn_endpoint_conns, &c->probe);
+	return conns ? conns->active : 0;
+}
+
+/* LEAST_REQUEST at L4: `choice_count` weighted random picks (with
+ * replacement, as Envoy's power-of-two-choices), the one with the fewest
+ * active connections wins; ties keep the earlier pick. */
+static __always_inline struct kn_endpoint *kn_least_request(struct kn_connect_ctx *c, void *inner,
+							    struct kn_priority_level *level, __u32 choices)
+{
+	struct kn_endpoint *best = NULL;
+	__u64 best_active = 0;
+
+	for (__u32 i = 0; i < KN_MAX_CHOICES; i++) {
+		if (i >= choices)
+			break;
+		struct kn_endpoint *ep = kn_search(inner, level, bpf_get_prandom_u32() % level->total_weight);
+
+		if (!ep)
+			return NULL;
+		__u64 active = kn_endpoint_active(c, ep);
+
+		if (!best || active < best_active) {
+			best = ep;
+			best_active = active;
+		}
+	}
+	return best;
+}
+
 /* Stage 3: pick an endpoint of the cluster. The lowest priority level that has
  * endpoints of the destination's family serves; within it the endpoint is
  * chosen on the cumulative weights by the cluster's lb policy. */
-static __always_inline struct kn_endpoint *kn_pick_endpoint(void *inner, struct kn_cluster_header *hdr,
-							    __u8 family)
+static __always_inline struct kn_endpoint *kn_pick_endpoint(struct kn_connect_ctx *c, void *inner,
+							    struct kn_cluster_header *hdr, __u8 family)
 {
 	__u32 levels = hdr->level_count[family & 1];
 
@@ -141,6 +269,8 @@ static __always_inline struct kn_endpoint *kn_pick_endpoint(void *inner, struct 
 
 		if (level->count == 0 || level->total_weight == 0)
 			continue;
+		if (hdr->lb_policy == KN_LB_LEAST_REQUEST)
+			return kn_least_request(c, inner, level, hdr->choice_count);
 
 		__u32 point;
 
@@ -148,27 +278,7 @@ static __always_inline struct kn_endpoint *kn_pick_endpoint(void *inner, struct 
 			point = __sync_fetch_and_add(&hdr->rr_cursor, 1) % level->total_weight;
 		else
 			point = bpf_get_prandom_u32() % level->total_weight;
-
-		/* Smallest index whose cumulative weight exceeds the point. */
-		__u32 lo = level->first, hi = level->first + level->count - 1;
-
-		for (__u32 step = 0; step < KN_ENDPOINT_SEARCH_STEPS + 1; step++) {
-			if (lo >= hi)
-				break;
-			__u32 mid = lo + (hi - lo) / 2;
-
-			rec = bpf_map_lookup_elem(inner, &mid);
-			if (!rec || rec->kind != KN_CREC_ENDPOINT)
-				return NULL;
-			if (rec->endpoint.cumulative_weight > point)
-				hi = mid;
-			else
-				lo = mid + 1;
-		}
-		rec = bpf_map_lookup_elem(inner, &lo);
-		if (!rec || rec->kind != KN_CREC_ENDPOINT)
-			return NULL;
-		return &rec->endpoint;
+		return kn_search(inner, level, point);
 	}
 	return NULL;
 }
@@ -181,7 +291,7 @@ enum kn_cluster_outcome {
 
 static __always_inline int kn_cluster_stage(struct kn_connect_ctx *c, struct kn_endpoint **picked)
 {
-	void *inner = bpf_map_lookup_elem(&kn_clusters, &c->cluster);
+	void *inner = bpf_map_lookup_elem(&kn_clusters, &c->nc.cluster);
 	__u32 zero = 0;
 
 	if (!inner) {
@@ -196,7 +306,9 @@ static __always_inline int kn_cluster_stage(struct kn_connect_ctx *c, struct kn_
 		kn_count(KN_STAT_PASSTHROUGH);
 		return KN_UNTOUCHED;
 	}
-	*picked = kn_pick_endpoint(inner, &rec->header, c->dst_family);
+	c->max_connections = rec->header.max_connections;
+	__builtin_memcpy(&c->probe.cluster, &c->nc.cluster, sizeof(c->probe.cluster));
+	*picked = kn_pick_endpoint(c, inner, &rec->header, c->dst_family);
 	if (!*picked) {
 		kn_count(KN_STAT_NO_ENDPOINT);
 		return KN_NO_ENDPOINT;
@@ -204,18 +316,104 @@ static __always_inline int kn_cluster_stage(struct kn_connect_ctx *c, struct kn_
 	return KN_REWRITE;
 }
 
-/* Remember what the socket dialled, for getpeername and sockops. */
-static __always_inline void kn_remember(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c)
+/* Give back what a socket holds: its circuit-breaker slot and its active
+ * count on the endpoint. Called when it closes (any state) and when the
+ * socket connects again after a failed connect. */
+static __always_inline void kn_release(struct kn_sock_state *st)
+{
+	if (st->cb_held) {
+		struct kn_netns_conns *n = bpf_map_lookup_elem(&kn_netns_conns, &st->nc);
+
+		st->cb_held = 0;
+		if (n)
+			__sync_fetch_and_sub(&n->active, 1);
+	}
+	if (st->ep_held) {
+		struct kn_endpoint_conns *e = bpf_map_lookup_elem(&kn_endpoint_conns, &st->endpoint);
+
+		st->ep_held = 0;
+		if (e)
+			__sync_fetch_and_sub(&e->active, 1);
+	}
+}
+
+/* Circuit breaking: take a slot of the (netns, cluster) budget, or refuse. */
+static __always_inline bool kn_cb_reserve(struct kn_connect_ctx *c)
+{
+	struct kn_netns_conns *n = bpf_map_lookup_elem(&kn_netns_conns, &c->nc);
+
+	if (!n) {
+		struct kn_netns_conns fresh = {};
+
+		bpf_map_update_elem(&kn_netns_conns, &c->nc, &fresh, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&kn_netns_conns, &c->nc);
+		if (!n)
+			return true; /* no state: fail open */
+	}
+	if (__sync_fetch_and_add(&n->active, 1) < c->max_connections)
+		return true;
+	__sync_fetch_and_sub(&n->active, 1);
+	__sync_fetch_and_add(&n->overflow, 1);
+
+	struct kn_cluster_conns *cc = bpf_map_lookup_elem(&kn_cluster_conns, &c->nc.cluster);
+
+	if (!cc) {
+		struct kn_cluster_conns fresh = {};
+
+		bpf_map_update_elem(&kn_cluster_conns, &c->nc.cluster, &fresh, BPF_NOEXIST);
+		cc = bpf_map_lookup_elem(&kn_cluster_conns, &c->nc.cluster);
+	}
+	if (cc)
+		__sync_fetch_and_add(&cc->cx_overflow, 1);
+	return false;
+}
+
+/* Count the socket on its endpoint (for LEAST_REQUEST and the dump). */
+static __always_inline void kn_endpoint_hold(struct kn_sock_state *st)
+{
+	struct kn_endpoint_conns *e = bpf_map_lookup_elem(&kn_endpoint_conns, &st->endpoint);
+
+	if (!e) {
+		struct kn_endpoint_conns fresh = {};
+
+		bpf_map_update_elem(&kn_endpoint_conns, &st->endpoint, &fresh, BPF_NOEXIST);
+		e = bpf_map_lookup_elem(&kn_endpoint_conns, &st->endpoint);
+		if (!e)
+			return;
+	}
+	__sync_fetch_and_add(&e->active, 1);
+	__sync_fetch_and_add(&e->total, 1);
+	st->ep_held = 1;
+}
+
+/* Remember what the socket dialled (getpeername, sockops) and take what it
+ * holds: a circuit-breaker slot when the cluster has max_connections, and an
+ * active count on the endpoint. Returns false (and keeps nothing) when the
+ * circuit breaker refuses the connect. */
+static __always_inline bool kn_admit(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c, struct kn_endpoint *ep)
 {
 	struct kn_sock_state *st = bpf_sk_storage_get(&kn_socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-	if (!st)
-		return;
+	if (!st) {
+		/* Without socket storage nothing could be released: no accounting. */
+		return true;
+	}
+	kn_release(st); /* a second connect() on a socket whose first one failed */
+	if (c->max_connections && !kn_cb_reserve(c)) {
+		bpf_sk_storage_delete(&kn_socks, ctx->sk);
+		return false;
+	}
+	st->cb_held = c->max_connections ? 1 : 0;
 	st->orig_family = c->dst_family;
 	st->counted = 0;
+	st->established = 0;
 	st->orig_port = (__u16)ctx->user_port;
 	__builtin_memcpy(st->orig_addr, c->dst_addr, 16);
-	__builtin_memcpy(&st->cluster, &c->cluster, sizeof(st->cluster));
+	__builtin_memcpy(&st->nc, &c->nc, sizeof(st->nc));
+	kn_probe_set(c, ep);
+	__builtin_memcpy(&st->endpoint, &c->probe, sizeof(st->endpoint));
+	kn_endpoint_hold(st);
+	return true;
 }
 
 #endif /* KN_STAGES_H */

@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLbPolicy},
+    cluster::{
+        ClusterDiscoveryType, DiscoveryType, LbConfig as EnvoyLbConfig, LbPolicy as EnvoyLbPolicy,
+    },
     Cluster,
 };
-use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, RoutingPriority};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, locality_lb_endpoints::LbConfig, ClusterLoadAssignment, LbEndpoint,
 };
@@ -19,7 +21,7 @@ use super::field::{
 };
 use crate::kernel_native::limits::{KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_PRIORITIES};
 use crate::kernel_native::plan::{
-    CompiledCluster, Endpoint, Family, Ignored, LbPolicy, PriorityLevel,
+    CircuitBreakers, CompiledCluster, Endpoint, Family, Ignored, LbPolicy, PriorityLevel,
 };
 use crate::kernel_native::resources::{ResourceError, ResourceKind};
 
@@ -47,8 +49,10 @@ pub fn compile_cluster(
         levels_v4: Vec::new(),
         levels_v6: Vec::new(),
         passthrough: false,
+        circuit_breakers: None,
         ignored: Vec::new(),
     };
+    out.circuit_breakers = circuit_breakers(c, &mut out.ignored).map_err(reject)?;
     out.ignored.extend(lb_notes(c));
     out.ignored.extend(unused_settings(c));
 
@@ -138,9 +142,106 @@ pub(crate) fn compile_load_assignment(
         .map_err(|e| e.into_resource_error(ResourceKind::ClusterLoadAssignment, &cla.cluster_name))
 }
 
+/// Envoy's default `max_connections` when a DEFAULT threshold leaves it unset.
+const ENVOY_DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Envoy's default LEAST_REQUEST `choice_count`.
+const DEFAULT_CHOICE_COUNT: u32 = 2;
+
+/// `circuit_breakers.thresholds` of the DEFAULT priority. At connect() only
+/// the connection limit has a meaning; the request-level limits are listed
+/// as ignored. Without a DEFAULT threshold there is no limit (Envoy would
+/// apply its defaults; the kernel enforces only what is configured).
+fn circuit_breakers(c: &Cluster, notes: &mut Vec<Ignored>) -> FieldResult<Option<CircuitBreakers>> {
+    let Some(cb) = &c.circuit_breakers else {
+        return Ok(None);
+    };
+    let mut out = None;
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let field = format!("circuit_breakers.thresholds[{i}]");
+        match RoutingPriority::try_from(t.priority) {
+            Ok(RoutingPriority::Default) => {}
+            Ok(RoutingPriority::High) => {
+                notes.push(ignored(
+                    &field,
+                    "HIGH priority thresholds: connections are not prioritised at connect();                      only the DEFAULT threshold is enforced",
+                ));
+                continue;
+            }
+            Err(_) => {
+                return Err(FieldError::new(
+                    join(&field, "priority"),
+                    format!("unknown routing priority {}", t.priority),
+                ))
+            }
+        }
+        if out.is_some() {
+            return Err(FieldError::new(
+                join(&field, "priority"),
+                "more than one threshold for the DEFAULT priority",
+            ));
+        }
+        let max_connections = t
+            .max_connections
+            .map_or(ENVOY_DEFAULT_MAX_CONNECTIONS, |v| v.value);
+        if max_connections == 0 {
+            notes.push(ignored(
+                join(&field, "max_connections"),
+                "0 would refuse every connection; treated as no limit",
+            ));
+        } else {
+            out = Some(CircuitBreakers { max_connections });
+        }
+        for (name, set) in [
+            ("max_pending_requests", t.max_pending_requests.is_some()),
+            ("max_requests", t.max_requests.is_some()),
+            ("max_retries", t.max_retries.is_some()),
+            ("retry_budget", t.retry_budget.is_some()),
+        ] {
+            if set {
+                notes.push(ignored(
+                    join(&field, name),
+                    "a request-level limit: no meaning for L4 connections at connect()",
+                ));
+            }
+        }
+        if t.track_remaining {
+            notes.push(ignored(
+                join(&field, "track_remaining"),
+                "remaining-capacity gauges are not published",
+            ));
+        }
+    }
+    if !cb.per_host_thresholds.is_empty() {
+        notes.push(ignored(
+            "circuit_breakers.per_host_thresholds",
+            "per-host connection limits are not enforced",
+        ));
+    }
+    Ok(out)
+}
+
 fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
     match EnvoyLbPolicy::try_from(c.lb_policy) {
         Ok(EnvoyLbPolicy::Random) => Ok(LbPolicy::Random),
+        Ok(EnvoyLbPolicy::LeastRequest) => {
+            let choice_count = match &c.lb_config {
+                Some(EnvoyLbConfig::LeastRequestLbConfig(lr)) => {
+                    lr.choice_count.map_or(DEFAULT_CHOICE_COUNT, |v| v.value)
+                }
+                _ => DEFAULT_CHOICE_COUNT,
+            };
+            if !(2..=crate::kernel_native::limits::KN_MAX_CHOICES).contains(&choice_count) {
+                return Err(FieldError::new(
+                    "least_request_lb_config.choice_count",
+                    format!(
+                        "choice_count {choice_count}: the kernel compares 2 to {} picks \
+                         (KN_MAX_CHOICES)",
+                        crate::kernel_native::limits::KN_MAX_CHOICES
+                    ),
+                ));
+            }
+            Ok(LbPolicy::LeastRequest { choice_count })
+        }
         Ok(_) => Ok(LbPolicy::RoundRobin),
         Err(_) => Err(FieldError::new(
             "lb_policy",
@@ -153,7 +254,10 @@ fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
 fn lb_notes(c: &Cluster) -> Vec<Ignored> {
     let mut notes = Vec::new();
     if let Ok(p) = EnvoyLbPolicy::try_from(c.lb_policy) {
-        if !matches!(p, EnvoyLbPolicy::RoundRobin | EnvoyLbPolicy::Random) {
+        if !matches!(
+            p,
+            EnvoyLbPolicy::RoundRobin | EnvoyLbPolicy::Random | EnvoyLbPolicy::LeastRequest
+        ) {
             notes.push(ignored(
                 "lb_policy",
                 format!(
@@ -169,11 +273,24 @@ fn lb_notes(c: &Cluster) -> Vec<Ignored> {
             "extension load balancing policies are not done by the kernel: lb_policy is used",
         ));
     }
-    if c.lb_config.is_some() {
-        notes.push(ignored(
+    match &c.lb_config {
+        Some(EnvoyLbConfig::LeastRequestLbConfig(lr))
+            if c.lb_policy == EnvoyLbPolicy::LeastRequest as i32 =>
+        {
+            let tuned = lr.active_request_bias.is_some() || lr.slow_start_config.is_some();
+            notes.extend(tuned.then(|| {
+                ignored(
+                    "least_request_lb_config",
+                    "active_request_bias and slow start are not applied: the pick with the \
+                     fewest active connections wins",
+                )
+            }));
+        }
+        Some(_) => notes.push(ignored(
             "lb_config",
             "policy-specific tuning is not applied",
-        ));
+        )),
+        None => {}
     }
     if let Some(common) = &c.common_lb_config {
         if common.locality_config_specifier.is_some() {
@@ -210,11 +327,6 @@ fn unused_settings(c: &Cluster) -> Vec<Ignored> {
             "connect_timeout",
             c.connect_timeout.is_some(),
             "the application's own connect timeout applies",
-        ),
-        (
-            "circuit_breakers",
-            c.circuit_breakers.is_some(),
-            "connection limits are not enforced by the kernel",
         ),
         (
             "outlier_detection",
@@ -590,11 +702,16 @@ endpoints:
         );
         assert!(c.levels_v6.is_empty());
         assert_eq!(
+            c.circuit_breakers,
+            Some(CircuitBreakers {
+                max_connections: 100
+            })
+        );
+        assert_eq!(
             fields(&c.ignored),
             [
                 "transport_socket",
                 "connect_timeout",
-                "circuit_breakers",
                 "outlier_detection",
                 "eds.endpoints[1].load_balancing_weight",
                 "eds.endpoints",
@@ -602,9 +719,9 @@ endpoints:
             ]
         );
         assert!(
-            c.ignored[5].reason.starts_with("4 endpoint(s)"),
+            c.ignored[4].reason.starts_with("4 endpoint(s)"),
             "{:?}",
-            c.ignored[5]
+            c.ignored[4]
         );
     }
 
@@ -668,7 +785,7 @@ endpoints:
 
     #[test]
     fn policies_the_kernel_lacks_fall_back_to_round_robin() {
-        for p in ["LEAST_REQUEST", "RING_HASH", "MAGLEV"] {
+        for p in ["RING_HASH", "MAGLEV"] {
             let c = compile(&format!("name: c\ntype: STATIC\nlb_policy: {p}"), None);
             assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
             assert_eq!(fields(&c.ignored), ["lb_policy"]);
@@ -682,6 +799,63 @@ endpoints:
             fields(&c.ignored),
             ["common_lb_config.locality_config_specifier"]
         );
+    }
+
+    #[test]
+    fn least_request_takes_its_choice_count() {
+        let c = compile("name: c\ntype: STATIC\nlb_policy: LEAST_REQUEST", None);
+        assert_eq!(c.lb_policy, LbPolicy::LeastRequest { choice_count: 2 });
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = compile(
+            "name: c\ntype: STATIC\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 5, active_request_bias: { default_value: 1.0, runtime_key: k } }",
+            None,
+        );
+        assert_eq!(c.lb_policy, LbPolicy::LeastRequest { choice_count: 5 });
+        assert_eq!(fields(&c.ignored), ["least_request_lb_config"]);
+        let e = rejected(
+            "name: c\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 9 }",
+        );
+        assert_eq!(e.field, "least_request_lb_config.choice_count");
+    }
+
+    #[test]
+    fn circuit_breakers_enforce_the_default_priority_connection_limit() {
+        let c = compile(
+            "name: c\ncircuit_breakers: { thresholds: [{ priority: HIGH, max_connections: 9 }, { max_connections: 5, max_pending_requests: 1, max_requests: 2, max_retries: 3 }] }",
+            None,
+        );
+        assert_eq!(
+            c.circuit_breakers,
+            Some(CircuitBreakers { max_connections: 5 })
+        );
+        assert_eq!(
+            fields(&c.ignored),
+            [
+                "circuit_breakers.thresholds[0]",
+                "circuit_breakers.thresholds[1].max_pending_requests",
+                "circuit_breakers.thresholds[1].max_requests",
+                "circuit_breakers.thresholds[1].max_retries",
+            ]
+        );
+        assert!(c.ignored[1].reason.contains("no meaning for L4"));
+        // A DEFAULT threshold without max_connections: Envoy's default 1024.
+        let c = compile(
+            "name: c\ncircuit_breakers: { thresholds: [{ max_requests: 2 }] }",
+            None,
+        );
+        assert_eq!(
+            c.circuit_breakers,
+            Some(CircuitBreakers {
+                max_connections: 1024
+            })
+        );
+        // No threshold, no limit.
+        let c = compile("name: c\ncircuit_breakers: {}", None);
+        assert_eq!(c.circuit_breakers, None);
+        let e = rejected(
+            "name: c\ncircuit_breakers: { thresholds: [{ max_connections: 1 }, { max_connections: 2 }] }",
+        );
+        assert_eq!(e.field, "circuit_breakers.thresholds[1].priority");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as EnvoyLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::ClusterSpecifier, TcpProxy,
 };
@@ -21,7 +22,7 @@ use prost::{Message, Name};
 use super::field::{check_name, ignored, ignored_within, join, FieldError, FieldResult};
 use super::route::compile_route_config_body;
 use crate::kernel_native::limits::KN_MAX_WEIGHTED_CLUSTERS;
-use crate::kernel_native::plan::{CompiledRouteConfig, FilterAction, Ignored};
+use crate::kernel_native::plan::{CompiledRouteConfig, FilterAction, Ignored, LocalRateLimit};
 
 const TYPED_STRUCT: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
 const NETWORK_RBAC: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
@@ -69,6 +70,7 @@ pub(crate) fn compile_chain(
         ));
         return Ok(out);
     };
+    let mut rate_limit: Option<LocalRateLimit> = None;
     for (k, f) in observers.iter().enumerate() {
         let field = format!("filters[{k}]");
         let type_name = typed_config(f).map(|any| message_name(&any.type_url));
@@ -81,12 +83,38 @@ pub(crate) fn compile_chain(
                 ),
             ));
         }
+        if type_name == Some(EnvoyLocalRateLimit::full_name().as_str()) {
+            let Some(any) = typed_config(f) else {
+                continue;
+            };
+            let within = join(&field, "typed_config");
+            let config = EnvoyLocalRateLimit::decode(any.value.as_slice())
+                .map_err(|e| FieldError::new(&within, format!("malformed LocalRateLimit: {e}")))?;
+            let (limit, notes) = local_rate_limit(&config).map_err(|e| e.within(&within))?;
+            out.ignored.extend(ignored_within(&within, notes));
+            match (limit, &rate_limit) {
+                (Some(l), None) => rate_limit = Some(l),
+                (Some(_), Some(_)) => out.ignored.push(ignored(
+                    &field,
+                    "a second local rate limit in one chain is not enforced: \
+                     only the first one is",
+                )),
+                (None, _) => {}
+            }
+            continue;
+        }
         let reason = observer_reason(f).map_err(|e| e.within(&field))?;
         out.ignored.push(ignored(&field, reason));
     }
     let field = format!("filters[{}]", observers.len());
     let terminal = compile_terminal(last, fallback_route_name).map_err(|e| e.within(&field))?;
-    out.action = terminal.action;
+    out.action = match (terminal.action, rate_limit) {
+        (Some(action), Some(limit)) => Some(FilterAction::RateLimited {
+            limit,
+            then: Box::new(action),
+        }),
+        (action, _) => action,
+    };
     out.ignored.extend(ignored_within(&field, terminal.ignored));
     out.inline_route_config = terminal.inline_route_config;
     Ok(out)
@@ -201,6 +229,72 @@ fn compile_terminal(f: &Filter, fallback_route_name: &str) -> FieldResult<ChainO
          connections are left untouched",
         f.name
     )))
+}
+
+/// Envoy requires `fill_interval` of at least 50 ms.
+const MIN_FILL_INTERVAL_NS: u64 = 50_000_000;
+
+/// Paths relative to the LocalRateLimit. `None`: disabled (runtime flag off).
+fn local_rate_limit(
+    config: &EnvoyLocalRateLimit,
+) -> FieldResult<(Option<LocalRateLimit>, Vec<Ignored>)> {
+    let mut notes = Vec::new();
+    let bucket = config
+        .token_bucket
+        .as_ref()
+        .ok_or_else(|| FieldError::new("token_bucket", "required"))?;
+    if bucket.max_tokens == 0 {
+        return Err(FieldError::new(
+            "token_bucket.max_tokens",
+            "must be greater than 0",
+        ));
+    }
+    let tokens_per_fill = bucket.tokens_per_fill.map_or(1, |v| v.value);
+    if tokens_per_fill == 0 {
+        return Err(FieldError::new(
+            "token_bucket.tokens_per_fill",
+            "must be greater than 0",
+        ));
+    }
+    let interval = bucket
+        .fill_interval
+        .as_ref()
+        .ok_or_else(|| FieldError::new("token_bucket.fill_interval", "required"))?;
+    let fill_interval_ns = u64::try_from(interval.seconds)
+        .ok()
+        .and_then(|s| s.checked_mul(1_000_000_000))
+        .and_then(|ns| ns.checked_add(u64::try_from(interval.nanos).ok()?))
+        .ok_or_else(|| FieldError::new("token_bucket.fill_interval", "out of range"))?;
+    if fill_interval_ns < MIN_FILL_INTERVAL_NS {
+        return Err(FieldError::new(
+            "token_bucket.fill_interval",
+            "must be at least 50ms",
+        ));
+    }
+    if !config.share_key.is_empty() {
+        notes.push(ignored(
+            "share_key",
+            "buckets are never shared: each client netns and filter chain has its own",
+        ));
+    }
+    if let Some(flag) = &config.runtime_enabled {
+        notes.push(ignored(
+            "runtime_enabled.runtime_key",
+            "runtime is not read: the default_value decides",
+        ));
+        if !flag.default_value.as_ref().is_some_and(|v| v.value) {
+            return Ok((None, notes));
+        }
+    }
+    Ok((
+        Some(LocalRateLimit {
+            stat_prefix: config.stat_prefix.clone(),
+            max_tokens: bucket.max_tokens,
+            tokens_per_fill,
+            fill_interval_ns,
+        }),
+        notes,
+    ))
 }
 
 /// Paths relative to the TcpProxy.

@@ -601,6 +601,70 @@ mod tests {
         )
     }
 
+    fn rate_limited(yaml_bucket: &str) -> String {
+        format!(
+            r#"
+name: rl
+address: {{ socket_address: {{ address: 10.96.0.10, port_value: 9000 }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.local_ratelimit
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+      stat_prefix: rl
+      token_bucket: {yaml_bucket}
+  - {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c }} }}
+"#
+        )
+    }
+
+    #[test]
+    fn a_local_rate_limit_before_tcp_proxy_is_compiled_into_the_action() {
+        let l = only(&rate_limited(
+            "{ max_tokens: 10, tokens_per_fill: 5, fill_interval: 1s }",
+        ));
+        assert_eq!(
+            l.matches[0].action,
+            Some(FilterAction::RateLimited {
+                limit: crate::kernel_native::plan::LocalRateLimit {
+                    stat_prefix: "rl".into(),
+                    max_tokens: 10,
+                    tokens_per_fill: 5,
+                    fill_interval_ns: 1_000_000_000,
+                },
+                then: Box::new(tcp("c").unwrap()),
+            })
+        );
+        assert!(l.ignored.is_empty(), "{:?}", l.ignored);
+        // tokens_per_fill defaults to 1.
+        let l = only(&rate_limited("{ max_tokens: 3, fill_interval: 0.5s }"));
+        match &l.matches[0].action {
+            Some(FilterAction::RateLimited { limit, .. }) => {
+                assert_eq!(
+                    (limit.tokens_per_fill, limit.fill_interval_ns),
+                    (1, 500_000_000)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        for (bucket, field) in [
+            ("{ max_tokens: 0, fill_interval: 1s }", "max_tokens"),
+            ("{ max_tokens: 1, fill_interval: 0.01s }", "fill_interval"),
+            (
+                "{ max_tokens: 1, tokens_per_fill: 0, fill_interval: 1s }",
+                "tokens_per_fill",
+            ),
+            ("{ max_tokens: 1 }", "fill_interval"),
+        ] {
+            let e = rejected(&rate_limited(bucket));
+            assert_eq!(
+                e.field,
+                format!("filter_chains[0].filters[0].typed_config.token_bucket.{field}"),
+                "{bucket}"
+            );
+        }
+    }
+
     #[test]
     fn a_tcp_proxy_listener_compiles_to_one_any_entry() {
         let l = only(&format!(

@@ -1,0 +1,362 @@
+//! Traffic policies at connect time (issue 7), end to end: the real daemon
+//! and eBPF programs, backends and clients in per-test network namespaces
+//! (only `lo` up), real sockets.
+//!
+//! - circuit breaking: `max_connections` per client netns and cluster;
+//! - local rate limit: a token bucket per client netns and filter chain;
+//! - LEAST_REQUEST: fewest active connections among random picks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::yaml::*;
+use common::*;
+
+const READY: Duration = Duration::from_secs(20);
+const VIP: &str = "10.96.7.1:80";
+
+struct Mesh {
+    // Field order = drop order: daemon first, then backends, then the rest.
+    daemon: Daemon,
+    _backends: Backends,
+    cgroup: Cgroup,
+    netns: NetNs,
+    _bpffs: BpfFsDir,
+    xds: tempfile::NamedTempFile,
+}
+
+impl Mesh {
+    fn start(prefix: &str, backends: &[&str], yaml: &str) -> Mesh {
+        let netns = NetNs::new(prefix);
+        let backends = Backends::start(Some(&netns), backends);
+        let cgroup = Cgroup::new(prefix);
+        let bpffs = BpfFsDir::new(prefix);
+        let xds = temp_file(".yaml", yaml);
+        let mut daemon = Daemon::start_with_args(xds.path(), &bpffs, &cgroup, &[]);
+        daemon.wait_ready(READY);
+        Mesh {
+            daemon,
+            _backends: backends,
+            cgroup,
+            netns,
+            _bpffs: bpffs,
+            xds,
+        }
+    }
+
+    fn dial(&self, count: u32, extra: &[&str]) -> DialReport {
+        dial_with(Some(&self.netns), Some(&self.cgroup), VIP, count, extra)
+    }
+
+    fn bpf(&self) -> serde_json::Value {
+        let (status, body) = self.daemon.get("/debug/config_dump/bpf/kernel-native");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until `pred` holds for the bpf dump; returns that dump.
+    fn wait_bpf(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let dump = self.bpf();
+            if pred(&dump) {
+                return dump;
+            }
+            assert!(Instant::now() < deadline, "{what} never held: {dump}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn rewrite(&self, yaml: &str) {
+        let tmp = self.xds.path().with_extension("new");
+        fs::write(&tmp, yaml).unwrap();
+        fs::rename(&tmp, self.xds.path()).unwrap();
+    }
+
+    fn wait_version(&self, version: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let dump = self.daemon.config_dump();
+            if dump["version"].as_u64().unwrap_or(0) >= version {
+                return dump;
+            }
+            assert!(Instant::now() < deadline, "no version {version}: {dump}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `kmesh-traffic dial` in the background, keeping its connections open for
+/// `keep_open_ms` after the last connect. Killed by PID if still running on drop.
+struct Holder(Option<Child>);
+
+impl Holder {
+    fn start(netns: &NetNs, cgroup: &Cgroup, count: u32, keep_open_ms: u64) -> Holder {
+        let child = Command::new(TRAFFIC_BIN)
+            .args(["dial", "--netns", netns.name()])
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .args(["--count", &count.to_string()])
+            .args(["--keep-open-ms", &keep_open_ms.to_string()])
+            .arg(VIP)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning kmesh-traffic dial");
+        Holder(Some(child))
+    }
+
+    /// Waits for it to close its connections and exit; its report.
+    fn finish(mut self) -> DialReport {
+        let child = self.0.take().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            terminate(child, Duration::from_secs(2));
+        }
+    }
+}
+
+/// A STATIC cluster with extra cluster-level YAML (indented two spaces).
+fn cluster_with(name: &str, extra: &str, endpoints: &[Ep]) -> String {
+    static_cluster(name, endpoints).replacen("  lb_policy: ROUND_ROBIN", extra, 1)
+}
+
+fn find(
+    list: &serde_json::Value,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<&serde_json::Value> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| pred(e))
+        .collect()
+}
+
+fn netns_active(dump: &serde_json::Value, cluster: &str) -> Vec<u64> {
+    find(&dump["netns_connections"], |e| e["cluster"] == cluster)
+        .iter()
+        .map(|e| e["active"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn max_connections_5_per_client_netns_refuses_the_sixth_with_eperm_at_once() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("cb", "10.96.7.1", 80, "cb"),
+        cluster_with(
+            "cb",
+            "  circuit_breakers: { thresholds: [{ max_connections: 5, max_requests: 100 }] }",
+            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0)],
+        ),
+    ]);
+    let backends = ["127.0.0.2:8080=a", "127.0.0.3:8080=b"];
+    let mesh = Mesh::start("kn-cb", &backends, &yaml);
+
+    // The compiled view shows the limit and what has no L4 meaning.
+    let dump = mesh.daemon.config_dump();
+    let cl = &dump["clusters"]["cb"];
+    assert_eq!(cl["circuit_breakers"]["max_connections"], 5, "{cl}");
+    assert!(
+        cl["ignored"].to_string().contains("max_requests"),
+        "max_requests is listed as ignored: {cl}"
+    );
+
+    // Five held connections: four for long, one for a short while.
+    let long = Holder::start(&mesh.netns, &mesh.cgroup, 4, 8000);
+    let short = Holder::start(&mesh.netns, &mesh.cgroup, 1, 1500);
+    mesh.wait_bpf("5 active connections", |d| netns_active(d, "cb") == [5]);
+
+    // The sixth fails at once with EPERM.
+    let started = Instant::now();
+    let sixth = mesh.dial(1, &[]);
+    let took = started.elapsed();
+    assert_eq!(sixth.connected, 0, "{sixth:?}");
+    assert_eq!(sixth.error("EPERM"), 1, "{sixth:?}");
+    assert!(
+        took < Duration::from_millis(1000),
+        "refused at once: {took:?}"
+    );
+
+    let bpf = mesh.bpf();
+    assert!(bpf["stats"]["cx_overflow"].as_u64().unwrap() >= 1, "{bpf}");
+    let cc = find(&bpf["cluster_connections"], |c| c["cluster"] == "cb");
+    assert_eq!(cc[0]["cx_overflow"], 1, "{bpf}");
+    let nc = find(&bpf["netns_connections"], |c| c["cluster"] == "cb");
+    assert_eq!(nc[0]["overflow"], 1, "{bpf}");
+    let hdr = &find(&bpf["clusters"], |c| c["key"] == "cb")[0]["records"][0][1];
+    assert_eq!(hdr["max_connections"], 5, "{bpf}");
+
+    // Another client netns has its own budget (same endpoint addresses,
+    // served inside that netns).
+    let other = NetNs::new("kn-cb-other");
+    let _other_backends = Backends::start(Some(&other), &backends);
+    let r = dial_with(
+        Some(&other),
+        Some(&mesh.cgroup),
+        VIP,
+        5,
+        &["--keep-open-ms", "300"],
+    );
+    assert_eq!(r.connected, 5, "{r:?}");
+    assert_eq!(r.total_errors(), 0, "{r:?}");
+
+    // After the short-lived connection closes, a new one succeeds (the four
+    // long ones are still open) and the budget is full again.
+    assert_eq!(short.finish().connected, 1);
+    mesh.wait_bpf("4 active", |d| netns_active(d, "cb").contains(&4));
+    let r = mesh.dial(1, &["--keep-open-ms", "1500"]);
+    assert_eq!(r.connected, 1, "{r:?}");
+    assert_eq!(long.finish().connected, 4);
+    let bpf = mesh.wait_bpf("all closed", |d| {
+        netns_active(d, "cb").iter().all(|&a| a == 0)
+    });
+    assert_eq!(netns_active(&bpf, "cb").len(), 2, "two netns: {bpf}");
+}
+
+#[test]
+fn local_rate_limit_10_tokens_5_per_second_refuses_over_the_limit() {
+    if !require_root() {
+        return;
+    }
+    let listener_yaml = r#"
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: "rl"
+  address: { socket_address: { address: "10.96.7.1", port_value: 80 } }
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.local_ratelimit
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+        stat_prefix: rl
+        token_bucket: { max_tokens: 10, tokens_per_fill: 1, fill_interval: 0.2s }
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: rl
+        cluster: "rl""#;
+    let yaml = config(&[
+        listener_yaml.to_string(),
+        static_cluster("rl", &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start("kn-rl", &["127.0.0.2:8080=a"], &yaml);
+
+    let dump = mesh.daemon.config_dump();
+    let action = &dump["listeners"][0]["matches"][0]["action"];
+    assert_eq!(
+        action["rate_limited"]["limit"]["max_tokens"], 10,
+        "{action}"
+    );
+
+    // A burst of 20: the full bucket's 10 succeed (one more if a fill
+    // interval passed during the burst), the rest fail with EPERM.
+    let started = Instant::now();
+    let burst = mesh.dial(20, &[]);
+    let took = started.elapsed();
+    let extra = (took.as_millis() / 200) as u64;
+    assert!(
+        burst.connected >= 10 && burst.connected <= 10 + extra,
+        "{burst:?} in {took:?}"
+    );
+    assert_eq!(burst.error("EPERM"), 20 - burst.connected, "{burst:?}");
+
+    // Steady state: 30 attempts over ~3 s at 10/s, the bucket refills 5/s.
+    let started = Instant::now();
+    let steady = mesh.dial(30, &["--interval-ms", "100"]);
+    let secs = started.elapsed().as_secs_f64();
+    let rate = steady.connected as f64 / secs;
+    assert!(
+        (3.5..=6.5).contains(&rate),
+        "~5/s expected, got {rate:.2}/s: {steady:?} over {secs:.2}s"
+    );
+
+    let bpf = mesh.bpf();
+    assert!(
+        bpf["stats"]["rate_limited"].as_u64().unwrap() >= 20,
+        "{bpf}"
+    );
+    let buckets = bpf["rate_limit_buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 1, "{bpf}");
+    assert!(buckets[0]["limited"].as_u64().unwrap() >= 20, "{bpf}");
+    let listener = &bpf["listeners"][0]["records"];
+    let filter = listener
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[1]["record"] == "filter")
+        .unwrap();
+    assert_eq!(filter[1]["rate_limit"]["max_tokens"], 10, "{bpf}");
+    assert_eq!(
+        filter[1]["rate_limit"]["fill_interval_ns"], 200_000_000u64,
+        "{bpf}"
+    );
+
+    // Another client netns has its own full bucket.
+    let other = NetNs::new("kn-rl-other");
+    let _b = Backends::start(Some(&other), &["127.0.0.2:8080=a"]);
+    let r = dial_with(Some(&other), Some(&mesh.cgroup), VIP, 10, &[]);
+    assert_eq!(r.connected, 10, "{r:?}");
+}
+
+#[test]
+fn least_request_steers_new_connections_away_from_a_busy_endpoint() {
+    if !require_root() {
+        return;
+    }
+    let lr = "  lb_policy: LEAST_REQUEST\n  least_request_lb_config: { choice_count: 5 }";
+    let only_a = config(&[
+        listener("lr", "10.96.7.1", 80, "lr"),
+        cluster_with("lr", lr, &[("127.0.0.2", 8080, 0, 0)]),
+    ]);
+    let mesh = Mesh::start("kn-lr", &["127.0.0.2:8080=a", "127.0.0.3:8080=b"], &only_a);
+    let dump = mesh.daemon.config_dump();
+    assert_eq!(
+        dump["clusters"]["lr"]["lb_policy"]["LEAST_REQUEST"]["choice_count"], 5,
+        "{dump}"
+    );
+
+    // Endpoint a holds six open connections...
+    let busy = Holder::start(&mesh.netns, &mesh.cgroup, 6, 6000);
+    let a_active = |d: &serde_json::Value| {
+        find(&d["endpoint_connections"], |e| {
+            e["cluster"] == "lr" && e["address"] == "127.0.0.2:8080"
+        })
+        .first()
+        .map(|e| e["active"].as_u64().unwrap())
+    };
+    mesh.wait_bpf("a holds 6", |d| a_active(d) == Some(6));
+
+    // ...then b joins: the per-endpoint counts survive the rewrite, and new
+    // connections go to b (a wins only when all five picks land on it).
+    mesh.rewrite(&config(&[
+        listener("lr", "10.96.7.1", 80, "lr"),
+        cluster_with(
+            "lr",
+            lr,
+            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.3", 8080, 0, 0)],
+        ),
+    ]));
+    mesh.wait_version(2);
+    let r = mesh.dial(20, &[]);
+    assert_eq!(r.connected, 20, "{r:?}");
+    assert!(
+        r.backend("b") >= 17,
+        "new connections avoid the busy a: {r:?}"
+    );
+    assert_eq!(a_active(&mesh.bpf()), Some(6));
+    assert_eq!(busy.finish().connected, 6);
+}
