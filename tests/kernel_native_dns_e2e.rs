@@ -249,3 +249,45 @@ fn an_aaaa_only_name_routes_ipv6() {
     let r = mesh.dial("[fd00:96::2]:80", 10);
     assert_eq!(r.peer_names.get("[fd00:96::2]:80"), Some(&10), "{r:?}");
 }
+
+/// A restarted daemon whose DNS server is down must not throw away the
+/// answers the kernel already has.
+#[test]
+fn a_restart_while_dns_is_down_keeps_the_last_good_endpoints() {
+    if !require_root() {
+        return;
+    }
+    let Some(bin) = dnsmasq_or_skip() else {
+        return;
+    };
+    let mut dns = Dnsmasq::start(&bin, 30, "127.0.0.2 keep.test\n");
+    let yaml = config(&[
+        listener("keep", "10.96.2.4", 80, "keep"),
+        dns_cluster("keep", "STRICT_DNS", "keep.test", "V4_ONLY", "5s"),
+    ]);
+    let mut mesh = DnsMesh::start("dns-restart", &dns, &[], &["127.0.0.2:8080=a"], &yaml);
+    mesh.dial_until("10.96.2.4:80", Duration::from_secs(10), |r| {
+        r.backend("a") == 4
+    });
+
+    mesh.daemon.stop();
+    dns.stop();
+    let mut next = Daemon::start_with_args(
+        mesh._xds.path(),
+        &mesh._bpffs,
+        &mesh.cgroup,
+        &["--dns-server", &dns.addr.to_string()],
+    );
+    next.wait_ready(READY);
+    assert!(next.logs().contains("Adopted"), "{}", next.logs());
+    // Well past the first (failing) lookups: still steered to the last answer.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = mesh.dial("10.96.2.4:80", 10);
+    assert_eq!(
+        r.backend("a"),
+        10,
+        "endpoints lost across a restart with DNS down: {r:?}\n{}",
+        next.logs()
+    );
+    next.stop();
+}

@@ -137,6 +137,13 @@ pub fn compile(resources: &Resources, dns: &dyn ResolvedHosts) -> Compiled {
         let cla = load_assignments.get(eds_service_name(c)).copied();
         match compile_cluster(c, cla, dns) {
             Ok(compiled) => {
+                let unresolved = dns_subscriptions(c).iter().any(|s| {
+                    dns.addresses(&s.host, s.family)
+                        .is_none_or(|a| a.is_empty())
+                });
+                if unresolved {
+                    out.plan.awaiting_dns.insert(name.clone());
+                }
                 out.plan.clusters.insert(name.clone(), compiled);
             }
             Err(e) => out.rejected.push(e),

@@ -36,6 +36,11 @@ pub struct Plan {
     pub clusters: BTreeMap<String, CompiledCluster>,
     /// HTTP route configurations (executed only by the enhanced kernel).
     pub route_configs: BTreeMap<String, CompiledRouteConfig>,
+    /// DNS clusters with hostnames the resolver has no answer for yet. A
+    /// writer that finds such a cluster already in the maps (written by an
+    /// earlier daemon) keeps it until the answers come, rather than emptying it.
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub awaiting_dns: std::collections::BTreeSet<String>,
 }
 
 /// A listener flattened for connect-time matching.

@@ -45,6 +45,11 @@ pub enum WriteError {
     },
 }
 
+/// Inner maps built (each an open file descriptor) before one batch publish:
+/// large enough that the per-batch RCU wait is rare, small enough to stay
+/// well under the open-files limit.
+const PUBLISH_CHUNK: usize = 512;
+
 /// What one apply changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct WriteStats {
@@ -97,43 +102,42 @@ impl MapWriter {
             .clusters
             .iter()
             .filter(|(name, c)| self.clusters.get(*name) != Some(*c))
+            .filter(|(name, _)| !self.keep_adopted(plan, name))
             .collect();
-        let mut staged = Vec::with_capacity(clusters.len());
-        for (name, cluster) in &clusters {
-            let what = format!("cluster {name:?}");
-            let inner = build_inner(
-                &what,
-                records::CLUSTER_RECORD_SIZE,
-                &records::cluster_records(cluster),
-            )?;
-            staged.push((records::name_key(name), inner));
+        for chunk in clusters.chunks(PUBLISH_CHUNK) {
+            let mut staged = Vec::with_capacity(chunk.len());
+            for (name, cluster) in chunk {
+                let what = format!("cluster {name:?}");
+                let records = records::cluster_records(cluster);
+                let inner = build_inner(&what, records::CLUSTER_RECORD_SIZE, &records)?;
+                staged.push((records::name_key(name), inner));
+            }
+            publish_all(&self.maps.clusters, "kn_clusters", &staged)?;
+            for (name, cluster) in chunk {
+                self.clusters.insert((*name).clone(), (*cluster).clone());
+            }
+            stats.clusters_written += chunk.len();
         }
-        publish_all(&self.maps.clusters, "kn_clusters", &staged)?;
-        for (name, cluster) in clusters {
-            self.clusters.insert(name.clone(), cluster.clone());
-        }
-        stats.clusters_written = staged.len();
 
         let listeners: Vec<(&ListenerKey, &CompiledListener)> = plan
             .listeners
             .iter()
             .filter(|(key, l)| self.listeners.get(*key) != Some(*l))
             .collect();
-        let mut staged = Vec::with_capacity(listeners.len());
-        for (key, listener) in &listeners {
-            let what = format!("listener {:?} at {}", listener.name, display_key(key));
-            let inner = build_inner(
-                &what,
-                records::LISTENER_RECORD_SIZE,
-                &records::listener_records(listener),
-            )?;
-            staged.push((records::listener_key(key), inner));
+        for chunk in listeners.chunks(PUBLISH_CHUNK) {
+            let mut staged = Vec::with_capacity(chunk.len());
+            for (key, listener) in chunk {
+                let what = format!("listener {:?} at {}", listener.name, display_key(key));
+                let records = records::listener_records(listener);
+                let inner = build_inner(&what, records::LISTENER_RECORD_SIZE, &records)?;
+                staged.push((records::listener_key(key), inner));
+            }
+            publish_all(&self.maps.listeners, "kn_listeners", &staged)?;
+            for (key, listener) in chunk {
+                self.listeners.insert(**key, (*listener).clone());
+            }
+            stats.listeners_written += chunk.len();
         }
-        publish_all(&self.maps.listeners, "kn_listeners", &staged)?;
-        for (key, listener) in listeners {
-            self.listeners.insert(*key, listener.clone());
-        }
-        stats.listeners_written = staged.len();
 
         let gone: Vec<ListenerKey> = self
             .listeners
@@ -164,6 +168,14 @@ impl MapWriter {
         stats.clusters_removed = gone.len();
         self.remove_adopted_leftovers(plan, &mut stats)?;
         Ok(stats)
+    }
+
+    /// A DNS cluster still waiting for its first answers, that an earlier
+    /// daemon left in the maps: its last good endpoints keep serving.
+    fn keep_adopted(&self, plan: &Plan, name: &str) -> bool {
+        plan.awaiting_dns.contains(name)
+            && !self.clusters.contains_key(name)
+            && self.adopted_clusters.contains(&records::name_key(name))
     }
 
     /// After the first apply over adopted maps: delete what the earlier
