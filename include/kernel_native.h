@@ -38,6 +38,11 @@
 /* LEAST_REQUEST: at most this many random picks compared (choice_count). */
 #define KN_MAX_CHOICES 8
 
+/* MAGLEV / RING_HASH: slots of one priority level's lookup table (Envoy's
+ * default Maglev table size, a prime), and slots packed per table record. */
+#define KN_MAX_HASH_TABLE_SIZE 65537
+#define KN_HASH_SLOTS_PER_RECORD 4
+
 /* "No record": a filter index meaning "leave this connection untouched". */
 #define KN_NONE 0xffffffffu
 
@@ -135,12 +140,17 @@ enum kn_lb_policy {
 	KN_LB_ROUND_ROBIN = 0,
 	KN_LB_RANDOM = 1,
 	KN_LB_LEAST_REQUEST = 2,
+	/* Consistent hashing on the client's netns cookie through the level's
+	 * lookup table (the source address is not bound yet at connect). */
+	KN_LB_MAGLEV = 3,
+	KN_LB_RING_HASH = 4,
 };
 
 enum kn_cluster_record_kind {
 	KN_CREC_HEADER = 1,    /* index 0 */
 	KN_CREC_LEVEL = 2,     /* index KN_CLUSTER_LEVEL_INDEX(family, level) */
 	KN_CREC_ENDPOINT = 3,  /* index >= KN_CLUSTER_FIRST_ENDPOINT */
+	KN_CREC_HASH_SLOTS = 4, /* after all endpoints: a level's lookup table */
 };
 
 #define KN_CLUSTER_LEVEL_INDEX(family, level) (1u + (family) * KN_MAX_PRIORITIES + (level))
@@ -163,6 +173,17 @@ struct kn_priority_level {
 	__u32 count;
 	__u32 total_weight;
 	__u32 priority;    /* the Envoy priority this level came from (for dumps) */
+	/* MAGLEV / RING_HASH: the level's lookup table, table_size slots in
+	 * KN_CREC_HASH_SLOTS records from index table_first; 0 = no table. */
+	__u32 table_first;
+	__u32 table_size;
+};
+
+/* KN_HASH_SLOTS_PER_RECORD consecutive slots of a lookup table: slot s is
+ * in record table_first + s / KN_HASH_SLOTS_PER_RECORD. Each holds the
+ * index of a KN_CREC_ENDPOINT record of the same level. */
+struct kn_hash_slots {
+	__u32 endpoint[KN_HASH_SLOTS_PER_RECORD];
 };
 
 struct kn_endpoint {
@@ -180,6 +201,7 @@ struct kn_cluster_record {
 		struct kn_cluster_header header;
 		struct kn_priority_level level;
 		struct kn_endpoint endpoint;
+		struct kn_hash_slots slots;
 	};
 };
 

@@ -360,3 +360,115 @@ fn least_request_steers_new_connections_away_from_a_busy_endpoint() {
     assert_eq!(a_active(&mesh.bpf()), Some(6));
     assert_eq!(busy.finish().connected, 6);
 }
+
+/// The one backend a client netns reached, asserting it reached only one.
+fn only_backend(r: &DialReport, count: u64, what: &str) -> String {
+    assert_eq!(r.connected, count, "{what}: {r:?}");
+    assert_eq!(r.backends.len(), 1, "{what} stays on one endpoint: {r:?}");
+    r.backends.keys().next().unwrap().clone()
+}
+
+/// MAGLEV and RING_HASH hash the client's network namespace: one client
+/// netns stays on one endpoint, and removing an endpoint moves only the
+/// clients that were on it.
+fn consistent_hash_keeps_clients_on_their_endpoint(prefix: &str, policy: &str, dumped: &str) {
+    if !require_root() {
+        return;
+    }
+    let eps = [
+        ("127.0.0.2", 8080, 0, 0),
+        ("127.0.0.3", 8080, 0, 0),
+        ("127.0.0.4", 8080, 0, 0),
+    ];
+    let names = ["127.0.0.2:8080=a", "127.0.0.3:8080=b", "127.0.0.4:8080=c"];
+    let with = |eps: &[Ep]| {
+        config(&[
+            listener("hash", "10.96.7.1", 80, "hash"),
+            cluster_with("hash", policy, eps),
+        ])
+    };
+    let mesh = Mesh::start(prefix, &names, &with(&eps));
+    let dump = mesh.daemon.config_dump();
+    assert!(
+        dump["clusters"]["hash"]["lb_policy"][dumped].is_object(),
+        "{dump}"
+    );
+    let bpf = mesh.bpf();
+    let cluster = find(&bpf["clusters"], |c| c["key"] == "hash")[0].clone();
+    let level = find(&cluster["records"], |r| r[1]["record"] == "level")[0].clone();
+    assert!(level[1]["table_size"].as_u64().unwrap() > 0, "{bpf}");
+    assert!(
+        !find(&cluster["records"], |r| r[1]["record"] == "hash_table").is_empty(),
+        "{bpf}"
+    );
+
+    // One client netns: 100 connects, one endpoint.
+    let first = only_backend(&mesh.dial(100, &[]), 100, "the first client");
+
+    // Eight client netns (the mesh's own and seven more), each with its own
+    // copy of the backends on its loopback.
+    let mut clients: Vec<(Option<NetNs>, Option<Backends>)> = vec![(None, None)];
+    for i in 0..7 {
+        let ns = NetNs::new(&format!("{prefix}-{i}"));
+        let b = Backends::start(Some(&ns), &names);
+        clients.push((Some(ns), Some(b)));
+    }
+    let dial_all = || -> Vec<String> {
+        clients
+            .iter()
+            .map(|(ns, _)| {
+                let ns = ns.as_ref().unwrap_or(&mesh.netns);
+                let r = dial_with(Some(ns), Some(&mesh.cgroup), VIP, 10, &[]);
+                only_backend(&r, 10, ns.name())
+            })
+            .collect()
+    };
+    let before = dial_all();
+    assert_eq!(before[0], first);
+    let mut spread: Vec<&String> = before.iter().collect();
+    spread.sort();
+    spread.dedup();
+    assert!(
+        spread.len() >= 2,
+        "8 clients spread over endpoints: {before:?}"
+    );
+
+    // Remove the endpoint with the most clients.
+    let (gone, gone_at) = [("a", 0usize), ("b", 1), ("c", 2)]
+        .into_iter()
+        .max_by_key(|(n, _)| before.iter().filter(|b| b == n).count())
+        .unwrap();
+    let mut fewer = eps.to_vec();
+    fewer.remove(gone_at);
+    mesh.rewrite(&with(&fewer));
+    mesh.wait_version(2);
+    let after = dial_all();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        if b == gone {
+            assert_ne!(a, gone, "client {i} moved off the removed endpoint");
+        } else {
+            assert_eq!(
+                a, b,
+                "client {i} was not on {gone}: it stays ({before:?} -> {after:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn maglev_keeps_a_client_netns_on_one_endpoint_and_moves_only_the_removed_ones() {
+    consistent_hash_keeps_clients_on_their_endpoint(
+        "kn-maglev",
+        "  lb_policy: MAGLEV\n  maglev_lb_config: { table_size: 65537 }",
+        "MAGLEV",
+    );
+}
+
+#[test]
+fn ring_hash_keeps_a_client_netns_on_one_endpoint_and_moves_only_the_removed_ones() {
+    consistent_hash_keeps_clients_on_their_endpoint(
+        "kn-ring",
+        "  lb_policy: RING_HASH\n  ring_hash_lb_config: { minimum_ring_size: 1024 }",
+        "RING_HASH",
+    );
+}

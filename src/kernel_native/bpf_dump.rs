@@ -103,7 +103,10 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
     for key in maps.clusters.keys() {
         let shown = records::name_from(&key);
         if let Some(inner) =
-            read_inner(&maps.clusters, &key, shown, records::decode_cluster_record)?
+            read_inner(&maps.clusters, &key, shown, records::decode_cluster_record)?.map(|mut d| {
+                d.records = records::summarise_hash_tables(d.records);
+                d
+            })
         {
             clusters.push(inner);
         }

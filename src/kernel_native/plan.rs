@@ -147,6 +147,16 @@ pub enum LbPolicy {
     LeastRequest {
         choice_count: u32,
     },
+    /// Consistent hashing on the client's network namespace (see
+    /// [`HashTable`]): `table_size` slots per priority level, a prime.
+    Maglev {
+        table_size: u32,
+    },
+    /// A hash ring with `minimum_ring_size` points for the heaviest endpoint,
+    /// sampled into a lookup table of as many slots.
+    RingHash {
+        minimum_ring_size: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -155,6 +165,33 @@ pub struct PriorityLevel {
     pub priority: u32,
     /// Non-empty; every weight > 0.
     pub endpoints: Vec<Endpoint>,
+    /// MAGLEV / RING_HASH: the level's lookup table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_table: Option<HashTable>,
+}
+
+/// A consistent-hash lookup table: slot → position of an endpoint in its
+/// level. The kernel reads slot `mix64(netns cookie) % len`. Dumped as a
+/// summary (size and first slots), not slot by slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashTable {
+    pub slots: Vec<u32>,
+}
+
+/// Slots shown in dumps.
+pub const HASH_TABLE_SHOWN: usize = 16;
+
+impl Serialize for HashTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("HashTable", 2)?;
+        st.serialize_field("size", &self.slots.len())?;
+        st.serialize_field(
+            "first_slots",
+            &self.slots[..self.slots.len().min(HASH_TABLE_SHOWN)],
+        )?;
+        st.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

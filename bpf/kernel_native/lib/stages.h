@@ -249,6 +249,46 @@ static __always_inline struct kn_endpoint *kn_least_request(struct kn_connect_ct
 	return best;
 }
 
+/* splitmix64's finaliser; the compiler (hash_lb.rs, mix64) applies the same
+ * function when it checks its tables. */
+static __always_inline __u64 kn_mix64(__u64 x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+/* MAGLEV / RING_HASH: the endpoint in the level's lookup table at the slot of
+ * the key, `probe` slots further on (to step over an ejected endpoint).
+ *
+ * The key is the client's network namespace cookie: at connect time the
+ * source address is not bound yet, and a netns is one client pod, so every
+ * connection of a pod goes to the same endpoint, as a sidecar's own view of
+ * "source IP" hashing would. */
+static __always_inline struct kn_endpoint *kn_hash_pick(struct kn_connect_ctx *c, void *inner,
+							struct kn_priority_level *level, __u32 probe)
+{
+	struct kn_cluster_record *rec;
+	__u32 size = level->table_size;
+
+	if (size == 0 || size > KN_MAX_HASH_TABLE_SIZE)
+		return NULL;
+	__u32 slot = (__u32)((kn_mix64(c->nc.netns_cookie) + probe) % size);
+	__u32 key = level->table_first + slot / KN_HASH_SLOTS_PER_RECORD;
+
+	rec = bpf_map_lookup_elem(inner, &key);
+	if (!rec || rec->kind != KN_CREC_HASH_SLOTS)
+		return NULL;
+	key = rec->slots.endpoint[slot & (KN_HASH_SLOTS_PER_RECORD - 1)];
+	rec = bpf_map_lookup_elem(inner, &key);
+	if (!rec || rec->kind != KN_CREC_ENDPOINT)
+		return NULL;
+	return &rec->endpoint;
+}
+
 /* Stage 3: pick an endpoint of the cluster. The lowest priority level that has
  * endpoints of the destination's family serves; within it the endpoint is
  * chosen on the cumulative weights by the cluster's lb policy. */
@@ -271,6 +311,8 @@ static __always_inline struct kn_endpoint *kn_pick_endpoint(struct kn_connect_ct
 			continue;
 		if (hdr->lb_policy == KN_LB_LEAST_REQUEST)
 			return kn_least_request(c, inner, level, hdr->choice_count);
+		if (hdr->lb_policy == KN_LB_MAGLEV || hdr->lb_policy == KN_LB_RING_HASH)
+			return kn_hash_pick(c, inner, level, 0);
 
 		__u32 point;
 

@@ -19,9 +19,12 @@ use super::dns_cluster::{self, ResolvedHosts};
 use super::field::{
     ignored, ignored_within, ip_and_port, join, socket_address, FieldError, FieldResult,
 };
-use crate::kernel_native::limits::{KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_PRIORITIES};
+use super::hash_lb;
+use crate::kernel_native::limits::{
+    KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_HASH_TABLE_SIZE, KN_MAX_PRIORITIES,
+};
 use crate::kernel_native::plan::{
-    CircuitBreakers, CompiledCluster, Endpoint, Family, Ignored, LbPolicy, PriorityLevel,
+    CircuitBreakers, CompiledCluster, Endpoint, Family, HashTable, Ignored, LbPolicy, PriorityLevel,
 };
 use crate::kernel_native::resources::{ResourceError, ResourceKind};
 
@@ -130,7 +133,54 @@ pub fn compile_cluster(
         out.levels_v6 = levels.v6;
         out.ignored.extend(levels.ignored);
     }
+    for level in out.levels_v4.iter_mut().chain(out.levels_v6.iter_mut()) {
+        level.hash_table = hash_table(out.lb_policy, &level.endpoints);
+    }
     Ok(out)
+}
+
+/// MAGLEV / RING_HASH: one lookup table per priority level (the kernel uses
+/// the lowest level that has endpoints of the dialled family, as for every
+/// policy). Endpoints are identified by `address:port`, so a rebuilt table
+/// keeps the keys a change does not have to move.
+fn hash_table(policy: LbPolicy, endpoints: &[Endpoint]) -> Option<HashTable> {
+    let ids: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| {
+            (
+                std::net::SocketAddr::new(e.addr, e.port).to_string(),
+                e.weight,
+            )
+        })
+        .collect();
+    let slots = match policy {
+        LbPolicy::Maglev { table_size } => hash_lb::maglev_table(&ids, table_size),
+        LbPolicy::RingHash { minimum_ring_size } => {
+            hash_lb::ring_table(&ids, minimum_ring_size, minimum_ring_size)
+        }
+        _ => return None,
+    };
+    Some(HashTable { slots })
+}
+
+/// Envoy's defaults: Maglev `table_size` 65537, ring `minimum_ring_size` 1024.
+const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
+
+fn hash_table_size(field: &str, size: u64, must_be_prime: bool) -> FieldResult<u32> {
+    if size == 0 || size > u64::from(KN_MAX_HASH_TABLE_SIZE) {
+        return Err(FieldError::new(
+            field,
+            format!("{size}: the kernel's lookup table holds 1 to {KN_MAX_HASH_TABLE_SIZE} slots (KN_MAX_HASH_TABLE_SIZE)"),
+        ));
+    }
+    if must_be_prime && !hash_lb::is_prime(size) {
+        return Err(FieldError::new(
+            field,
+            format!("{size} is not a prime number"),
+        ));
+    }
+    Ok(size as u32)
 }
 
 /// A ClusterLoadAssignment's endpoints, checked on their own (so that a bad
@@ -242,6 +292,30 @@ fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
             }
             Ok(LbPolicy::LeastRequest { choice_count })
         }
+        Ok(EnvoyLbPolicy::Maglev) => {
+            let size = match &c.lb_config {
+                Some(EnvoyLbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value),
+                _ => None,
+            };
+            let table_size = hash_table_size(
+                "maglev_lb_config.table_size",
+                size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
+                true,
+            )?;
+            Ok(LbPolicy::Maglev { table_size })
+        }
+        Ok(EnvoyLbPolicy::RingHash) => {
+            let size = match &c.lb_config {
+                Some(EnvoyLbConfig::RingHashLbConfig(r)) => r.minimum_ring_size.map(|v| v.value),
+                _ => None,
+            };
+            let minimum_ring_size = hash_table_size(
+                "ring_hash_lb_config.minimum_ring_size",
+                size.unwrap_or(DEFAULT_MINIMUM_RING_SIZE),
+                false,
+            )?;
+            Ok(LbPolicy::RingHash { minimum_ring_size })
+        }
         Ok(_) => Ok(LbPolicy::RoundRobin),
         Err(_) => Err(FieldError::new(
             "lb_policy",
@@ -256,7 +330,11 @@ fn lb_notes(c: &Cluster) -> Vec<Ignored> {
     if let Ok(p) = EnvoyLbPolicy::try_from(c.lb_policy) {
         if !matches!(
             p,
-            EnvoyLbPolicy::RoundRobin | EnvoyLbPolicy::Random | EnvoyLbPolicy::LeastRequest
+            EnvoyLbPolicy::RoundRobin
+                | EnvoyLbPolicy::Random
+                | EnvoyLbPolicy::LeastRequest
+                | EnvoyLbPolicy::Maglev
+                | EnvoyLbPolicy::RingHash
         ) {
             notes.push(ignored(
                 "lb_policy",
@@ -285,6 +363,20 @@ fn lb_notes(c: &Cluster) -> Vec<Ignored> {
                      fewest active connections wins",
                 )
             }));
+        }
+        Some(EnvoyLbConfig::MaglevLbConfig(_)) if c.lb_policy == EnvoyLbPolicy::Maglev as i32 => {}
+        Some(EnvoyLbConfig::RingHashLbConfig(r))
+            if c.lb_policy == EnvoyLbPolicy::RingHash as i32 =>
+        {
+            notes.extend(
+                (r.maximum_ring_size.is_some() || r.hash_function != 0).then(|| {
+                    ignored(
+                        "ring_hash_lb_config",
+                        "maximum_ring_size and hash_function are not applied: the ring has \
+                         minimum_ring_size points (xxHash is not used in the kernel)",
+                    )
+                }),
+            );
         }
         Some(_) => notes.push(ignored(
             "lb_config",
@@ -464,6 +556,7 @@ fn levels(cla: &ClusterLoadAssignment) -> FieldResult<Levels> {
         levels.push(PriorityLevel {
             priority,
             endpoints,
+            hash_table: None,
         });
         if levels.len() > KN_MAX_PRIORITIES {
             return Err(FieldError::new(
@@ -639,6 +732,7 @@ load_assignment:
             [PriorityLevel {
                 priority: 0,
                 endpoints: vec![ep("10.0.0.1", 8080, 3), ep("10.0.0.2", 8081, 1)],
+                hash_table: None,
             }]
         );
         assert_eq!(c.levels_v6[0].endpoints, [ep("fd00::1", 8080, 1)]);
@@ -784,13 +878,45 @@ endpoints:
     }
 
     #[test]
-    fn policies_the_kernel_lacks_fall_back_to_round_robin() {
-        for p in ["RING_HASH", "MAGLEV"] {
-            let c = compile(&format!("name: c\ntype: STATIC\nlb_policy: {p}"), None);
-            assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
-            assert_eq!(fields(&c.ignored), ["lb_policy"]);
-            assert!(c.ignored[0].reason.contains(p));
+    fn hash_policies_take_their_table_sizes() {
+        let c = compile("name: c\ntype: STATIC\nlb_policy: MAGLEV", None);
+        assert_eq!(c.lb_policy, LbPolicy::Maglev { table_size: 65537 });
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = compile(
+            "name: c\ntype: STATIC\nlb_policy: MAGLEV\nmaglev_lb_config: { table_size: 251 }\nload_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 80 } } } }] }] }",
+            None,
+        );
+        assert_eq!(c.lb_policy, LbPolicy::Maglev { table_size: 251 });
+        let table = c.levels_v4[0].hash_table.as_ref().unwrap();
+        assert_eq!(table.slots.len(), 251);
+        assert!(table.slots.iter().all(|&s| s == 0));
+        let c = compile(
+            "name: c\ntype: STATIC\nlb_policy: RING_HASH\nring_hash_lb_config: { minimum_ring_size: 64 }",
+            None,
+        );
+        assert_eq!(
+            c.lb_policy,
+            LbPolicy::RingHash {
+                minimum_ring_size: 64
+            }
+        );
+        for bad in [
+            "lb_policy: MAGLEV\nmaglev_lb_config: { table_size: 100 }",
+            "lb_policy: MAGLEV\nmaglev_lb_config: { table_size: 5000011 }",
+            "lb_policy: RING_HASH\nring_hash_lb_config: { minimum_ring_size: 100000 }",
+        ] {
+            let e = rejected(&format!("name: c\n{bad}"));
+            assert!(e.to_string().contains("_lb_config."), "{e}");
         }
+    }
+
+    #[test]
+    fn policies_the_kernel_lacks_fall_back_to_round_robin() {
+        let p = "CLUSTER_PROVIDED";
+        let c = compile(&format!("name: c\ntype: STATIC\nlb_policy: {p}"), None);
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+        assert_eq!(fields(&c.ignored), ["lb_policy"]);
+        assert!(c.ignored[0].reason.contains(p));
         let c = compile(
             "name: c\ncommon_lb_config: { locality_weighted_lb_config: {} }",
             None,
