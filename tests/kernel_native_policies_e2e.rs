@@ -472,3 +472,75 @@ fn ring_hash_keeps_a_client_netns_on_one_endpoint_and_moves_only_the_removed_one
         "RING_HASH",
     );
 }
+
+/// Outlier detection on connect failures: an endpoint with nothing listening
+/// refuses connects (ECONNREFUSED) until it has failed `consecutive_5xx`
+/// times in a row; then it is ejected and new connections avoid it; after
+/// `base_ejection_time` it is tried again.
+#[test]
+fn an_endpoint_that_refuses_connects_is_ejected_and_comes_back() {
+    if !require_root() {
+        return;
+    }
+    // 127.0.0.4:8080 has no listener.
+    let od = "  lb_policy: ROUND_ROBIN\n  outlier_detection: { consecutive_5xx: 3, base_ejection_time: 2s }";
+    let cfg = config(&[
+        listener("od", "10.96.7.1", 80, "od"),
+        cluster_with(
+            "od",
+            od,
+            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.4", 8080, 0, 0)],
+        ),
+    ]);
+    let mesh = Mesh::start("kn-od", &["127.0.0.2:8080=a"], &cfg);
+    let dump = mesh.daemon.config_dump();
+    let od_dump = &dump["clusters"]["od"]["outlier_detection"];
+    assert_eq!(od_dump["consecutive_failures"], 3, "{dump}");
+    assert_eq!(od_dump["base_ejection_ms"], 2000, "{dump}");
+    // Default max_ejection_percent 10% of 2 endpoints: still one may go.
+    assert_eq!(od_dump["max_ejected"], 1, "{dump}");
+
+    let dead = |d: &serde_json::Value| {
+        find(&d["outliers"], |o| {
+            o["cluster"] == "od" && o["address"] == "127.0.0.4:8080"
+        })
+        .first()
+        .map(|o| (*o).clone())
+    };
+
+    // Round robin alternates: three refused connects to the dead endpoint
+    // (the first six connects), then it is ejected.
+    let r = mesh.dial(6, &[]);
+    assert_eq!(r.backend("a"), 3, "{r:?}");
+    assert_eq!(r.error("ECONNREFUSED"), 3, "{r:?}");
+    let o = mesh.wait_bpf("ejected", |d| {
+        dead(d).is_some_and(|o| o["ejected_for_ms"].as_u64().unwrap() > 0)
+    });
+    let o = dead(&o).unwrap();
+    assert_eq!(o["times_ejected"], 1, "{o}");
+
+    // While ejected every new connection goes to a.
+    let r = mesh.dial(20, &[]);
+    assert_eq!(r.connected, 20, "{r:?}");
+    assert_eq!(r.backend("a"), 20, "{r:?}");
+
+    // After base_ejection_time it is tried again (and refuses again).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dead(&mesh.bpf()).unwrap()["ejected_for_ms"]
+        .as_u64()
+        .unwrap()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "ejection never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = mesh.dial(6, &[]);
+    assert!(r.error("ECONNREFUSED") >= 1, "back in the rotation: {r:?}");
+    assert_eq!(r.connected + r.total_errors(), 6, "{r:?}");
+    // The second ejection lasts twice as long.
+    let d = mesh.wait_bpf("ejected again", |d| {
+        dead(d).is_some_and(|o| o["times_ejected"] == 2)
+    });
+    let ms = dead(&d).unwrap()["ejected_for_ms"].as_u64().unwrap();
+    assert!(ms > 2000 && ms <= 4000, "{d}");
+}

@@ -349,6 +349,7 @@ resources:
                 levels_v6: vec![],
                 passthrough: false,
                 circuit_breakers: None,
+                outlier_detection: None,
                 ignored: vec![],
             }
         );
@@ -425,6 +426,7 @@ resources:
                     levels_v6: vec![],
                     passthrough: false,
                     circuit_breakers: None,
+                    outlier_detection: None,
                     ignored: vec![],
                 },
             );

@@ -128,7 +128,23 @@ pub struct CompiledCluster {
     /// client network namespace; `None`: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// `outlier_detection` on connect failures; `None`: no ejection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
     pub ignored: Vec<Ignored>,
+}
+
+/// Ejection of endpoints whose connects fail (the only failure seen at L4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// Consecutive failed connects that eject an endpoint.
+    pub consecutive_failures: u16,
+    /// An ejection lasts this × the times the endpoint was ejected.
+    pub base_ejection_ms: u32,
+    pub max_ejection_percent: u32,
+    /// Endpoints that may be ejected at once: `max_ejection_percent` of the
+    /// cluster's endpoints, at least one (as Envoy), at most `KN_MAX_EJECTED`.
+    pub max_ejected: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

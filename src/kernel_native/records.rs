@@ -310,6 +310,20 @@ pub fn cluster_records(cl: &CompiledCluster) -> Vec<(u32, Vec<u8>)> {
             cb.max_connections,
         );
     }
+    if let Some(od) = &cl.outlier_detection {
+        header.u16(
+            h(offset_of!(c::kn_cluster_header, od_failures)),
+            od.consecutive_failures,
+        );
+        header.u8(
+            h(offset_of!(c::kn_cluster_header, od_max_ejected)),
+            od.max_ejected,
+        );
+        header.u32(
+            h(offset_of!(c::kn_cluster_header, od_base_ejection_ms)),
+            od.base_ejection_ms,
+        );
+    }
     let counts = h(offset_of!(c::kn_cluster_header, level_count));
     header.u8(counts, cl.levels_v4.len() as u8);
     header.u8(counts + 1, cl.levels_v6.len() as u8);
@@ -431,6 +445,9 @@ pub enum DecodedRecord {
         choice_count: Option<u8>,
         #[serde(skip_serializing_if = "Option::is_none")]
         max_connections: Option<u32>,
+        /// Outlier detection: (consecutive failures, max ejected, base ejection ms).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        outlier_detection: Option<(u16, u8, u32)>,
     },
     Level {
         first: u32,
@@ -562,6 +579,17 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
                     0 => None,
                     n => Some(n),
                 },
+                outlier_detection: match rd_u16(
+                    b,
+                    at(offset_of!(c::kn_cluster_header, od_failures)),
+                ) {
+                    0 => None,
+                    n => Some((
+                        n,
+                        b[at(offset_of!(c::kn_cluster_header, od_max_ejected))],
+                        rd_u32(b, at(offset_of!(c::kn_cluster_header, od_base_ejection_ms))),
+                    )),
+                },
                 rr_cursor: rd_u32(b, at(offset_of!(c::kn_cluster_header, rr_cursor))),
                 levels_v4: b[counts],
                 levels_v6: b[counts + 1],
@@ -688,6 +716,18 @@ pub fn decode_endpoint_conns(b: &[u8]) -> Option<(u64, u64)> {
     Some((
         rd_opt_u64(b, offset_of!(c::kn_endpoint_conns, active))?,
         rd_opt_u64(b, offset_of!(c::kn_endpoint_conns, total))?,
+    ))
+}
+
+/// Decode a `kn_outlier` value: (ejected_until_ns, failures, times_ejected, ejections).
+pub fn decode_outlier(b: &[u8]) -> Option<(u64, u32, u32, u64)> {
+    let failures = offset_of!(c::kn_outlier, failures);
+    let times = offset_of!(c::kn_outlier, times_ejected);
+    Some((
+        rd_opt_u64(b, offset_of!(c::kn_outlier, ejected_until_ns))?,
+        rd_u32(b.get(failures..failures + 4)?, 0),
+        rd_u32(b.get(times..times + 4)?, 0),
+        rd_opt_u64(b, offset_of!(c::kn_outlier, ejections))?,
     ))
 }
 
@@ -841,6 +881,7 @@ mod tests {
             }],
             passthrough: false,
             circuit_breakers: None,
+            outlier_detection: None,
             ignored: vec![],
         };
         let recs: std::collections::BTreeMap<u32, DecodedRecord> = cluster_records(&cl)
