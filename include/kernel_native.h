@@ -38,6 +38,17 @@
 /* LEAST_REQUEST: at most this many random picks compared (choice_count). */
 #define KN_MAX_CHOICES 8
 
+/* MAGLEV / RING_HASH: slots of one priority level's lookup table (Envoy's
+ * default Maglev table size, a prime), and slots packed per table record. */
+#define KN_MAX_HASH_TABLE_SIZE 65537
+#define KN_HASH_SLOTS_PER_RECORD 4
+
+/* Outlier detection: endpoints of one cluster ejected at the same time at
+ * most (on top of max_ejection_percent), and picks tried per connect to
+ * step over ejected endpoints before one is used anyway (as Envoy's panic). */
+#define KN_MAX_EJECTED 16
+#define KN_EJECT_REPICKS 4
+
 /* "No record": a filter index meaning "leave this connection untouched". */
 #define KN_NONE 0xffffffffu
 
@@ -135,12 +146,17 @@ enum kn_lb_policy {
 	KN_LB_ROUND_ROBIN = 0,
 	KN_LB_RANDOM = 1,
 	KN_LB_LEAST_REQUEST = 2,
+	/* Consistent hashing on the client's netns cookie through the level's
+	 * lookup table (the source address is not bound yet at connect). */
+	KN_LB_MAGLEV = 3,
+	KN_LB_RING_HASH = 4,
 };
 
 enum kn_cluster_record_kind {
 	KN_CREC_HEADER = 1,    /* index 0 */
 	KN_CREC_LEVEL = 2,     /* index KN_CLUSTER_LEVEL_INDEX(family, level) */
 	KN_CREC_ENDPOINT = 3,  /* index >= KN_CLUSTER_FIRST_ENDPOINT */
+	KN_CREC_HASH_SLOTS = 4, /* after all endpoints: a level's lookup table */
 };
 
 #define KN_CLUSTER_LEVEL_INDEX(family, level) (1u + (family) * KN_MAX_PRIORITIES + (level))
@@ -154,7 +170,12 @@ struct kn_cluster_header {
 	__u8 choice_count; /* LEAST_REQUEST: endpoints compared per pick (>= 2) */
 	/* Circuit breaking: active connections allowed per client netns, 0 = no limit. */
 	__u32 max_connections;
-	__u32 pad;
+	/* Outlier detection: consecutive failed connects that eject an endpoint
+	 * (0 = none), endpoints that may be ejected at once, base ejection time. */
+	__u16 od_failures;
+	__u8 od_max_ejected;
+	__u8 od_pad;
+	__u32 od_base_ejection_ms;
 };
 
 /* One priority level of one family: endpoints [first, first + count). */
@@ -163,6 +184,17 @@ struct kn_priority_level {
 	__u32 count;
 	__u32 total_weight;
 	__u32 priority;    /* the Envoy priority this level came from (for dumps) */
+	/* MAGLEV / RING_HASH: the level's lookup table, table_size slots in
+	 * KN_CREC_HASH_SLOTS records from index table_first; 0 = no table. */
+	__u32 table_first;
+	__u32 table_size;
+};
+
+/* KN_HASH_SLOTS_PER_RECORD consecutive slots of a lookup table: slot s is
+ * in record table_first + s / KN_HASH_SLOTS_PER_RECORD. Each holds the
+ * index of a KN_CREC_ENDPOINT record of the same level. */
+struct kn_hash_slots {
+	__u32 endpoint[KN_HASH_SLOTS_PER_RECORD];
 };
 
 struct kn_endpoint {
@@ -180,6 +212,7 @@ struct kn_cluster_record {
 		struct kn_cluster_header header;
 		struct kn_priority_level level;
 		struct kn_endpoint endpoint;
+		struct kn_hash_slots slots;
 	};
 };
 
@@ -212,7 +245,11 @@ struct kn_connect_ctx {
 	struct kn_netns_cluster_key nc; /* the client's netns; the cluster chosen by the filter stage */
 	struct kn_endpoint_key probe;   /* scratch key for per-endpoint lookups */
 	__u32 max_connections;          /* of the chosen cluster */
-	__u32 pad2;
+	__u16 od_failures;              /* outlier detection of the chosen cluster */
+	__u8 od_max_ejected;
+	__u8 pad2;
+	__u32 od_base_ejection_ms;
+	__u32 pad3;
 };
 
 /* Socket-local storage of a redirected socket: what it dialled and where it went. */
@@ -224,7 +261,11 @@ struct kn_sock_state {
 	__u8 cb_held;       /* 1: holds a slot in kn_netns_conns (released at TCP_CLOSE) */
 	__u8 ep_held;       /* 1: holds an active count in kn_endpoint_conns */
 	__u8 established;   /* 1 once the active open completed */
-	__u8 pad[5];
+	__u8 od_tracked;    /* 1: the connect's outcome still goes to outlier detection */
+	__u16 od_failures;  /* outlier detection of its cluster (0 = none) */
+	__u8 od_max_ejected;
+	__u8 pad;
+	__u32 od_base_ejection_ms;
 	struct kn_netns_cluster_key nc;  /* client netns and the cluster it went to */
 	struct kn_endpoint_key endpoint; /* the endpoint it went to */
 };
@@ -258,6 +299,17 @@ struct kn_cluster_conns {
 	__u64 active;  /* established and not yet closed */
 	__u64 total;   /* established since the counter was created */
 	__u64 cx_overflow; /* connects refused by max_connections (all client netns) */
+	/* Outlier detection: end of each current ejection (0 or past = free);
+	 * a new ejection needs a free entry among the cluster's od_max_ejected. */
+	__u64 ejected_until_ns[KN_MAX_EJECTED];
+};
+
+/* Outlier detection per endpoint (struct kn_endpoint_key: survives rewrites). */
+struct kn_outlier {
+	__u64 ejected_until_ns;   /* bpf_ktime_get_ns() when the ejection ends; 0 = never ejected */
+	__u32 failures;           /* consecutive failed connects */
+	__u32 times_ejected;      /* the ejection time is base_ejection_time x this */
+	__u64 ejections;          /* total, for the dump */
 };
 
 /* ---- counters (PERCPU_ARRAY kn_stats, index = enum kn_stat) ---- */

@@ -360,3 +360,187 @@ fn least_request_steers_new_connections_away_from_a_busy_endpoint() {
     assert_eq!(a_active(&mesh.bpf()), Some(6));
     assert_eq!(busy.finish().connected, 6);
 }
+
+/// The one backend a client netns reached, asserting it reached only one.
+fn only_backend(r: &DialReport, count: u64, what: &str) -> String {
+    assert_eq!(r.connected, count, "{what}: {r:?}");
+    assert_eq!(r.backends.len(), 1, "{what} stays on one endpoint: {r:?}");
+    r.backends.keys().next().unwrap().clone()
+}
+
+/// MAGLEV and RING_HASH hash the client's network namespace: one client
+/// netns stays on one endpoint, and removing an endpoint moves only the
+/// clients that were on it.
+fn consistent_hash_keeps_clients_on_their_endpoint(prefix: &str, policy: &str, dumped: &str) {
+    if !require_root() {
+        return;
+    }
+    let eps = [
+        ("127.0.0.2", 8080, 0, 0),
+        ("127.0.0.3", 8080, 0, 0),
+        ("127.0.0.4", 8080, 0, 0),
+    ];
+    let names = ["127.0.0.2:8080=a", "127.0.0.3:8080=b", "127.0.0.4:8080=c"];
+    let with = |eps: &[Ep]| {
+        config(&[
+            listener("hash", "10.96.7.1", 80, "hash"),
+            cluster_with("hash", policy, eps),
+        ])
+    };
+    let mesh = Mesh::start(prefix, &names, &with(&eps));
+    let dump = mesh.daemon.config_dump();
+    assert!(
+        dump["clusters"]["hash"]["lb_policy"][dumped].is_object(),
+        "{dump}"
+    );
+    let bpf = mesh.bpf();
+    let cluster = find(&bpf["clusters"], |c| c["key"] == "hash")[0].clone();
+    let level = find(&cluster["records"], |r| r[1]["record"] == "level")[0].clone();
+    assert!(level[1]["table_size"].as_u64().unwrap() > 0, "{bpf}");
+    assert!(
+        !find(&cluster["records"], |r| r[1]["record"] == "hash_table").is_empty(),
+        "{bpf}"
+    );
+
+    // One client netns: 100 connects, one endpoint.
+    let first = only_backend(&mesh.dial(100, &[]), 100, "the first client");
+
+    // Eight client netns (the mesh's own and seven more), each with its own
+    // copy of the backends on its loopback.
+    let mut clients: Vec<(Option<NetNs>, Option<Backends>)> = vec![(None, None)];
+    for i in 0..7 {
+        let ns = NetNs::new(&format!("{prefix}-{i}"));
+        let b = Backends::start(Some(&ns), &names);
+        clients.push((Some(ns), Some(b)));
+    }
+    let dial_all = || -> Vec<String> {
+        clients
+            .iter()
+            .map(|(ns, _)| {
+                let ns = ns.as_ref().unwrap_or(&mesh.netns);
+                let r = dial_with(Some(ns), Some(&mesh.cgroup), VIP, 10, &[]);
+                only_backend(&r, 10, ns.name())
+            })
+            .collect()
+    };
+    let before = dial_all();
+    assert_eq!(before[0], first);
+    let mut spread: Vec<&String> = before.iter().collect();
+    spread.sort();
+    spread.dedup();
+    assert!(
+        spread.len() >= 2,
+        "8 clients spread over endpoints: {before:?}"
+    );
+
+    // Remove the endpoint with the most clients.
+    let (gone, gone_at) = [("a", 0usize), ("b", 1), ("c", 2)]
+        .into_iter()
+        .max_by_key(|(n, _)| before.iter().filter(|b| b == n).count())
+        .unwrap();
+    let mut fewer = eps.to_vec();
+    fewer.remove(gone_at);
+    mesh.rewrite(&with(&fewer));
+    mesh.wait_version(2);
+    let after = dial_all();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        if b == gone {
+            assert_ne!(a, gone, "client {i} moved off the removed endpoint");
+        } else {
+            assert_eq!(
+                a, b,
+                "client {i} was not on {gone}: it stays ({before:?} -> {after:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn maglev_keeps_a_client_netns_on_one_endpoint_and_moves_only_the_removed_ones() {
+    consistent_hash_keeps_clients_on_their_endpoint(
+        "kn-maglev",
+        "  lb_policy: MAGLEV\n  maglev_lb_config: { table_size: 65537 }",
+        "MAGLEV",
+    );
+}
+
+#[test]
+fn ring_hash_keeps_a_client_netns_on_one_endpoint_and_moves_only_the_removed_ones() {
+    consistent_hash_keeps_clients_on_their_endpoint(
+        "kn-ring",
+        "  lb_policy: RING_HASH\n  ring_hash_lb_config: { minimum_ring_size: 1024 }",
+        "RING_HASH",
+    );
+}
+
+/// Outlier detection on connect failures: an endpoint with nothing listening
+/// refuses connects (ECONNREFUSED) until it has failed `consecutive_5xx`
+/// times in a row; then it is ejected and new connections avoid it; after
+/// `base_ejection_time` it is tried again.
+#[test]
+fn an_endpoint_that_refuses_connects_is_ejected_and_comes_back() {
+    if !require_root() {
+        return;
+    }
+    // 127.0.0.4:8080 has no listener.
+    let od = "  lb_policy: ROUND_ROBIN\n  outlier_detection: { consecutive_5xx: 3, base_ejection_time: 2s }";
+    let cfg = config(&[
+        listener("od", "10.96.7.1", 80, "od"),
+        cluster_with(
+            "od",
+            od,
+            &[("127.0.0.2", 8080, 0, 0), ("127.0.0.4", 8080, 0, 0)],
+        ),
+    ]);
+    let mesh = Mesh::start("kn-od", &["127.0.0.2:8080=a"], &cfg);
+    let dump = mesh.daemon.config_dump();
+    let od_dump = &dump["clusters"]["od"]["outlier_detection"];
+    assert_eq!(od_dump["consecutive_failures"], 3, "{dump}");
+    assert_eq!(od_dump["base_ejection_ms"], 2000, "{dump}");
+    // Default max_ejection_percent 10% of 2 endpoints: still one may go.
+    assert_eq!(od_dump["max_ejected"], 1, "{dump}");
+
+    let dead = |d: &serde_json::Value| {
+        find(&d["outliers"], |o| {
+            o["cluster"] == "od" && o["address"] == "127.0.0.4:8080"
+        })
+        .first()
+        .map(|o| (*o).clone())
+    };
+
+    // Round robin alternates: three refused connects to the dead endpoint
+    // (the first six connects), then it is ejected.
+    let r = mesh.dial(6, &[]);
+    assert_eq!(r.backend("a"), 3, "{r:?}");
+    assert_eq!(r.error("ECONNREFUSED"), 3, "{r:?}");
+    let o = mesh.wait_bpf("ejected", |d| {
+        dead(d).is_some_and(|o| o["ejected_for_ms"].as_u64().unwrap() > 0)
+    });
+    let o = dead(&o).unwrap();
+    assert_eq!(o["times_ejected"], 1, "{o}");
+
+    // While ejected every new connection goes to a.
+    let r = mesh.dial(20, &[]);
+    assert_eq!(r.connected, 20, "{r:?}");
+    assert_eq!(r.backend("a"), 20, "{r:?}");
+
+    // After base_ejection_time it is tried again (and refuses again).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dead(&mesh.bpf()).unwrap()["ejected_for_ms"]
+        .as_u64()
+        .unwrap()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "ejection never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = mesh.dial(6, &[]);
+    assert!(r.error("ECONNREFUSED") >= 1, "back in the rotation: {r:?}");
+    assert_eq!(r.connected + r.total_errors(), 6, "{r:?}");
+    // The second ejection lasts twice as long.
+    let d = mesh.wait_bpf("ejected again", |d| {
+        dead(d).is_some_and(|o| o["times_ejected"] == 2)
+    });
+    let ms = dead(&d).unwrap()["ejected_for_ms"].as_u64().unwrap();
+    assert!(ms > 2000 && ms <= 4000, "{d}");
+}

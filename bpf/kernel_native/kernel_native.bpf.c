@@ -7,7 +7,8 @@
  *
  *   cgroup/getpeername4|6  report the address the client dialled, not the endpoint
  *   sockops                count active connections per cluster; release what a
- *                          socket holds (circuit-breaker slot, endpoint count) at close
+ *                          socket holds (circuit-breaker slot, endpoint count) at close;
+ *                          report connect outcomes to outlier detection (lib/outlier.h)
  *
  * A connect refused by policy (circuit breaker, local rate limit) returns 0
  * from cgroup/connect: the application's connect() fails at once with EPERM.
@@ -224,6 +225,7 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		if (!st || st->counted)
 			return 1;
 		st->established = 1;
+		kn_outlier_outcome(st, false);
 		bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
 		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
 		if (!conns)
@@ -240,6 +242,7 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
 		if (!st)
 			return 1;
+		kn_outlier_outcome(st, !st->established);
 		kn_release(st);
 		if (!st->counted)
 			return 1;

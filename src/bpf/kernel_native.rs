@@ -47,6 +47,7 @@ pub struct KernelNativeMaps {
     pub netns_conns: MapHandle,
     pub endpoint_conns: MapHandle,
     pub rl_buckets: MapHandle,
+    pub outliers: MapHandle,
     pub stats: MapHandle,
 }
 
@@ -58,17 +59,19 @@ pub const MAP_STATS: &str = "kn_stats";
 pub const MAP_NETNS_CONNS: &str = "kn_netns_conns";
 pub const MAP_ENDPOINT_CONNS: &str = "kn_endpoint_conns";
 pub const MAP_RL_BUCKETS: &str = "kn_rl_buckets";
+pub const MAP_OUTLIERS: &str = "kn_outliers";
 
 /// Maps that carry state across daemons (the configuration, per-socket state,
 /// counters). The tail-call arrays and the scratch map belong to one program
 /// generation and are always fresh.
-const DURABLE_MAPS: [&str; 8] = [
+const DURABLE_MAPS: [&str; 9] = [
     MAP_LISTENERS,
     MAP_CLUSTERS,
     MAP_CLUSTER_CONNS,
     MAP_NETNS_CONNS,
     MAP_ENDPOINT_CONNS,
     MAP_RL_BUCKETS,
+    MAP_OUTLIERS,
     MAP_SOCKS,
     MAP_STATS,
 ];
@@ -122,6 +125,7 @@ fn skel_map<'a>(
         MAP_NETNS_CONNS => &mut maps.kn_netns_conns,
         MAP_ENDPOINT_CONNS => &mut maps.kn_endpoint_conns,
         MAP_RL_BUCKETS => &mut maps.kn_rl_buckets,
+        MAP_OUTLIERS => &mut maps.kn_outliers,
         MAP_SOCKS => &mut maps.kn_socks,
         MAP_STATS => &mut maps.kn_stats,
         _ => return None,
@@ -199,6 +203,7 @@ impl KernelNativeBpf {
                 (MAP_NETNS_CONNS, &mut maps.kn_netns_conns),
                 (MAP_ENDPOINT_CONNS, &mut maps.kn_endpoint_conns),
                 (MAP_RL_BUCKETS, &mut maps.kn_rl_buckets),
+                (MAP_OUTLIERS, &mut maps.kn_outliers),
                 (MAP_SOCKS, &mut maps.kn_socks),
                 (MAP_STATS, &mut maps.kn_stats),
             ] {
@@ -242,6 +247,7 @@ impl KernelNativeBpf {
             netns_conns: handle(MAP_NETNS_CONNS, &maps.kn_netns_conns)?,
             endpoint_conns: handle(MAP_ENDPOINT_CONNS, &maps.kn_endpoint_conns)?,
             rl_buckets: handle(MAP_RL_BUCKETS, &maps.kn_rl_buckets)?,
+            outliers: handle(MAP_OUTLIERS, &maps.kn_outliers)?,
             stats: handle(MAP_STATS, &maps.kn_stats)?,
         })
     }
@@ -364,6 +370,7 @@ pub fn open_pinned_maps(pin_dir: &Path) -> Result<KernelNativeMaps, BpfError> {
         netns_conns: open(MAP_NETNS_CONNS)?,
         endpoint_conns: open(MAP_ENDPOINT_CONNS)?,
         rl_buckets: open(MAP_RL_BUCKETS)?,
+        outliers: open(MAP_OUTLIERS)?,
         stats: open(MAP_STATS)?,
     })
 }

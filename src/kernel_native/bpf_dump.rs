@@ -21,6 +21,8 @@ pub struct BpfDump {
     pub endpoint_connections: Vec<EndpointConnections>,
     /// Local rate limit token buckets per (client netns, listener, filter).
     pub rate_limit_buckets: Vec<RateLimitBucket>,
+    /// Outlier detection per endpoint: failures and ejections.
+    pub outliers: Vec<Outlier>,
     /// Pipeline counters summed over CPUs (see `enum kn_stat`).
     pub stats: serde_json::Map<String, serde_json::Value>,
 }
@@ -56,6 +58,31 @@ pub struct EndpointConnections {
     pub address: String,
     pub active: u64,
     pub total: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outlier {
+    pub cluster: String,
+    pub address: String,
+    /// Consecutive failed connects.
+    pub failures: u32,
+    pub times_ejected: u32,
+    pub ejections: u64,
+    /// Milliseconds left of the current ejection; 0: not ejected.
+    pub ejected_for_ms: u64,
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +130,10 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
     for key in maps.clusters.keys() {
         let shown = records::name_from(&key);
         if let Some(inner) =
-            read_inner(&maps.clusters, &key, shown, records::decode_cluster_record)?
+            read_inner(&maps.clusters, &key, shown, records::decode_cluster_record)?.map(|mut d| {
+                d.records = records::summarise_hash_tables(d.records);
+                d
+            })
         {
             clusters.push(inner);
         }
@@ -181,6 +211,25 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
         (&a.listener, a.filter, a.netns_cookie).cmp(&(&b.listener, b.filter, b.netns_cookie))
     });
 
+    let now = monotonic_ns();
+    let mut outliers = Vec::new();
+    for (k, v) in entries(&maps.outliers, "kn_outliers")? {
+        if let (Some((cluster, addr, port)), Some((until, failures, times_ejected, ejections))) = (
+            records::decode_endpoint_key(&k),
+            records::decode_outlier(&v),
+        ) {
+            outliers.push(Outlier {
+                cluster,
+                address: std::net::SocketAddr::new(addr, port).to_string(),
+                failures,
+                times_ejected,
+                ejections,
+                ejected_for_ms: until.saturating_sub(now) / 1_000_000,
+            });
+        }
+    }
+    outliers.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
+
     let mut stats = serde_json::Map::new();
     for (i, name) in records::KN_STAT_NAMES.iter().enumerate() {
         let per_cpu = maps
@@ -204,6 +253,7 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
         netns_connections,
         endpoint_connections,
         rate_limit_buckets,
+        outliers,
         stats,
     })
 }

@@ -65,6 +65,18 @@ pub enum CapacityError {
         count: usize,
         capacity: usize,
     },
+    #[error(
+        "cluster {cluster:?}: {endpoints} endpoints + {table_records} lookup-table records \
+         (MAGLEV/RING_HASH, {per_record} slots each) > capacity {capacity} \
+         (--max-endpoints-per-cluster)"
+    )]
+    HashTables {
+        cluster: String,
+        endpoints: usize,
+        table_records: usize,
+        per_record: u32,
+        capacity: usize,
+    },
     #[error("{count} route configurations > capacity {capacity} (--max-route-configs)")]
     RouteConfigs { count: usize, capacity: usize },
 }
@@ -90,6 +102,16 @@ pub fn check_capacity(plan: &Plan, limits: &Limits) -> Result<(), CapacityError>
                 cluster: name.clone(),
                 count,
                 capacity,
+            });
+        }
+        let table_records = super::records::hash_table_records(c);
+        if count + table_records > limits.max_endpoints_per_cluster {
+            return Err(CapacityError::HashTables {
+                cluster: name.clone(),
+                endpoints: count,
+                table_records,
+                per_record: super::limits::KN_HASH_SLOTS_PER_RECORD,
+                capacity: limits.max_endpoints_per_cluster,
             });
         }
     }
@@ -329,10 +351,12 @@ resources:
                         port: 8080,
                         weight: 1
                     }],
+                    hash_table: None,
                 }],
                 levels_v6: vec![],
                 passthrough: false,
                 circuit_breakers: None,
+                outlier_detection: None,
                 ignored: vec![],
             }
         );
@@ -404,10 +428,12 @@ resources:
                     levels_v4: vec![PriorityLevel {
                         priority: 0,
                         endpoints,
+                        hash_table: None,
                     }],
                     levels_v6: vec![],
                     passthrough: false,
                     circuit_breakers: None,
+                    outlier_detection: None,
                     ignored: vec![],
                 },
             );

@@ -16,6 +16,12 @@ pub const KN_MAX_PRIORITIES: usize = 8;
 pub const KN_MAX_ENDPOINTS_PER_LEVEL: usize = 1 << 17;
 /// LEAST_REQUEST picks compared per connect (`choice_count`).
 pub const KN_MAX_CHOICES: u32 = 8;
+/// Endpoints of one cluster ejected at once (outlier detection).
+pub const KN_MAX_EJECTED: u32 = 16;
+/// Slots of one MAGLEV / RING_HASH lookup table.
+pub const KN_MAX_HASH_TABLE_SIZE: u32 = 65537;
+/// Table slots packed in one cluster record.
+pub const KN_HASH_SLOTS_PER_RECORD: u32 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -49,6 +55,15 @@ mod tests {
         assert_eq!(define("KN_MAX_WEIGHTED_CLUSTERS"), KN_MAX_WEIGHTED_CLUSTERS);
         assert_eq!(define("KN_MAX_PRIORITIES"), KN_MAX_PRIORITIES);
         assert_eq!(define("KN_MAX_CHOICES"), KN_MAX_CHOICES as usize);
+        assert_eq!(define("KN_MAX_EJECTED"), KN_MAX_EJECTED as usize);
+        assert_eq!(
+            define("KN_MAX_HASH_TABLE_SIZE"),
+            KN_MAX_HASH_TABLE_SIZE as usize
+        );
+        assert_eq!(
+            define("KN_HASH_SLOTS_PER_RECORD"),
+            KN_HASH_SLOTS_PER_RECORD as usize
+        );
         assert_eq!(
             define("KN_MAX_ENDPOINTS_PER_LEVEL"),
             KN_MAX_ENDPOINTS_PER_LEVEL

@@ -133,7 +133,23 @@ pub struct CompiledCluster {
     /// client network namespace; `None`: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// `outlier_detection` on connect failures; `None`: no ejection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
     pub ignored: Vec<Ignored>,
+}
+
+/// Ejection of endpoints whose connects fail (the only failure seen at L4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// Consecutive failed connects that eject an endpoint.
+    pub consecutive_failures: u16,
+    /// An ejection lasts this × the times the endpoint was ejected.
+    pub base_ejection_ms: u32,
+    pub max_ejection_percent: u32,
+    /// Endpoints that may be ejected at once: `max_ejection_percent` of the
+    /// cluster's endpoints, at least one (as Envoy), at most `KN_MAX_EJECTED`.
+    pub max_ejected: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,6 +168,16 @@ pub enum LbPolicy {
     LeastRequest {
         choice_count: u32,
     },
+    /// Consistent hashing on the client's network namespace (see
+    /// [`HashTable`]): `table_size` slots per priority level, a prime.
+    Maglev {
+        table_size: u32,
+    },
+    /// A hash ring with `minimum_ring_size` points for the heaviest endpoint,
+    /// sampled into a lookup table of as many slots.
+    RingHash {
+        minimum_ring_size: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -160,6 +186,33 @@ pub struct PriorityLevel {
     pub priority: u32,
     /// Non-empty; every weight > 0.
     pub endpoints: Vec<Endpoint>,
+    /// MAGLEV / RING_HASH: the level's lookup table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_table: Option<HashTable>,
+}
+
+/// A consistent-hash lookup table: slot → position of an endpoint in its
+/// level. The kernel reads slot `mix64(netns cookie) % len`. Dumped as a
+/// summary (size and first slots), not slot by slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashTable {
+    pub slots: Vec<u32>,
+}
+
+/// Slots shown in dumps.
+pub const HASH_TABLE_SHOWN: usize = 16;
+
+impl Serialize for HashTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("HashTable", 2)?;
+        st.serialize_field("size", &self.slots.len())?;
+        st.serialize_field(
+            "first_slots",
+            &self.slots[..self.slots.len().min(HASH_TABLE_SHOWN)],
+        )?;
+        st.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

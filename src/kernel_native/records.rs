@@ -33,9 +33,13 @@ const KN_FILTER_PASSTHROUGH: u32 = 3;
 const KN_LB_ROUND_ROBIN: u32 = 0;
 const KN_LB_RANDOM: u32 = 1;
 const KN_LB_LEAST_REQUEST: u32 = 2;
+const KN_LB_MAGLEV: u32 = 3;
+const KN_LB_RING_HASH: u32 = 4;
 const KN_CREC_HEADER: u32 = 1;
 const KN_CREC_LEVEL: u32 = 2;
 const KN_CREC_ENDPOINT: u32 = 3;
+const KN_CREC_HASH_SLOTS: u32 = 4;
+use crate::kernel_native::limits::KN_HASH_SLOTS_PER_RECORD;
 pub const KN_CLUSTER_FIRST_ENDPOINT: u32 = 1 + 2 * KN_MAX_PRIORITIES;
 pub const KN_STAT_NAMES: [&str; 11] = [
     "connect_seen",
@@ -296,12 +300,28 @@ pub fn cluster_records(cl: &CompiledCluster) -> Vec<(u32, Vec<u8>)> {
             );
             KN_LB_LEAST_REQUEST
         }
+        LbPolicy::Maglev { .. } => KN_LB_MAGLEV,
+        LbPolicy::RingHash { .. } => KN_LB_RING_HASH,
     };
     header.u32(h(offset_of!(c::kn_cluster_header, lb_policy)), lb);
     if let Some(cb) = &cl.circuit_breakers {
         header.u32(
             h(offset_of!(c::kn_cluster_header, max_connections)),
             cb.max_connections,
+        );
+    }
+    if let Some(od) = &cl.outlier_detection {
+        header.u16(
+            h(offset_of!(c::kn_cluster_header, od_failures)),
+            od.consecutive_failures,
+        );
+        header.u8(
+            h(offset_of!(c::kn_cluster_header, od_max_ejected)),
+            od.max_ejected,
+        );
+        header.u32(
+            h(offset_of!(c::kn_cluster_header, od_base_ejection_ms)),
+            od.base_ejection_ms,
         );
     }
     let counts = h(offset_of!(c::kn_cluster_header, level_count));
@@ -314,8 +334,13 @@ pub fn cluster_records(cl: &CompiledCluster) -> Vec<(u32, Vec<u8>)> {
     out.push((0, header.0));
 
     let mut next = KN_CLUSTER_FIRST_ENDPOINT;
+    // Lookup tables go after every endpoint: level by level, in this order.
+    let mut tables: Vec<(usize, u32, &[u32])> = Vec::new();
     for (family, levels) in [(KN_FAMILY_V4, &cl.levels_v4), (KN_FAMILY_V6, &cl.levels_v6)] {
         for (l, level) in levels.iter().enumerate() {
+            if let Some(t) = &level.hash_table {
+                tables.push((out.len(), next, &t.slots));
+            }
             out.push((level_index(family, l as u32), level_record(level, next)));
             let mut cumulative = 0u32;
             for ep in &level.endpoints {
@@ -331,7 +356,36 @@ pub fn cluster_records(cl: &CompiledCluster) -> Vec<(u32, Vec<u8>)> {
             }
         }
     }
+    for (level_at, first_endpoint, slots) in tables {
+        let lvl = &mut out[level_at].1;
+        let at = |field: usize| CBODY + field;
+        lvl[at(offset_of!(c::kn_priority_level, table_first))..][..4]
+            .copy_from_slice(&next.to_ne_bytes());
+        lvl[at(offset_of!(c::kn_priority_level, table_size))..][..4]
+            .copy_from_slice(&(slots.len() as u32).to_ne_bytes());
+        for chunk in slots.chunks(KN_HASH_SLOTS_PER_RECORD as usize) {
+            let mut r = Record::new(CLUSTER_RECORD_SIZE, KN_CREC_HASH_SLOTS);
+            for (i, pos) in chunk.iter().enumerate() {
+                r.u32(CBODY + 4 * i, first_endpoint + pos);
+            }
+            out.push((next, r.0));
+            next += 1;
+        }
+    }
     out
+}
+
+/// Lookup-table records of a cluster's inner map (for the capacity check).
+pub fn hash_table_records(cl: &CompiledCluster) -> usize {
+    cl.levels_v4
+        .iter()
+        .chain(&cl.levels_v6)
+        .map(|l| {
+            l.hash_table.as_ref().map_or(0, |t| {
+                t.slots.len().div_ceil(KN_HASH_SLOTS_PER_RECORD as usize)
+            })
+        })
+        .sum()
 }
 
 fn level_record(level: &PriorityLevel, first: u32) -> Vec<u8> {
@@ -391,12 +445,28 @@ pub enum DecodedRecord {
         choice_count: Option<u8>,
         #[serde(skip_serializing_if = "Option::is_none")]
         max_connections: Option<u32>,
+        /// Outlier detection: (consecutive failures, max ejected, base ejection ms).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        outlier_detection: Option<(u16, u8, u32)>,
     },
     Level {
         first: u32,
         count: u32,
         total_weight: u32,
         priority: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table_first: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table_size: Option<u32>,
+    },
+    /// One record of a lookup table: endpoint record indices.
+    HashSlots {
+        endpoints: Vec<u32>,
+    },
+    /// Consecutive lookup-table records, summarised for the dump.
+    HashTable {
+        records: u32,
+        first_slots: Vec<u32>,
     },
     Endpoint {
         address: String,
@@ -493,6 +563,8 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
                     KN_LB_ROUND_ROBIN => "ROUND_ROBIN",
                     KN_LB_RANDOM => "RANDOM",
                     KN_LB_LEAST_REQUEST => "LEAST_REQUEST",
+                    KN_LB_MAGLEV => "MAGLEV",
+                    KN_LB_RING_HASH => "RING_HASH",
                     _ => "unknown",
                 }
                 .into(),
@@ -507,6 +579,17 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
                     0 => None,
                     n => Some(n),
                 },
+                outlier_detection: match rd_u16(
+                    b,
+                    at(offset_of!(c::kn_cluster_header, od_failures)),
+                ) {
+                    0 => None,
+                    n => Some((
+                        n,
+                        b[at(offset_of!(c::kn_cluster_header, od_max_ejected))],
+                        rd_u32(b, at(offset_of!(c::kn_cluster_header, od_base_ejection_ms))),
+                    )),
+                },
                 rr_cursor: rd_u32(b, at(offset_of!(c::kn_cluster_header, rr_cursor))),
                 levels_v4: b[counts],
                 levels_v6: b[counts + 1],
@@ -518,6 +601,19 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
             count: rd_u32(b, at(offset_of!(c::kn_priority_level, count))),
             total_weight: rd_u32(b, at(offset_of!(c::kn_priority_level, total_weight))),
             priority: rd_u32(b, at(offset_of!(c::kn_priority_level, priority))),
+            table_first: match rd_u32(b, at(offset_of!(c::kn_priority_level, table_size))) {
+                0 => None,
+                _ => Some(rd_u32(b, at(offset_of!(c::kn_priority_level, table_first)))),
+            },
+            table_size: match rd_u32(b, at(offset_of!(c::kn_priority_level, table_size))) {
+                0 => None,
+                n => Some(n),
+            },
+        },
+        KN_CREC_HASH_SLOTS => DecodedRecord::HashSlots {
+            endpoints: (0..KN_HASH_SLOTS_PER_RECORD as usize)
+                .map(|i| rd_u32(b, CBODY + 4 * i))
+                .collect(),
         },
         KN_CREC_ENDPOINT => {
             let family = b[at(offset_of!(c::kn_endpoint, family))];
@@ -529,6 +625,47 @@ pub fn decode_cluster_record(b: &[u8]) -> DecodedRecord {
         }
         kind => DecodedRecord::Unknown { kind },
     }
+}
+
+/// Replace each run of consecutive lookup-table records with one summary
+/// (its record count and first slots): a Maglev table is 16k records.
+pub fn summarise_hash_tables(records: Vec<(u32, DecodedRecord)>) -> Vec<(u32, DecodedRecord)> {
+    let shown = crate::kernel_native::plan::HASH_TABLE_SHOWN;
+    let mut out: Vec<(u32, DecodedRecord)> = Vec::new();
+    let mut last_index = u32::MAX;
+    for (index, rec) in records {
+        if let DecodedRecord::HashSlots { endpoints } = rec {
+            if let Some((
+                _,
+                DecodedRecord::HashTable {
+                    records,
+                    first_slots,
+                },
+            )) = out.last_mut()
+            {
+                if last_index.wrapping_add(1) == index {
+                    *records += 1;
+                    let room = shown.saturating_sub(first_slots.len());
+                    first_slots.extend(endpoints.into_iter().take(room));
+                    last_index = index;
+                    continue;
+                }
+            }
+            let mut first_slots = endpoints;
+            first_slots.truncate(shown);
+            out.push((
+                index,
+                DecodedRecord::HashTable {
+                    records: 1,
+                    first_slots,
+                },
+            ));
+            last_index = index;
+        } else {
+            out.push((index, rec));
+        }
+    }
+    out
 }
 
 fn rd_opt_u64(b: &[u8], off: usize) -> Option<u64> {
@@ -579,6 +716,18 @@ pub fn decode_endpoint_conns(b: &[u8]) -> Option<(u64, u64)> {
     Some((
         rd_opt_u64(b, offset_of!(c::kn_endpoint_conns, active))?,
         rd_opt_u64(b, offset_of!(c::kn_endpoint_conns, total))?,
+    ))
+}
+
+/// Decode a `kn_outlier` value: (ejected_until_ns, failures, times_ejected, ejections).
+pub fn decode_outlier(b: &[u8]) -> Option<(u64, u32, u32, u64)> {
+    let failures = offset_of!(c::kn_outlier, failures);
+    let times = offset_of!(c::kn_outlier, times_ejected);
+    Some((
+        rd_opt_u64(b, offset_of!(c::kn_outlier, ejected_until_ns))?,
+        rd_u32(b.get(failures..failures + 4)?, 0),
+        rd_u32(b.get(times..times + 4)?, 0),
+        rd_opt_u64(b, offset_of!(c::kn_outlier, ejections))?,
     ))
 }
 
@@ -717,18 +866,22 @@ mod tests {
                 PriorityLevel {
                     priority: 0,
                     endpoints: vec![ep("127.0.0.2", 1), ep("127.0.0.3", 3)],
+                    hash_table: None,
                 },
                 PriorityLevel {
                     priority: 2,
                     endpoints: vec![ep("127.0.0.4", 1)],
+                    hash_table: None,
                 },
             ],
             levels_v6: vec![PriorityLevel {
                 priority: 0,
                 endpoints: vec![ep("fd00::2", 5)],
+                hash_table: None,
             }],
             passthrough: false,
             circuit_breakers: None,
+            outlier_detection: None,
             ignored: vec![],
         };
         let recs: std::collections::BTreeMap<u32, DecodedRecord> = cluster_records(&cl)
@@ -741,7 +894,9 @@ mod tests {
                 first: 17,
                 count: 2,
                 total_weight: 4,
-                priority: 0
+                priority: 0,
+                table_first: None,
+                table_size: None,
             }
         );
         assert_eq!(
@@ -750,7 +905,9 @@ mod tests {
                 first: 19,
                 count: 1,
                 total_weight: 1,
-                priority: 2
+                priority: 2,
+                table_first: None,
+                table_size: None,
             }
         );
         assert_eq!(

@@ -12,6 +12,7 @@
 
 #include "maps.h"
 #include "addr.h"
+#include "outlier.h"
 
 #define KN_ALLOW 1
 #define KN_REJECT 0
@@ -249,11 +250,52 @@ static __always_inline struct kn_endpoint *kn_least_request(struct kn_connect_ct
 	return best;
 }
 
+/* splitmix64's finaliser; the compiler (hash_lb.rs, mix64) applies the same
+ * function when it checks its tables. */
+static __always_inline __u64 kn_mix64(__u64 x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+/* MAGLEV / RING_HASH: the endpoint in the level's lookup table at the slot of
+ * the key, `probe` slots further on (to step over an ejected endpoint).
+ *
+ * The key is the client's network namespace cookie: at connect time the
+ * source address is not bound yet, and a netns is one client pod, so every
+ * connection of a pod goes to the same endpoint, as a sidecar's own view of
+ * "source IP" hashing would. */
+static __always_inline struct kn_endpoint *kn_hash_pick(struct kn_connect_ctx *c, void *inner,
+							struct kn_priority_level *level, __u32 probe)
+{
+	struct kn_cluster_record *rec;
+	__u32 size = level->table_size;
+
+	if (size == 0 || size > KN_MAX_HASH_TABLE_SIZE)
+		return NULL;
+	__u32 slot = (__u32)((kn_mix64(c->nc.netns_cookie) + probe) % size);
+	__u32 key = level->table_first + slot / KN_HASH_SLOTS_PER_RECORD;
+
+	rec = bpf_map_lookup_elem(inner, &key);
+	if (!rec || rec->kind != KN_CREC_HASH_SLOTS)
+		return NULL;
+	key = rec->slots.endpoint[slot & (KN_HASH_SLOTS_PER_RECORD - 1)];
+	rec = bpf_map_lookup_elem(inner, &key);
+	if (!rec || rec->kind != KN_CREC_ENDPOINT)
+		return NULL;
+	return &rec->endpoint;
+}
+
 /* Stage 3: pick an endpoint of the cluster. The lowest priority level that has
  * endpoints of the destination's family serves; within it the endpoint is
  * chosen on the cumulative weights by the cluster's lb policy. */
 static __always_inline struct kn_endpoint *kn_pick_endpoint(struct kn_connect_ctx *c, void *inner,
-							    struct kn_cluster_header *hdr, __u8 family)
+							    struct kn_cluster_header *hdr, __u8 family,
+							    __u32 attempt)
 {
 	__u32 levels = hdr->level_count[family & 1];
 
@@ -271,6 +313,8 @@ static __always_inline struct kn_endpoint *kn_pick_endpoint(struct kn_connect_ct
 			continue;
 		if (hdr->lb_policy == KN_LB_LEAST_REQUEST)
 			return kn_least_request(c, inner, level, hdr->choice_count);
+		if (hdr->lb_policy == KN_LB_MAGLEV || hdr->lb_policy == KN_LB_RING_HASH)
+			return kn_hash_pick(c, inner, level, attempt);
 
 		__u32 point;
 
@@ -308,7 +352,20 @@ static __always_inline int kn_cluster_stage(struct kn_connect_ctx *c, struct kn_
 	}
 	c->max_connections = rec->header.max_connections;
 	__builtin_memcpy(&c->probe.cluster, &c->nc.cluster, sizeof(c->probe.cluster));
-	*picked = kn_pick_endpoint(c, inner, &rec->header, c->dst_family);
+	c->od_failures = rec->header.od_failures;
+	c->od_max_ejected = rec->header.od_max_ejected;
+	c->od_base_ejection_ms = rec->header.od_base_ejection_ms;
+	*picked = kn_pick_endpoint(c, inner, &rec->header, c->dst_family, 0);
+	/* Outlier detection: pick again (the next slot for hash policies) while
+	 * the pick is ejected; after KN_EJECT_REPICKS the last pick is used. */
+	for (__u32 attempt = 1; attempt <= KN_EJECT_REPICKS; attempt++) {
+		if (!c->od_failures || !*picked)
+			break;
+		kn_probe_set(c, *picked);
+		if (!kn_probe_ejected(c))
+			break;
+		*picked = kn_pick_endpoint(c, inner, &rec->header, c->dst_family, attempt);
+	}
 	if (!*picked) {
 		kn_count(KN_STAT_NO_ENDPOINT);
 		return KN_NO_ENDPOINT;
@@ -413,6 +470,7 @@ static __always_inline bool kn_admit(struct bpf_sock_addr *ctx, struct kn_connec
 	kn_probe_set(c, ep);
 	__builtin_memcpy(&st->endpoint, &c->probe, sizeof(st->endpoint));
 	kn_endpoint_hold(st);
+	kn_outlier_track(st, c);
 	return true;
 }
 

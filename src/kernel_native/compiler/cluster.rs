@@ -19,9 +19,13 @@ use super::dns_cluster::{self, ResolvedHosts};
 use super::field::{
     ignored, ignored_within, ip_and_port, join, socket_address, FieldError, FieldResult,
 };
-use crate::kernel_native::limits::{KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_PRIORITIES};
+use super::hash_lb;
+use crate::kernel_native::limits::{
+    KN_MAX_EJECTED, KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_HASH_TABLE_SIZE, KN_MAX_PRIORITIES,
+};
 use crate::kernel_native::plan::{
-    CircuitBreakers, CompiledCluster, Endpoint, Family, Ignored, LbPolicy, PriorityLevel,
+    CircuitBreakers, CompiledCluster, Endpoint, Family, HashTable, Ignored, LbPolicy,
+    OutlierDetection, PriorityLevel,
 };
 use crate::kernel_native::resources::{ResourceError, ResourceKind};
 
@@ -50,6 +54,7 @@ pub fn compile_cluster(
         levels_v6: Vec::new(),
         passthrough: false,
         circuit_breakers: None,
+        outlier_detection: None,
         ignored: Vec::new(),
     };
     out.circuit_breakers = circuit_breakers(c, &mut out.ignored).map_err(reject)?;
@@ -130,7 +135,149 @@ pub fn compile_cluster(
         out.levels_v6 = levels.v6;
         out.ignored.extend(levels.ignored);
     }
+    for level in out.levels_v4.iter_mut().chain(out.levels_v6.iter_mut()) {
+        level.hash_table = hash_table(out.lb_policy, &level.endpoints);
+    }
+    if let Some(od) = &c.outlier_detection {
+        let hosts = out
+            .levels_v4
+            .iter()
+            .chain(&out.levels_v6)
+            .map(|l| l.endpoints.len())
+            .sum();
+        out.outlier_detection =
+            Some(outlier_detection(od, hosts, &mut out.ignored).map_err(reject)?);
+    }
     Ok(out)
+}
+
+const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+const DEFAULT_BASE_EJECTION_MS: u64 = 30_000;
+const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+
+/// `outlier_detection` at L4: a failed connect is the only failure the kernel
+/// sees. It counts as a local-origin failure
+/// (`consecutive_local_origin_failure` when
+/// `split_external_local_origin_errors` is set, else `consecutive_5xx`, to
+/// which Envoy maps local-origin errors).
+fn outlier_detection(
+    od: &envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+    hosts: usize,
+    notes: &mut Vec<Ignored>,
+) -> FieldResult<OutlierDetection> {
+    let (field, threshold) = if od.split_external_local_origin_errors {
+        (
+            "outlier_detection.consecutive_local_origin_failure",
+            od.consecutive_local_origin_failure.map(|v| v.value),
+        )
+    } else {
+        (
+            "outlier_detection.consecutive_5xx",
+            od.consecutive_5xx.map(|v| v.value),
+        )
+    };
+    let threshold = threshold.unwrap_or(DEFAULT_CONSECUTIVE_FAILURES);
+    let consecutive_failures = u16::try_from(threshold)
+        .ok()
+        .filter(|t| *t > 0)
+        .ok_or_else(|| FieldError::new(field, format!("{threshold}: must be 1 to 65535")))?;
+    let base_ejection_ms = match &od.base_ejection_time {
+        None => DEFAULT_BASE_EJECTION_MS,
+        Some(d) => u64::try_from(d.seconds)
+            .ok()
+            .and_then(|s| s.checked_mul(1000))
+            .and_then(|ms| ms.checked_add(u64::try_from(d.nanos).ok()? / 1_000_000))
+            .ok_or_else(|| {
+                FieldError::new("outlier_detection.base_ejection_time", "out of range")
+            })?,
+    };
+    let base_ejection_ms = u32::try_from(base_ejection_ms).map_err(|_| {
+        FieldError::new(
+            "outlier_detection.base_ejection_time",
+            "longer than the kernel's 49 days",
+        )
+    })?;
+    let max_ejection_percent = od
+        .max_ejection_percent
+        .map_or(DEFAULT_MAX_EJECTION_PERCENT, |v| v.value)
+        .min(100);
+    let max_ejected =
+        (hosts * max_ejection_percent as usize / 100).clamp(1, KN_MAX_EJECTED as usize) as u8;
+    let unused = [
+        ("interval", od.interval.is_some()),
+        ("max_ejection_time", od.max_ejection_time.is_some()),
+        (
+            "consecutive_gateway_failure",
+            od.consecutive_gateway_failure.is_some(),
+        ),
+        (
+            "success_rate_stdev_factor",
+            od.success_rate_stdev_factor.is_some(),
+        ),
+        (
+            "failure_percentage_threshold",
+            od.failure_percentage_threshold.is_some(),
+        ),
+    ];
+    for (name, set) in unused {
+        if set {
+            notes.push(ignored(
+                format!("outlier_detection.{name}"),
+                "only consecutive connect failures eject at L4 (no interval sweeps, \
+                 success-rate or gateway-failure detection)",
+            ));
+        }
+    }
+    Ok(OutlierDetection {
+        consecutive_failures,
+        base_ejection_ms,
+        max_ejection_percent,
+        max_ejected,
+    })
+}
+
+/// MAGLEV / RING_HASH: one lookup table per priority level (the kernel uses
+/// the lowest level that has endpoints of the dialled family, as for every
+/// policy). Endpoints are identified by `address:port`, so a rebuilt table
+/// keeps the keys a change does not have to move.
+fn hash_table(policy: LbPolicy, endpoints: &[Endpoint]) -> Option<HashTable> {
+    let ids: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| {
+            (
+                std::net::SocketAddr::new(e.addr, e.port).to_string(),
+                e.weight,
+            )
+        })
+        .collect();
+    let slots = match policy {
+        LbPolicy::Maglev { table_size } => hash_lb::maglev_table(&ids, table_size),
+        LbPolicy::RingHash { minimum_ring_size } => {
+            hash_lb::ring_table(&ids, minimum_ring_size, minimum_ring_size)
+        }
+        _ => return None,
+    };
+    Some(HashTable { slots })
+}
+
+/// Envoy's defaults: Maglev `table_size` 65537, ring `minimum_ring_size` 1024.
+const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
+
+fn hash_table_size(field: &str, size: u64, must_be_prime: bool) -> FieldResult<u32> {
+    if size == 0 || size > u64::from(KN_MAX_HASH_TABLE_SIZE) {
+        return Err(FieldError::new(
+            field,
+            format!("{size}: the kernel's lookup table holds 1 to {KN_MAX_HASH_TABLE_SIZE} slots (KN_MAX_HASH_TABLE_SIZE)"),
+        ));
+    }
+    if must_be_prime && !hash_lb::is_prime(size) {
+        return Err(FieldError::new(
+            field,
+            format!("{size} is not a prime number"),
+        ));
+    }
+    Ok(size as u32)
 }
 
 /// A ClusterLoadAssignment's endpoints, checked on their own (so that a bad
@@ -242,6 +389,42 @@ fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
             }
             Ok(LbPolicy::LeastRequest { choice_count })
         }
+        Ok(EnvoyLbPolicy::Maglev) => {
+            let size = match &c.lb_config {
+                Some(EnvoyLbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value),
+                _ => None,
+            };
+            let table_size = hash_table_size(
+                "maglev_lb_config.table_size",
+                size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
+                true,
+            )?;
+            Ok(LbPolicy::Maglev { table_size })
+        }
+        Ok(EnvoyLbPolicy::RingHash) => {
+            let (size, max) = match &c.lb_config {
+                Some(EnvoyLbConfig::RingHashLbConfig(r)) => (
+                    r.minimum_ring_size.map(|v| v.value),
+                    r.maximum_ring_size.map(|v| v.value),
+                ),
+                _ => (None, None),
+            };
+            if let (Some(min), Some(max)) = (size, max) {
+                if min > max {
+                    // As Envoy: the minimum ring may not exceed the maximum.
+                    return Err(FieldError::new(
+                        "ring_hash_lb_config.minimum_ring_size",
+                        format!("{min} > maximum_ring_size {max}"),
+                    ));
+                }
+            }
+            let minimum_ring_size = hash_table_size(
+                "ring_hash_lb_config.minimum_ring_size",
+                size.unwrap_or(DEFAULT_MINIMUM_RING_SIZE),
+                false,
+            )?;
+            Ok(LbPolicy::RingHash { minimum_ring_size })
+        }
         Ok(_) => Ok(LbPolicy::RoundRobin),
         Err(_) => Err(FieldError::new(
             "lb_policy",
@@ -256,7 +439,11 @@ fn lb_notes(c: &Cluster) -> Vec<Ignored> {
     if let Ok(p) = EnvoyLbPolicy::try_from(c.lb_policy) {
         if !matches!(
             p,
-            EnvoyLbPolicy::RoundRobin | EnvoyLbPolicy::Random | EnvoyLbPolicy::LeastRequest
+            EnvoyLbPolicy::RoundRobin
+                | EnvoyLbPolicy::Random
+                | EnvoyLbPolicy::LeastRequest
+                | EnvoyLbPolicy::Maglev
+                | EnvoyLbPolicy::RingHash
         ) {
             notes.push(ignored(
                 "lb_policy",
@@ -285,6 +472,20 @@ fn lb_notes(c: &Cluster) -> Vec<Ignored> {
                      fewest active connections wins",
                 )
             }));
+        }
+        Some(EnvoyLbConfig::MaglevLbConfig(_)) if c.lb_policy == EnvoyLbPolicy::Maglev as i32 => {}
+        Some(EnvoyLbConfig::RingHashLbConfig(r))
+            if c.lb_policy == EnvoyLbPolicy::RingHash as i32 =>
+        {
+            notes.extend(
+                (r.maximum_ring_size.is_some() || r.hash_function != 0).then(|| {
+                    ignored(
+                        "ring_hash_lb_config",
+                        "maximum_ring_size and hash_function are not applied: the ring has \
+                         minimum_ring_size points (xxHash is not used in the kernel)",
+                    )
+                }),
+            );
         }
         Some(_) => notes.push(ignored(
             "lb_config",
@@ -327,11 +528,6 @@ fn unused_settings(c: &Cluster) -> Vec<Ignored> {
             "connect_timeout",
             c.connect_timeout.is_some(),
             "the application's own connect timeout applies",
-        ),
-        (
-            "outlier_detection",
-            c.outlier_detection.is_some(),
-            "endpoints are not ejected by the kernel",
         ),
         (
             "health_checks",
@@ -464,6 +660,7 @@ fn levels(cla: &ClusterLoadAssignment) -> FieldResult<Levels> {
         levels.push(PriorityLevel {
             priority,
             endpoints,
+            hash_table: None,
         });
         if levels.len() > KN_MAX_PRIORITIES {
             return Err(FieldError::new(
@@ -639,6 +836,7 @@ load_assignment:
             [PriorityLevel {
                 priority: 0,
                 endpoints: vec![ep("10.0.0.1", 8080, 3), ep("10.0.0.2", 8081, 1)],
+                hash_table: None,
             }]
         );
         assert_eq!(c.levels_v6[0].endpoints, [ep("fd00::1", 8080, 1)]);
@@ -712,16 +910,15 @@ endpoints:
             [
                 "transport_socket",
                 "connect_timeout",
-                "outlier_detection",
                 "eds.endpoints[1].load_balancing_weight",
                 "eds.endpoints",
                 "eds.endpoints",
             ]
         );
         assert!(
-            c.ignored[4].reason.starts_with("4 endpoint(s)"),
+            c.ignored[3].reason.starts_with("4 endpoint(s)"),
             "{:?}",
-            c.ignored[4]
+            c.ignored[3]
         );
     }
 
@@ -784,13 +981,45 @@ endpoints:
     }
 
     #[test]
-    fn policies_the_kernel_lacks_fall_back_to_round_robin() {
-        for p in ["RING_HASH", "MAGLEV"] {
-            let c = compile(&format!("name: c\ntype: STATIC\nlb_policy: {p}"), None);
-            assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
-            assert_eq!(fields(&c.ignored), ["lb_policy"]);
-            assert!(c.ignored[0].reason.contains(p));
+    fn hash_policies_take_their_table_sizes() {
+        let c = compile("name: c\ntype: STATIC\nlb_policy: MAGLEV", None);
+        assert_eq!(c.lb_policy, LbPolicy::Maglev { table_size: 65537 });
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = compile(
+            "name: c\ntype: STATIC\nlb_policy: MAGLEV\nmaglev_lb_config: { table_size: 251 }\nload_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 80 } } } }] }] }",
+            None,
+        );
+        assert_eq!(c.lb_policy, LbPolicy::Maglev { table_size: 251 });
+        let table = c.levels_v4[0].hash_table.as_ref().unwrap();
+        assert_eq!(table.slots.len(), 251);
+        assert!(table.slots.iter().all(|&s| s == 0));
+        let c = compile(
+            "name: c\ntype: STATIC\nlb_policy: RING_HASH\nring_hash_lb_config: { minimum_ring_size: 64 }",
+            None,
+        );
+        assert_eq!(
+            c.lb_policy,
+            LbPolicy::RingHash {
+                minimum_ring_size: 64
+            }
+        );
+        for bad in [
+            "lb_policy: MAGLEV\nmaglev_lb_config: { table_size: 100 }",
+            "lb_policy: MAGLEV\nmaglev_lb_config: { table_size: 5000011 }",
+            "lb_policy: RING_HASH\nring_hash_lb_config: { minimum_ring_size: 100000 }",
+        ] {
+            let e = rejected(&format!("name: c\n{bad}"));
+            assert!(e.to_string().contains("_lb_config."), "{e}");
         }
+    }
+
+    #[test]
+    fn policies_the_kernel_lacks_fall_back_to_round_robin() {
+        let p = "CLUSTER_PROVIDED";
+        let c = compile(&format!("name: c\ntype: STATIC\nlb_policy: {p}"), None);
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+        assert_eq!(fields(&c.ignored), ["lb_policy"]);
+        assert!(c.ignored[0].reason.contains(p));
         let c = compile(
             "name: c\ncommon_lb_config: { locality_weighted_lb_config: {} }",
             None,
@@ -799,6 +1028,34 @@ endpoints:
             fields(&c.ignored),
             ["common_lb_config.locality_config_specifier"]
         );
+    }
+
+    #[test]
+    fn outlier_detection_counts_connect_failures() {
+        let eps = "load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 80 } } } }, { endpoint: { address: { socket_address: { address: 10.0.0.2, port_value: 80 } } } }] }] }";
+        let c = compile(&format!("name: c\noutlier_detection: {{}}\n{eps}"), None);
+        assert_eq!(
+            c.outlier_detection,
+            Some(OutlierDetection {
+                consecutive_failures: 5,
+                base_ejection_ms: 30_000,
+                max_ejection_percent: 10,
+                max_ejected: 1,
+            })
+        );
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = compile(
+            &format!("name: c\noutlier_detection: {{ consecutive_5xx: 9, split_external_local_origin_errors: true, consecutive_local_origin_failure: 3, base_ejection_time: 2s, max_ejection_percent: 100, interval: 1s }}\n{eps}"),
+            None,
+        );
+        let od = c.outlier_detection.unwrap();
+        assert_eq!(
+            (od.consecutive_failures, od.base_ejection_ms, od.max_ejected),
+            (3, 2000, 2)
+        );
+        assert_eq!(fields(&c.ignored), ["outlier_detection.interval"]);
+        let e = rejected("name: c\noutlier_detection: { consecutive_5xx: 0 }");
+        assert!(e.to_string().contains("consecutive_5xx"), "{e}");
     }
 
     #[test]

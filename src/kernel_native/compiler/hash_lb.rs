@@ -6,7 +6,7 @@
 //! table rebuilt after an endpoint set change keeps every key that the change
 //! does not have to move.
 //!
-//! Not wired into the kernel yet: see issue 7's status in the report.
+//! The kernel reads slot `mix64(netns cookie) % len` (bpf stages.h, kn_hash_pick).
 
 /// FNV-1a 64 of `bytes`, then a splitmix64 finaliser for good bit mixing.
 pub(crate) fn hash64(bytes: &[u8]) -> u64 {
@@ -29,7 +29,7 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
     x
 }
 
-fn is_prime(n: u64) -> bool {
+pub(crate) fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
     }
