@@ -113,6 +113,20 @@ impl KernelNativeRunner {
         self.apply(&snapshot)
     }
 
+    /// Validate a snapshot as [`Self::apply`] would, without writing anything.
+    pub fn check(&self, snapshot: &[Any]) -> ApplyOutcome {
+        let dns: &dyn ResolvedHosts = match &self.dns {
+            Some(resolver) => resolver,
+            None => &NoDns,
+        };
+        match self.state.stage(snapshot, &self.limits, dns) {
+            Ok(staged) => ApplyOutcome::Applied {
+                rejected: staged.rejected,
+            },
+            Err(e) => ApplyOutcome::Refused(e.to_string()),
+        }
+    }
+
     /// Apply one complete snapshot.
     pub fn apply(&mut self, snapshot: &[Any]) -> ApplyOutcome {
         self.last_snapshot = snapshot.to_vec();

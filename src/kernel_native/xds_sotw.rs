@@ -38,6 +38,8 @@ pub struct KernelNativeXds {
     rds_names: BTreeSet<String>,
     /// LDS is requested once the first CDS response has been handled.
     cds_received: bool,
+    /// Nothing is written before the first LDS response (initial sync).
+    lds_received: bool,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -54,6 +56,7 @@ impl KernelNativeXds {
             eds_cluster_service: BTreeMap::new(),
             rds_names: BTreeSet::new(),
             cds_received: false,
+            lds_received: false,
             metrics: None,
         }
     }
@@ -182,11 +185,21 @@ impl SotwHandler for KernelNativeXds {
             ));
         };
         let (names, mut errors) = self.store(kind, anys);
-        if kind == ResourceKind::Cluster {
-            self.cds_received = true;
+        match kind {
+            ResourceKind::Cluster => self.cds_received = true,
+            ResourceKind::Listener => self.lds_received = true,
+            _ => {}
         }
         let snapshot = self.snapshot();
-        let outcome = self.runner().apply(&snapshot);
+        // Until both clusters and listeners have arrived, a partial world
+        // would delete what the kernel serves (e.g. listeners adopted from an
+        // earlier daemon): check the resources, write nothing yet.
+        let synced = self.cds_received && self.lds_received;
+        let outcome = if synced {
+            self.runner().apply(&snapshot)
+        } else {
+            self.runner().check(&snapshot)
+        };
         match outcome {
             ApplyOutcome::Applied { rejected } => {
                 errors.extend(
