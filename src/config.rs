@@ -51,6 +51,11 @@ pub struct Config {
     )]
     pub xds_root_cert: PathBuf,
 
+    /// Name to verify in the control plane's TLS certificate (default: the
+    /// host of --xds-address; needed when that is an IP address).
+    #[arg(long, env = "XDS_SERVER_NAME")]
+    pub xds_server_name: Option<String>,
+
     /// Bearer token sent to the control plane; used when the file exists.
     #[arg(
         long,

@@ -178,13 +178,10 @@ fn ads_config(config: &Config, address: &str) -> AdsConfig {
         uri,
         tls: tls.then(|| TlsSettings {
             root_cert: config.xds_root_cert.clone(),
-            domain: None,
+            domain: config.xds_server_name.clone(),
         }),
-        // Istio mounts the token only where it is needed: use it when present.
-        token_file: config
-            .xds_token_file
-            .exists()
-            .then(|| config.xds_token_file.clone()),
+        // Read at every stream open: Istio mounts (and rotates) the token file.
+        token_file: Some(config.xds_token_file.clone()),
         node: identity.node(),
         cluster_id: config.cluster_id.clone(),
         backoff_initial: Duration::from_secs(1),

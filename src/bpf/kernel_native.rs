@@ -19,6 +19,7 @@
 use std::fs::{self, File};
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -130,6 +131,14 @@ fn skel_map<'a>(
         MAP_STATS => &mut maps.kn_stats,
         _ => return None,
     })
+}
+
+/// Is this pinned link attached to the cgroup with this id?
+fn on_cgroup(link: &Link, cgroup_id: u64) -> bool {
+    matches!(
+        link.info().map(|i| i.info),
+        Ok(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cgroup_id
+    )
 }
 
 /// `layout-<hash>`: marks which layout the pinned maps were written with.
@@ -264,6 +273,11 @@ impl KernelNativeBpf {
             .map_err(BpfError::io("creating pin directory", &links_dir))?;
         let cgroup = File::open(&self.cgroup2_path)
             .map_err(BpfError::io("opening cgroup2", &self.cgroup2_path))?;
+        // The kernel's cgroup id is the inode number of its directory.
+        let cgroup_id = cgroup
+            .metadata()
+            .map_err(BpfError::io("reading cgroup2", &self.cgroup2_path))?
+            .ino();
         let progs = &self.skel.progs;
         for (name, prog) in ATTACHED.iter().zip([
             &progs.kn_connect4,
@@ -275,8 +289,10 @@ impl KernelNativeBpf {
             let path = links_dir.join(name);
             let switched = path.exists()
                 && match Link::open(&path) {
-                    // Atomic: every connect runs either the old program or this one.
-                    Ok(mut link) => link.update_prog(prog).is_ok(),
+                    // Atomic: every connect runs either the old program or this
+                    // one. Only for a link on this cgroup: after a change of
+                    // --cgroup2-path the old link goes and a new one is made.
+                    Ok(mut link) => on_cgroup(&link, cgroup_id) && link.update_prog(prog).is_ok(),
                     Err(_) => false,
                 };
             if switched {

@@ -180,8 +180,9 @@ pub async fn run<H: SotwHandler>(config: AdsConfig, handler: &mut H) {
                 status.last_stream_error = Some("stream closed by the server".into());
             }
             Err(e) => {
-                tracing::warn!(error = %e, "ADS stream failed; the configuration in force keeps serving");
-                status.last_stream_error = Some(e.to_string());
+                let message = error_chain(&e);
+                tracing::warn!(error = %message, "ADS stream failed; the configuration in force keeps serving");
+                status.last_stream_error = Some(message);
             }
         }
         status.connected = false;
@@ -191,6 +192,22 @@ pub async fn run<H: SotwHandler>(config: AdsConfig, handler: &mut H) {
         }
         tokio::time::sleep(backoff.next_wait()).await;
     }
+}
+
+/// An error with its causes ("transport error: connection refused"), since
+/// tonic's own text stops at the outermost layer.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 async fn connect(config: &AdsConfig) -> Result<Channel, AdsError> {
@@ -281,7 +298,10 @@ async fn run_stream<H: SotwHandler>(
     if let Ok(v) = MetadataValue::try_from(config.cluster_id.as_str()) {
         req.metadata_mut().insert("clusterid", v);
     }
-    if let Some(path) = &config.token_file {
+    // A missing token file is not an error: plaintext test control planes
+    // and clusters without token auth have none. One that exists but cannot
+    // be read is.
+    if let Some(path) = config.token_file.as_ref().filter(|p| p.exists()) {
         let token = std::fs::read_to_string(path).map_err(|source| AdsError::ReadFile {
             path: path.clone(),
             source,
