@@ -122,6 +122,20 @@ pub struct Config {
     #[arg(long = "dns-server", value_name = "ADDR:PORT")]
     pub dns_server: Vec<SocketAddr>,
 
+    /// Connection metrics (`kmesh_tcp_*`) from the kernel's connection
+    /// events; `--monitoring false` turns them off (runtime: `kmeshctl monitoring`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KMESH_MONITORING")]
+    pub monitoring: bool,
+
+    /// One access log line per closed connection on stdout (runtime:
+    /// `kmeshctl accesslog enable|disable`). Off by default, as in Kmesh.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "KMESH_ACCESSLOG")]
+    pub accesslog: bool,
+
+    /// Access log line format.
+    #[arg(long, value_enum, default_value_t = crate::telemetry::AccessLogFormat::Text)]
+    pub access_log_format: crate::telemetry::AccessLogFormat,
+
     /// How often the xDS file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200, hide = true)]
     pub xds_file_poll_ms: u64,

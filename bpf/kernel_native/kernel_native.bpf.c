@@ -21,6 +21,7 @@
 #include "lib/maps.h"
 #include "lib/addr.h"
 #include "lib/stages.h"
+#include "lib/conn_events.h"
 
 #define KN_SOCK_STREAM 1
 #define KN_TCP_CLOSE 7
@@ -214,8 +215,10 @@ int kn_sockops(struct bpf_sock_ops *skops)
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
-		if (st)
+		if (st) {
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+			kn_conn_started(sk);
+		}
 		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
 		struct kn_cluster_conns fresh = {};
@@ -224,6 +227,7 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		if (!st || st->counted)
 			return 1;
 		st->established = 1;
+		kn_conn_established(skops, sk, st);
 		bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
 		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
 		if (!conns)
@@ -240,6 +244,7 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
 		if (!st)
 			return 1;
+		kn_conn_closed(skops, sk, st);
 		kn_release(st);
 		if (!st->counted)
 			return 1;

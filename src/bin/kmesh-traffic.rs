@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -70,6 +70,9 @@ enum Command {
         /// the last connect, then close them all.
         #[arg(long, default_value_t = 0)]
         keep_open_ms: u64,
+        /// Send this many bytes on each connection before reading the line.
+        #[arg(long, default_value_t = 0)]
+        send_bytes: u64,
         /// Target, e.g. `10.96.0.1:80` or `[fd00::1]:80`.
         target: SocketAddr,
     },
@@ -116,6 +119,7 @@ fn main() -> Result<()> {
             timeout_ms,
             hold_ms,
             keep_open_ms,
+            send_bytes,
             target,
         } => {
             if let Some(ns) = &netns {
@@ -131,6 +135,7 @@ fn main() -> Result<()> {
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 hold: Duration::from_millis(hold_ms),
                 keep_open: Duration::from_millis(keep_open_ms),
+                send_bytes,
             };
             let report = dial(target, &opts);
             let mut out = io::stdout().lock();
@@ -195,6 +200,13 @@ fn accept_loop(sock: &TcpListener, name: &str) {
                 // The client may already be gone; that is its business, not a
                 // reason to stop serving others.
                 let _ = conn.write_all(format!("{name} peer={peer}\n").as_bytes());
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                // Read (and discard) what the client sends until it closes, so
+                // every byte it sends is acknowledged, never answered by a reset.
+                thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let _ = io::copy(&mut conn, &mut io::sink());
+                });
             }
             Err(e) => {
                 // Transient (e.g. ECONNABORTED, EMFILE): report and keep serving.
@@ -211,6 +223,7 @@ struct DialOptions {
     timeout: Duration,
     hold: Duration,
     keep_open: Duration,
+    send_bytes: u64,
 }
 
 /// The JSON printed by `dial`. Keys are sorted so output is stable.
@@ -263,6 +276,10 @@ fn dial_once(
     stream
         .set_read_timeout(Some(opts.timeout))
         .map_err(|e| error_key(&e))?;
+    if opts.send_bytes > 0 {
+        io::copy(&mut io::repeat(b'x').take(opts.send_bytes), &mut &stream)
+            .map_err(|e| error_key(&e))?;
+    }
     let mut line = String::new();
     let mut reader = BufReader::new(&stream);
     let n = reader.read_line(&mut line).map_err(|e| error_key(&e))?;

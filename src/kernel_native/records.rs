@@ -37,7 +37,7 @@ const KN_CREC_HEADER: u32 = 1;
 const KN_CREC_LEVEL: u32 = 2;
 const KN_CREC_ENDPOINT: u32 = 3;
 pub const KN_CLUSTER_FIRST_ENDPOINT: u32 = 1 + 2 * KN_MAX_PRIORITIES;
-pub const KN_STAT_NAMES: [&str; 11] = [
+pub const KN_STAT_NAMES: [&str; 12] = [
     "connect_seen",
     "no_listener",
     "no_chain",
@@ -49,6 +49,7 @@ pub const KN_STAT_NAMES: [&str; 11] = [
     "tail_call_failed",
     "cx_overflow",
     "rate_limited",
+    "conn_events_dropped",
 ];
 
 pub const LISTENER_RECORD_SIZE: usize = size_of::<c::kn_listener_record>();
