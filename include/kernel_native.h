@@ -294,6 +294,11 @@ enum kn_conn_event_kind {
 /* Per redirected socket (SK_STORAGE kn_conn_start): when its connect began. */
 struct kn_conn_start {
 	__u64 start_ns; /* bpf_ktime_get_ns() at TCP_CONNECT_CB */
+	/* The kernel's bytes_acked / bytes_received count sequence space: the SYN
+	 * and FINs are in it. These say which FINs to take out. */
+	__u8 fin_sent;  /* entered FIN_WAIT1 or LAST_ACK */
+	__u8 fin_rcvd;  /* entered CLOSE_WAIT or CLOSING */
+	__u8 pad[6];
 };
 
 struct kn_conn_event {
@@ -311,8 +316,8 @@ struct kn_conn_event {
 	__u16 pad2;
 	__u64 netns_cookie;  /* the client's network namespace */
 	__u64 duration_ns;   /* TCP_CONNECT_CB to this event */
-	__u64 bytes_sent;    /* bytes_acked */
-	__u64 bytes_received;
+	__u64 bytes_sent;    /* payload bytes acknowledged by the peer (bytes_acked without SYN/FIN) */
+	__u64 bytes_received; /* payload bytes received (bytes_received without FIN) */
 	__u32 total_retrans;
 	__u32 lost_out;
 	struct kn_name cluster;

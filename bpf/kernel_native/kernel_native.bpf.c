@@ -239,8 +239,10 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] != KN_TCP_CLOSE)
+		if (skops->args[1] != KN_TCP_CLOSE) {
+			kn_conn_state(sk, skops->args[1]);
 			return 1;
+		}
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
 		if (!st)
 			return 1;

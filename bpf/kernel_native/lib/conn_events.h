@@ -20,6 +20,10 @@
 
 #define KN_AF_INET 2
 #define KN_AF_INET6 10
+#define KN_TCP_FIN_WAIT1 4
+#define KN_TCP_CLOSE_WAIT 8
+#define KN_TCP_LAST_ACK 9
+#define KN_TCP_CLOSING 11
 
 /* Written by the daemon (bits KN_TELEMETRY_*). One generation per daemon. */
 struct {
@@ -89,18 +93,40 @@ static __always_inline void kn_conn_emit(struct bpf_sock_ops *skops, const struc
 		__builtin_memcpy(ev.remote_addr, &r, 4);
 		__builtin_memcpy(ev.local_addr, &l, 4);
 	}
-	/* remote_port: network byte order in the low 16 bits; local_port: host order */
-	ev.remote_port = bpf_ntohs((__u16)skops->remote_port);
+	/* remote_port: network byte order in the upper 16 bits; local_port: host order */
+	ev.remote_port = (__u16)bpf_ntohl(skops->remote_port);
 	ev.local_port = (__u16)skops->local_port;
 	ev.netns_cookie = st->nc.netns_cookie;
 	ev.duration_ns = bpf_ktime_get_ns() - cs->start_ns;
-	ev.bytes_sent = skops->bytes_acked;
-	ev.bytes_received = skops->bytes_received;
+	/* Sequence space to payload: the SYN once the open completed, our FIN
+	 * once everything we sent (it is last) is acknowledged, the peer's FIN. */
+	__u64 acked = skops->bytes_acked, received = skops->bytes_received;
+	__u64 overhead = st->established + (cs->fin_sent && skops->snd_una == skops->snd_nxt);
+
+	ev.bytes_sent = acked > overhead ? acked - overhead : 0;
+	ev.bytes_received = received > cs->fin_rcvd ? received - cs->fin_rcvd : 0;
 	ev.total_retrans = skops->total_retrans;
 	ev.lost_out = skops->lost_out;
 	__builtin_memcpy(&ev.cluster, &st->nc.cluster, sizeof(ev.cluster));
 	if (bpf_ringbuf_output(&kn_conn_events, &ev, sizeof(ev), 0))
 		kn_count(KN_STAT_CONN_EVENTS_DROPPED);
+}
+
+/* STATE_CB (any new state): note the FINs. */
+static __always_inline void kn_conn_state(struct bpf_sock *sk, __u32 new_state)
+{
+	struct kn_conn_start *cs;
+
+	if (new_state != KN_TCP_FIN_WAIT1 && new_state != KN_TCP_LAST_ACK &&
+	    new_state != KN_TCP_CLOSE_WAIT && new_state != KN_TCP_CLOSING)
+		return;
+	cs = bpf_sk_storage_get(&kn_conn_start, sk, 0, 0);
+	if (!cs)
+		return;
+	if (new_state == KN_TCP_FIN_WAIT1 || new_state == KN_TCP_LAST_ACK)
+		cs->fin_sent = 1;
+	else
+		cs->fin_rcvd = 1;
 }
 
 /* ACTIVE_ESTABLISHED_CB: counted as opened now, so long-lived connections
