@@ -366,4 +366,30 @@ mod tests {
             "# HELP a_x_total Some help.\n# TYPE a_x_total counter\na_x_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
         );
     }
+
+    /// Every metric the Grafana dashboard queries is one this daemon serves.
+    #[test]
+    fn the_dashboard_queries_only_served_metrics() {
+        let metrics = Metrics::new(PathBuf::from("/nonexistent"), 1, 1);
+        let text = metrics.render();
+        let served: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let dashboard = include_str!("../docs/grafana-kmesh.json");
+        let mut queried = 0;
+        for (i, _) in dashboard.match_indices("kmesh_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                served.contains(name.as_str()),
+                "{name} is not served:\n{text}"
+            );
+            queried += 1;
+        }
+        assert!(queried > 10);
+    }
 }
