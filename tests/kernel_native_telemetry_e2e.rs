@@ -28,8 +28,8 @@ struct Mesh {
     _backends: Backends,
     cgroup: Cgroup,
     netns: NetNs,
-    _bpffs: BpfFsDir,
-    _xds: tempfile::NamedTempFile,
+    bpffs: BpfFsDir,
+    xds: tempfile::NamedTempFile,
 }
 
 impl Mesh {
@@ -53,8 +53,8 @@ impl Mesh {
             _backends: backends,
             cgroup,
             netns,
-            _bpffs: bpffs,
-            _xds: xds,
+            bpffs: bpffs,
+            xds: xds,
         }
     }
 
@@ -330,4 +330,66 @@ fn json_access_log_from_the_start() {
 
 fn admin_post(mesh: &Mesh, path: &str) -> (u16, String) {
     kmesh::admin_client::post_json(mesh.daemon.admin_addr(), path, "").unwrap()
+}
+
+/// Each daemon has its own ring buffer; the per-socket start times are
+/// adopted, so a connection opened under the previous daemon is reported
+/// closed by the next one.
+#[test]
+fn a_restarted_daemon_reads_its_own_events_and_reports_connections_it_inherited() {
+    if !require_root() {
+        return;
+    }
+    let mut mesh = Mesh::start("kn-tm-restart", "10.96.0.34", &[]);
+    let opened = format!("kmesh_tcp_connections_opened_total{SVC} ");
+    let closed = format!("kmesh_tcp_connections_closed_total{SVC} ");
+    let sent = format!("kmesh_tcp_sent_bytes_total{SVC} ");
+    mesh.dial("10.96.0.34:80", 2, 10);
+    mesh.wait_sample(&closed, 2.0);
+
+    // One connection stays open across the restart.
+    let (netns, cgroup) = (
+        mesh.netns.name().to_string(),
+        mesh.cgroup.path().to_path_buf(),
+    );
+    let held = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_kmesh-traffic"))
+            .args(["dial", "--netns", &netns, "--cgroup"])
+            .arg(&cgroup)
+            .args([
+                "--count",
+                "1",
+                "--send-bytes",
+                "7",
+                "--keep-open-ms",
+                "3000",
+            ])
+            .arg("10.96.0.34:80")
+            .output()
+            .unwrap()
+    });
+    mesh.wait_sample(&opened, 3.0);
+
+    let status = mesh.daemon.stop().unwrap();
+    assert!(status.success(), "{}", mesh.daemon.logs());
+    // Steered with no daemon: these events go to a ring nobody reads.
+    assert_eq!(mesh.dial("10.96.0.34:80", 3, 10).backend("svc"), 3);
+
+    mesh.daemon = Daemon::start(mesh.xds.path(), &mesh.bpffs, &mesh.cgroup);
+    mesh.daemon.wait_ready(READY);
+    let out = held.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The inherited connection closes under the new daemon: closed, not opened.
+    mesh.wait_sample(&closed, 1.0);
+    assert_eq!(mesh.sample(&sent), 7.0);
+    assert_eq!(mesh.sample(&opened), 0.0);
+
+    mesh.dial("10.96.0.34:80", 4, 10);
+    mesh.wait_sample(&closed, 5.0);
+    assert_eq!(mesh.sample(&opened), 4.0);
+    assert_eq!(mesh.sample(&sent), 47.0);
 }
