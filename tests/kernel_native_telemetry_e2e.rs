@@ -53,8 +53,8 @@ impl Mesh {
             _backends: backends,
             cgroup,
             netns,
-            bpffs: bpffs,
-            xds: xds,
+            bpffs,
+            xds,
         }
     }
 
