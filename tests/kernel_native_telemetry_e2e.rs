@@ -40,6 +40,9 @@ impl Mesh {
             // Nothing listens on 127.0.0.3:9: connects are refused.
             listener("dead", &vip.replace(".0.", ".1."), 80, "dead"),
             eds_cluster("dead", "ROUND_ROBIN", &[("127.0.0.3", 9, 0, 0)]),
+            // Its backend waits for the client to close first.
+            listener("late", &vip.replace(".0.", ".2."), 80, "late"),
+            eds_cluster("late", "ROUND_ROBIN", &[("127.0.0.4", 8080, 0, 0)]),
         ]);
         let netns = NetNs::new(prefix);
         let backends = Backends::start(Some(&netns), &["127.0.0.2:8080=svc"]);
@@ -193,6 +196,23 @@ fn connection_metrics_count_connections_and_bytes_with_labels() {
         f64::from(N),
     );
     mesh.wait_sample(&name("kmesh_tcp_connections_failed_total", DEAD), 2.0);
+
+    // The client closes first (FIN_WAIT1 -> FIN_WAIT2 -> closed, the peer's
+    // FIN may come with its ACK): still exactly the payload.
+    let _late = Backends::start_with(
+        Some(&mesh.netns),
+        &["127.0.0.4:8080=svc"],
+        &["--client-closes-first"],
+    );
+    const LATE: &str = "{reporter=\"source\",source_address=\"127.0.0.1\",destination_address=\"127.0.0.4:8080\",destination_service=\"late\"}";
+    assert_eq!(
+        mesh.dial("10.96.2.31:80", N, M).backend("svc"),
+        u64::from(N)
+    );
+    mesh.wait_sample(
+        &name("kmesh_tcp_connections_closed_total", LATE),
+        f64::from(N),
+    );
     let text = mesh.metrics();
     let at = |metric: &str, labels: &str| sample(&text, &name(metric, labels));
     assert_eq!(
@@ -211,6 +231,16 @@ fn connection_metrics_count_connections_and_bytes_with_labels() {
         "{text}"
     );
     assert_eq!(at("kmesh_tcp_connections_failed_total", SVC), 0.0);
+    assert_eq!(
+        at("kmesh_tcp_sent_bytes_total", LATE),
+        (u64::from(N) * M) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        at("kmesh_tcp_received_bytes_total", LATE),
+        (u64::from(N) * REPLY_LEN) as f64,
+        "{text}"
+    );
     assert_eq!(at("kmesh_tcp_connections_opened_total", DEAD), 0.0);
     assert_eq!(at("kmesh_tcp_connections_closed_total", DEAD), 0.0);
     assert_eq!(at("kmesh_tcp_retransmissions_total", SVC), 0.0);

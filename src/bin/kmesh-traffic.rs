@@ -42,6 +42,10 @@ enum Command {
         /// Join /var/run/netns/NAME before opening any socket.
         #[arg(long)]
         netns: Option<String>,
+        /// Keep each connection open after the line until the client closes
+        /// (the client's side closes first). Default: send FIN after the line.
+        #[arg(long)]
+        client_closes_first: bool,
         /// Listeners, e.g. `127.0.0.2:8080=b1` or `[fd00::2]:8080=b1`.
         #[arg(required = true, value_parser = parse_listener)]
         listeners: Vec<Listener>,
@@ -105,11 +109,15 @@ fn parse_listener(spec: &str) -> Result<Listener, String> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { netns, listeners } => {
+        Command::Serve {
+            netns,
+            client_closes_first,
+            listeners,
+        } => {
             if let Some(ns) = &netns {
                 join_netns(ns)?;
             }
-            serve(listeners)
+            serve(listeners, client_closes_first)
         }
         Command::Dial {
             netns,
@@ -167,7 +175,7 @@ fn join_cgroup(dir: &Path) -> Result<()> {
         .with_context(|| format!("writing our pid to {}", procs.display()))
 }
 
-fn serve(listeners: Vec<Listener>) -> Result<()> {
+fn serve(listeners: Vec<Listener>, client_closes_first: bool) -> Result<()> {
     // Bind everything first so "ready" means every address accepts connections.
     let mut bound = Vec::with_capacity(listeners.len());
     for l in listeners {
@@ -176,7 +184,9 @@ fn serve(listeners: Vec<Listener>) -> Result<()> {
     }
     let mut workers = Vec::with_capacity(bound.len());
     for (sock, name) in bound {
-        workers.push(thread::spawn(move || accept_loop(&sock, &name)));
+        workers.push(thread::spawn(move || {
+            accept_loop(&sock, &name, client_closes_first)
+        }));
     }
     {
         let mut out = io::stdout().lock();
@@ -193,14 +203,16 @@ fn serve(listeners: Vec<Listener>) -> Result<()> {
     Ok(())
 }
 
-fn accept_loop(sock: &TcpListener, name: &str) {
+fn accept_loop(sock: &TcpListener, name: &str, client_closes_first: bool) {
     loop {
         match sock.accept() {
             Ok((mut conn, peer)) => {
                 // The client may already be gone; that is its business, not a
                 // reason to stop serving others.
                 let _ = conn.write_all(format!("{name} peer={peer}\n").as_bytes());
-                let _ = conn.shutdown(std::net::Shutdown::Write);
+                if !client_closes_first {
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                }
                 // Read (and discard) what the client sends until it closes, so
                 // every byte it sends is acknowledged, never answered by a reset.
                 thread::spawn(move || {

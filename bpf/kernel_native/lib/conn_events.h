@@ -68,6 +68,21 @@ static __always_inline void kn_conn_started(struct bpf_sock *sk)
 		cs->start_ns = bpf_ktime_get_ns();
 }
 
+/* The peer's FIN reached this socket: tcp_fin() sets SOCK_DONE. This also
+ * covers FIN_WAIT2 -> CLOSE, where no state tells a received FIN from a
+ * timeout or a reset. */
+static __always_inline __u64 kn_peer_fin_received(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp;
+
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	return (tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags >> SOCK_DONE) & 1;
+}
+
 static __always_inline void kn_conn_emit(struct bpf_sock_ops *skops, const struct kn_sock_state *st,
 					 struct kn_conn_start *cs, __u32 kind)
 {
@@ -104,7 +119,9 @@ static __always_inline void kn_conn_emit(struct bpf_sock_ops *skops, const struc
 	__u64 overhead = st->established + (cs->fin_sent && skops->snd_una == skops->snd_nxt);
 
 	ev.bytes_sent = acked > overhead ? acked - overhead : 0;
-	ev.bytes_received = received > cs->fin_rcvd ? received - cs->fin_rcvd : 0;
+	__u64 fin_rcvd = cs->fin_rcvd || kn_peer_fin_received(skops->sk);
+
+	ev.bytes_received = received > fin_rcvd ? received - fin_rcvd : 0;
 	ev.total_retrans = skops->total_retrans;
 	ev.lost_out = skops->lost_out;
 	__builtin_memcpy(&ev.cluster, &st->nc.cluster, sizeof(ev.cluster));
