@@ -43,9 +43,12 @@ impl Mesh {
             // Its backend waits for the client to close first.
             listener("late", &vip.replace(".0.", ".2."), 80, "late"),
             eds_cluster("late", "ROUND_ROBIN", &[("127.0.0.4", 8080, 0, 0)]),
+            // IPv6: fd00:96::<last octet of the IPv4 VIP> -> [::1]:8081.
+            listener("vip6", &vip6(vip), 80, "svc6"),
+            eds_cluster("svc6", "ROUND_ROBIN", &[("::1", 8081, 0, 0)]),
         ]);
         let netns = NetNs::new(prefix);
-        let backends = Backends::start(Some(&netns), &["127.0.0.2:8080=svc"]);
+        let backends = Backends::start(Some(&netns), &["127.0.0.2:8080=svc", "[::1]:8081=svc6"]);
         let cgroup = Cgroup::new(prefix);
         let bpffs = BpfFsDir::new(prefix);
         let xds = temp_file(".yaml", &yaml);
@@ -139,6 +142,10 @@ impl Mesh {
         );
         out
     }
+}
+
+fn vip6(vip4: &str) -> String {
+    format!("fd00:96::{}", vip4.rsplit('.').next().unwrap())
 }
 
 fn sample(text: &str, prefix: &str) -> f64 {
@@ -330,13 +337,14 @@ fn json_access_log_from_the_start() {
     );
     mesh.dial("10.96.0.33:80", 2, 50);
     mesh.dial("10.96.1.33:80", 1, 0);
-    let lines = mesh.wait_access_log_lines(3);
+    assert_eq!(mesh.dial("[fd00:96::33]:80", 1, 20).backend("svc6"), 1);
+    let lines = mesh.wait_access_log_lines(4);
     let events: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|v: &serde_json::Value| v.get("dst.service").is_some())
         .collect();
-    assert_eq!(events.len(), 3, "{lines:#?}");
+    assert_eq!(events.len(), 4, "{lines:#?}");
     let ok: Vec<_> = events
         .iter()
         .filter(|e| e["dst.service"] == "svc")
@@ -356,6 +364,17 @@ fn json_access_log_from_the_start() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["established"], false);
     assert_eq!(failed[0]["dst.addr"], "127.0.0.3:9");
+    let v6: Vec<_> = events
+        .iter()
+        .filter(|e| e["dst.service"] == "svc6")
+        .collect();
+    assert_eq!(v6.len(), 1, "{lines:#?}");
+    assert_eq!(v6[0]["dst.addr"], "[::1]:8081");
+    assert_eq!(v6[0]["dst.original_addr"], "[fd00:96::33]:80");
+    assert!(v6[0]["src.addr"].as_str().unwrap().starts_with("[::1]:"));
+    assert_eq!(v6[0]["sent_bytes"], 20);
+    // `svc6 peer=[::1]:NNNNN\n`
+    assert_eq!(v6[0]["received_bytes"], 22);
 }
 
 fn admin_post(mesh: &Mesh, path: &str) -> (u16, String) {
