@@ -1,5 +1,7 @@
-//! The admin HTTP endpoint (default 127.0.0.1:15200): readiness, version and
-//! config dumps. It reads caches and maps, never the wire.
+//! The admin HTTP endpoint (default 127.0.0.1:15200): readiness, version,
+//! config dumps, log levels, and the connection telemetry switches
+//! (`POST /accesslog?enable=`, `POST /monitoring?enable=`). It reads caches
+//! and maps, never the wire.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
