@@ -6,8 +6,9 @@
  * cluster, bytes, retransmissions, losses, duration). Events go through the
  * ring buffer kn_conn_events to the daemon.
  *
- * Off (kn_telemetry_config == 0) this costs one array lookup per sockops
- * callback of a redirected socket and nothing else.
+ * Off (kn_telemetry_config == 0) a redirected socket costs one array lookup
+ * at connect and a failed SK_STORAGE lookup at its FIN transitions and at
+ * close: no storage, no event.
  */
 #ifndef KN_CONN_EVENTS_H
 #define KN_CONN_EVENTS_H
