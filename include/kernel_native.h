@@ -325,7 +325,54 @@ enum kn_stat {
 	KN_STAT_TAIL_CALL_FAILED = 8, /* a stage could not be entered: untouched */
 	KN_STAT_CX_OVERFLOW = 9,      /* refused: the cluster's max_connections for this netns */
 	KN_STAT_RATE_LIMITED = 10,    /* refused: no token in the local rate limit bucket */
-	KN_STAT_COUNT = 11,
+	KN_STAT_CONN_EVENTS_DROPPED = 11, /* connection events lost: the ring buffer was full */
+	KN_STAT_COUNT = 12,
+};
+
+/* ---- connection events (sockops -> ring buffer kn_conn_events -> daemon) ---- */
+
+/* kn_telemetry_config[0]: what the daemon wants; 0 = no events at all. */
+#define KN_TELEMETRY_METRICS (1u << 0)
+#define KN_TELEMETRY_ACCESS_LOG (1u << 1)
+
+/* Ring buffer size in bytes (a power of two, a multiple of the page size). */
+#define KN_CONN_EVENTS_BYTES (1u << 20)
+
+enum kn_conn_event_kind {
+	KN_CONN_OPENED = 1, /* the active open completed (only with KN_TELEMETRY_METRICS) */
+	KN_CONN_CLOSED = 2, /* the socket reached TCP_CLOSE, established or not */
+};
+
+/* Per redirected socket (SK_STORAGE kn_conn_start): when its connect began. */
+struct kn_conn_start {
+	__u64 start_ns; /* bpf_ktime_get_ns() at TCP_CONNECT_CB */
+	/* The kernel's bytes_acked / bytes_received count sequence space: the SYN
+	 * and FINs are in it. These say which FINs to take out. */
+	__u8 fin_sent;  /* entered FIN_WAIT1 or LAST_ACK */
+	__u8 fin_rcvd;  /* entered CLOSE_WAIT or CLOSING */
+	__u8 pad[6];
+};
+
+struct kn_conn_event {
+	__u32 kind;          /* enum kn_conn_event_kind */
+	__u8 established;    /* 1: the active open completed (0 at close = failed connection) */
+	__u8 family;         /* enum kn_family of the socket (local/remote addresses) */
+	__u8 orig_family;    /* enum kn_family of the dialled address */
+	__u8 pad;
+	__u8 orig_addr[16];  /* the dialled VIP; IPv4 uses the first 4 bytes */
+	__u8 remote_addr[16]; /* the endpoint the socket is connected to */
+	__u8 local_addr[16]; /* the client's address */
+	__u16 orig_port;     /* host byte order (all ports here) */
+	__u16 remote_port;
+	__u16 local_port;
+	__u16 pad2;
+	__u64 netns_cookie;  /* the client's network namespace */
+	__u64 duration_ns;   /* TCP_CONNECT_CB to this event */
+	__u64 bytes_sent;    /* payload bytes acknowledged by the peer (bytes_acked without SYN/FIN) */
+	__u64 bytes_received; /* payload bytes received (bytes_received without FIN) */
+	__u32 total_retrans;
+	__u32 lost_out;
+	struct kn_name cluster;
 };
 
 #endif /* KMESH_KERNEL_NATIVE_H */

@@ -1,21 +1,24 @@
-//! The admin HTTP endpoint (default 127.0.0.1:15200): readiness, version and
-//! config dumps. It reads caches and maps, never the wire.
+//! The admin HTTP endpoint (default 127.0.0.1:15200): readiness, version,
+//! config dumps, log levels, and the connection telemetry switches
+//! (`POST /accesslog?enable=`, `POST /monitoring?enable=`). It reads caches
+//! and maps, never the wire.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::dns::DnsResolver;
 use crate::kernel_native::bpf_dump;
 use crate::kernel_native::dump::dns_hosts;
 use crate::logging::LogControl;
+use crate::telemetry::Telemetry;
 
 /// What the admin endpoint shows; written by the mode's runner.
 pub struct AdminState {
@@ -27,6 +30,8 @@ pub struct AdminState {
     dns: RwLock<Option<DnsResolver>>,
     bpf_fs_path: PathBuf,
     logs: Arc<LogControl>,
+    /// The connection telemetry switches, once the programs are loaded.
+    telemetry: RwLock<Option<Arc<Telemetry>>>,
 }
 
 impl AdminState {
@@ -40,6 +45,7 @@ impl AdminState {
             dns: RwLock::new(None),
             bpf_fs_path,
             logs,
+            telemetry: RwLock::new(None),
         })
     }
 
@@ -54,6 +60,10 @@ impl AdminState {
 
     pub fn set_dns(&self, resolver: DnsResolver) {
         replace(&self.dns, Some(resolver));
+    }
+
+    pub fn set_telemetry(&self, telemetry: Arc<Telemetry>) {
+        replace(&self.telemetry, Some(telemetry));
     }
 
     pub fn set_xds_status(&self, status: serde_json::Value) {
@@ -105,6 +115,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/debug/config_dump/bpf/kernel-native",
             get(kernel_native_bpf_dump),
         )
+        .route("/accesslog", post(set_access_log))
+        .route("/monitoring", post(set_monitoring))
         .with_state(state)
 }
 
@@ -206,5 +218,67 @@ async fn set_logger(State(state): State<Arc<AdminState>>, body: axum::body::Byte
             Json(serde_json::json!({ "name": "default", "level": change.level })).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// `?enable=true|false` of `POST /accesslog` and `POST /monitoring`.
+#[derive(Debug, serde::Deserialize)]
+struct Toggle {
+    enable: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Switch {
+    AccessLog,
+    Monitoring,
+}
+
+async fn set_access_log(
+    State(state): State<Arc<AdminState>>,
+    Query(toggle): Query<Toggle>,
+) -> Response {
+    set_switch(&state, Switch::AccessLog, toggle)
+}
+
+async fn set_monitoring(
+    State(state): State<Arc<AdminState>>,
+    Query(toggle): Query<Toggle>,
+) -> Response {
+    set_switch(&state, Switch::Monitoring, toggle)
+}
+
+fn set_switch(state: &AdminState, switch: Switch, toggle: Toggle) -> Response {
+    let name = match switch {
+        Switch::AccessLog => "access log",
+        Switch::Monitoring => "monitoring",
+    };
+    let enable = match toggle.enable.as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected ?enable=true or ?enable=false, got {other:?}\n"),
+            )
+                .into_response()
+        }
+    };
+    let Some(telemetry) = read(&state.telemetry) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the eBPF programs are not loaded yet; retry in a moment\n",
+        )
+            .into_response();
+    };
+    let result = match switch {
+        Switch::AccessLog => telemetry.set_access_log(enable),
+        Switch::Monitoring => telemetry.set_monitoring(enable),
+    };
+    match result {
+        Ok(()) => {
+            let word = if enable { "enabled" } else { "disabled" };
+            (StatusCode::OK, format!("{name} {word}\n")).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

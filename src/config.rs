@@ -127,6 +127,36 @@ pub struct Config {
     #[arg(long = "dns-server", value_name = "ADDR:PORT")]
     pub dns_server: Vec<SocketAddr>,
 
+    /// Connection metrics (`kmesh_tcp_*`) from the kernel's connection
+    /// events; `--monitoring false` turns them off (runtime: `kmeshctl monitoring`).
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        env = "KMESH_MONITORING"
+    )]
+    pub monitoring: bool,
+
+    /// One access log line per closed connection on stdout (runtime:
+    /// `kmeshctl accesslog enable|disable`). Off by default, as in Kmesh;
+    /// Kmesh's spelling `--enable-accesslog` is accepted too.
+    #[arg(
+        long,
+        alias = "enable-accesslog",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        env = "KMESH_ACCESSLOG"
+    )]
+    pub accesslog: bool,
+
+    /// Access log line format.
+    #[arg(long, value_enum, default_value_t = crate::telemetry::AccessLogFormat::Text)]
+    pub access_log_format: crate::telemetry::AccessLogFormat,
+
     /// How often the xDS file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200, hide = true)]
     pub xds_file_poll_ms: u64,
@@ -165,5 +195,37 @@ mod tests {
     #[test]
     fn dns_server_needs_a_port() {
         assert!(Config::try_parse_from(["kmesh-daemon", "--dns-server", "127.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn monitoring_is_on_and_access_log_off_by_default_as_in_kmesh() {
+        let config = Config::try_parse_from(["kmesh-daemon"]).unwrap();
+        assert!(config.monitoring);
+        assert!(!config.accesslog);
+        assert_eq!(
+            config.access_log_format,
+            crate::telemetry::AccessLogFormat::Text
+        );
+        for args in [
+            &["kmesh-daemon", "--enable-accesslog"][..],
+            &["kmesh-daemon", "--accesslog", "true"][..],
+            &["kmesh-daemon", "--accesslog=true", "--monitoring=false"][..],
+        ] {
+            let config = Config::try_parse_from(args).unwrap();
+            assert!(config.accesslog, "{args:?}");
+        }
+        let config = Config::try_parse_from([
+            "kmesh-daemon",
+            "--monitoring",
+            "false",
+            "--access-log-format",
+            "json",
+        ])
+        .unwrap();
+        assert!(!config.monitoring);
+        assert_eq!(
+            config.access_log_format,
+            crate::telemetry::AccessLogFormat::Json
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::kernel_native::writer::MapWriter;
 use crate::kernel_native::xds_sotw::KernelNativeXds;
 use crate::logging::LogControl;
 use crate::metrics::{self, Metrics};
+use crate::telemetry::{Telemetry, TelemetryError};
 use crate::xds::ads::{self, AdsConfig, TlsSettings};
 use crate::xds::file::parse_resources;
 use crate::xds::file_watch::FileWatch;
@@ -37,6 +38,8 @@ pub enum DaemonError {
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error("installing the {0} handler: {1}")]
     Signal(&'static str, #[source] std::io::Error),
     #[error("background task failed: {0}")]
@@ -85,6 +88,15 @@ pub async fn run(config: Config, logs: Arc<LogControl>) -> Result<(), DaemonErro
         max_route_configs: config.max_route_configs as usize,
     };
     let writer = MapWriter::new(bpf.maps()?);
+    // Switches written before the programs are activated: they see them from the start.
+    let telemetry = Telemetry::start(
+        bpf.telemetry_maps()?,
+        metrics.clone(),
+        config.monitoring,
+        config.accesslog,
+        config.access_log_format,
+    )?;
+    admin_state.set_telemetry(telemetry);
     let bpf = Arc::new(Mutex::new(bpf));
     let (dns, dns_changes) = start_dns(&config);
     if let Some(resolver) = &dns {

@@ -13,4 +13,5 @@ pub mod dns;
 pub mod kernel_native;
 pub mod logging;
 pub mod metrics;
+pub mod telemetry;
 pub mod xds;

@@ -37,8 +37,36 @@ struct EventLabels {
     event: String,
 }
 
+/// Istio-style labels of the connection metrics that kernel-native mode can
+/// fill. Bounded: no source port, no per-connection value; the destination is
+/// an endpoint of a configured cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// Always `source`: the client's side reports.
+    pub reporter: String,
+    /// The client's IP (no port).
+    pub source_address: String,
+    /// The endpoint the connection went to, `IP:PORT`.
+    pub destination_address: String,
+    /// The cluster that chose the endpoint.
+    pub destination_service: String,
+}
+
+/// `kmesh_tcp_*`: fed by connection events (see `crate::telemetry`).
+#[derive(Default)]
+pub struct ConnMetrics {
+    pub opened: Family<ConnLabels, Counter>,
+    pub closed: Family<ConnLabels, Counter>,
+    pub failed: Family<ConnLabels, Counter>,
+    pub received_bytes: Family<ConnLabels, Counter>,
+    pub sent_bytes: Family<ConnLabels, Counter>,
+    pub retransmissions: Family<ConnLabels, Counter>,
+    pub packet_loss: Family<ConnLabels, Counter>,
+}
+
 pub struct Metrics {
     registry: Registry,
+    conn: ConnMetrics,
     xds_responses: Family<XdsLabels, Counter>,
     xds_acks: Family<XdsLabels, Counter>,
     xds_nacks: Family<XdsLabels, Counter>,
@@ -69,6 +97,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Self {
             registry: Registry::default(),
+            conn: ConnMetrics::default(),
             xds_responses: Family::default(),
             xds_acks: Family::default(),
             xds_nacks: Family::default(),
@@ -139,7 +168,51 @@ impl Metrics {
             "connect() pipeline outcomes counted by the eBPF programs",
             m.bpf_events.clone(),
         );
+        for (name, help, family) in [
+            (
+                "kmesh_tcp_connections_opened",
+                "TCP connections established through kmesh (counted when established)",
+                &m.conn.opened,
+            ),
+            (
+                "kmesh_tcp_connections_closed",
+                "established TCP connections closed",
+                &m.conn.closed,
+            ),
+            (
+                "kmesh_tcp_connections_failed",
+                "TCP connections that closed without ever being established",
+                &m.conn.failed,
+            ),
+            (
+                "kmesh_tcp_received_bytes",
+                "bytes received by clients on closed connections",
+                &m.conn.received_bytes,
+            ),
+            (
+                "kmesh_tcp_sent_bytes",
+                "bytes sent by clients (acknowledged by the peer) on closed connections",
+                &m.conn.sent_bytes,
+            ),
+            (
+                "kmesh_tcp_retransmissions",
+                "segments retransmitted on closed connections",
+                &m.conn.retransmissions,
+            ),
+            (
+                "kmesh_tcp_packet_loss",
+                "segments presumed lost (lost_out at close) on closed connections",
+                &m.conn.packet_loss,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         Arc::new(Self { registry, ..m })
+    }
+
+    /// The connection metrics, for the event consumer.
+    pub fn conn(&self) -> &ConnMetrics {
+        &self.conn
     }
 
     pub fn applied(&self, rejected: usize) {
@@ -292,5 +365,69 @@ mod tests {
             to_prometheus_text(om),
             "# HELP a_x_total Some help.\n# TYPE a_x_total counter\na_x_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
         );
+    }
+
+    /// Every metric the Grafana dashboard queries is one this daemon serves.
+    #[test]
+    fn the_dashboard_queries_only_served_metrics() {
+        let m = Metrics::new(PathBuf::from("/nonexistent"), 1, 1);
+        // Families without samples are not rendered: give each one a sample.
+        let conn = ConnLabels {
+            reporter: "source".to_string(),
+            source_address: "127.0.0.1".to_string(),
+            destination_address: "127.0.0.2:80".to_string(),
+            destination_service: "svc".to_string(),
+        };
+        let c = m.conn();
+        for family in [
+            &c.opened,
+            &c.closed,
+            &c.failed,
+            &c.received_bytes,
+            &c.sent_bytes,
+            &c.retransmissions,
+            &c.packet_loss,
+        ] {
+            family.get_or_create(&conn).inc();
+        }
+        let xds = XdsLabels {
+            type_url: "t".to_string(),
+        };
+        for family in [&m.xds_responses, &m.xds_acks, &m.xds_nacks] {
+            family.get_or_create(&xds).inc();
+        }
+        let map = MapLabels {
+            map: "kn_listeners".to_string(),
+        };
+        m.map_entries.get_or_create(&map).set(1);
+        m.map_capacity.get_or_create(&map).set(1);
+        m.bpf_events
+            .get_or_create(&EventLabels {
+                event: "redirected".to_string(),
+            })
+            .inc();
+        let text = m.render();
+        let served: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let dashboard = include_str!("../docs/grafana-kmesh.json");
+        let mut queried = 0;
+        for (i, _) in dashboard.match_indices("kmesh_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.ends_with('_') {
+                continue; // a prefix in a title, e.g. "kmesh_tcp_*"
+            }
+            assert!(
+                served.contains(name.as_str()),
+                "{name} is not served:\n{text}"
+            );
+            queried += 1;
+        }
+        assert!(queried > 10);
     }
 }

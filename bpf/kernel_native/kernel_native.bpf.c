@@ -22,6 +22,7 @@
 #include "lib/maps.h"
 #include "lib/addr.h"
 #include "lib/stages.h"
+#include "lib/conn_events.h"
 
 #define KN_SOCK_STREAM 1
 #define KN_TCP_CLOSE 7
@@ -215,8 +216,10 @@ int kn_sockops(struct bpf_sock_ops *skops)
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
-		if (st)
+		if (st) {
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+			kn_conn_started(sk);
+		}
 		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
 		struct kn_cluster_conns fresh = {};
@@ -226,6 +229,7 @@ int kn_sockops(struct bpf_sock_ops *skops)
 			return 1;
 		st->established = 1;
 		kn_outlier_outcome(st, false);
+		kn_conn_established(skops, sk, st);
 		bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
 		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
 		if (!conns)
@@ -237,12 +241,15 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] != KN_TCP_CLOSE)
+		if (skops->args[1] != KN_TCP_CLOSE) {
+			kn_conn_state(sk, skops->args[1]);
 			return 1;
+		}
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
 		if (!st)
 			return 1;
 		kn_outlier_outcome(st, !st->established);
+		kn_conn_closed(skops, sk, st);
 		kn_release(st);
 		if (!st->counted)
 			return 1;

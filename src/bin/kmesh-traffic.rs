@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -42,6 +42,10 @@ enum Command {
         /// Join /var/run/netns/NAME before opening any socket.
         #[arg(long)]
         netns: Option<String>,
+        /// Keep each connection open after the line until the client closes
+        /// (the client's side closes first). Default: send FIN after the line.
+        #[arg(long)]
+        client_closes_first: bool,
         /// Listeners, e.g. `127.0.0.2:8080=b1` or `[fd00::2]:8080=b1`.
         #[arg(required = true, value_parser = parse_listener)]
         listeners: Vec<Listener>,
@@ -70,6 +74,9 @@ enum Command {
         /// the last connect, then close them all.
         #[arg(long, default_value_t = 0)]
         keep_open_ms: u64,
+        /// Send this many bytes on each connection before reading the line.
+        #[arg(long, default_value_t = 0)]
+        send_bytes: u64,
         /// Target, e.g. `10.96.0.1:80` or `[fd00::1]:80`.
         target: SocketAddr,
     },
@@ -102,11 +109,15 @@ fn parse_listener(spec: &str) -> Result<Listener, String> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { netns, listeners } => {
+        Command::Serve {
+            netns,
+            client_closes_first,
+            listeners,
+        } => {
             if let Some(ns) = &netns {
                 join_netns(ns)?;
             }
-            serve(listeners)
+            serve(listeners, client_closes_first)
         }
         Command::Dial {
             netns,
@@ -116,6 +127,7 @@ fn main() -> Result<()> {
             timeout_ms,
             hold_ms,
             keep_open_ms,
+            send_bytes,
             target,
         } => {
             if let Some(ns) = &netns {
@@ -131,6 +143,7 @@ fn main() -> Result<()> {
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 hold: Duration::from_millis(hold_ms),
                 keep_open: Duration::from_millis(keep_open_ms),
+                send_bytes,
             };
             let report = dial(target, &opts);
             let mut out = io::stdout().lock();
@@ -162,7 +175,7 @@ fn join_cgroup(dir: &Path) -> Result<()> {
         .with_context(|| format!("writing our pid to {}", procs.display()))
 }
 
-fn serve(listeners: Vec<Listener>) -> Result<()> {
+fn serve(listeners: Vec<Listener>, client_closes_first: bool) -> Result<()> {
     // Bind everything first so "ready" means every address accepts connections.
     let mut bound = Vec::with_capacity(listeners.len());
     for l in listeners {
@@ -171,7 +184,9 @@ fn serve(listeners: Vec<Listener>) -> Result<()> {
     }
     let mut workers = Vec::with_capacity(bound.len());
     for (sock, name) in bound {
-        workers.push(thread::spawn(move || accept_loop(&sock, &name)));
+        workers.push(thread::spawn(move || {
+            accept_loop(&sock, &name, client_closes_first)
+        }));
     }
     {
         let mut out = io::stdout().lock();
@@ -188,13 +203,22 @@ fn serve(listeners: Vec<Listener>) -> Result<()> {
     Ok(())
 }
 
-fn accept_loop(sock: &TcpListener, name: &str) {
+fn accept_loop(sock: &TcpListener, name: &str, client_closes_first: bool) {
     loop {
         match sock.accept() {
             Ok((mut conn, peer)) => {
                 // The client may already be gone; that is its business, not a
                 // reason to stop serving others.
                 let _ = conn.write_all(format!("{name} peer={peer}\n").as_bytes());
+                if !client_closes_first {
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                }
+                // Read (and discard) what the client sends until it closes, so
+                // every byte it sends is acknowledged, never answered by a reset.
+                thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let _ = io::copy(&mut conn, &mut io::sink());
+                });
             }
             Err(e) => {
                 // Transient (e.g. ECONNABORTED, EMFILE): report and keep serving.
@@ -211,6 +235,7 @@ struct DialOptions {
     timeout: Duration,
     hold: Duration,
     keep_open: Duration,
+    send_bytes: u64,
 }
 
 /// The JSON printed by `dial`. Keys are sorted so output is stable.
@@ -263,6 +288,10 @@ fn dial_once(
     stream
         .set_read_timeout(Some(opts.timeout))
         .map_err(|e| error_key(&e))?;
+    if opts.send_bytes > 0 {
+        io::copy(&mut io::repeat(b'x').take(opts.send_bytes), &mut &stream)
+            .map_err(|e| error_key(&e))?;
+    }
     let mut line = String::new();
     let mut reader = BufReader::new(&stream);
     let n = reader.read_line(&mut line).map_err(|e| error_key(&e))?;

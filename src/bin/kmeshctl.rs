@@ -39,6 +39,16 @@ enum Cmd {
         #[arg(long)]
         bpf: bool,
     },
+    /// Turn the per-connection access log (daemon stdout) on or off.
+    Accesslog { action: Toggle },
+    /// Turn connection metrics (kmesh_tcp_*) on or off.
+    Monitoring { action: Toggle },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Toggle {
+    Enable,
+    Disable,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +114,18 @@ fn main() -> anyhow::Result<()> {
                 serde_json::from_str(&body).context("the daemon's dump is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
+        Cmd::Accesslog { action } => toggle(cli.admin_address, "/accesslog", action)?,
+        Cmd::Monitoring { action } => toggle(cli.admin_address, "/monitoring", action)?,
     }
+    Ok(())
+}
+
+fn toggle(admin: SocketAddr, path: &str, action: Toggle) -> anyhow::Result<()> {
+    let enable = matches!(action, Toggle::Enable);
+    let (status, body) = admin_client::post_json(admin, &format!("{path}?enable={enable}"), "")?;
+    if status != 200 {
+        bail!("the daemon refused (HTTP {status}): {}", body.trim());
+    }
+    println!("{}", body.trim());
     Ok(())
 }

@@ -52,6 +52,13 @@ pub struct KernelNativeMaps {
     pub stats: MapHandle,
 }
 
+/// Per-daemon telemetry maps: `config` (1-entry ARRAY of `KN_TELEMETRY_*`
+/// bits) and `events` (RINGBUF of `struct kn_conn_event`).
+pub struct TelemetryMaps {
+    pub config: MapHandle,
+    pub events: MapHandle,
+}
+
 pub const MAP_LISTENERS: &str = "kn_listeners";
 pub const MAP_CLUSTERS: &str = "kn_clusters";
 pub const MAP_CLUSTER_CONNS: &str = "kn_cluster_conns";
@@ -61,11 +68,13 @@ pub const MAP_NETNS_CONNS: &str = "kn_netns_conns";
 pub const MAP_ENDPOINT_CONNS: &str = "kn_endpoint_conns";
 pub const MAP_RL_BUCKETS: &str = "kn_rl_buckets";
 pub const MAP_OUTLIERS: &str = "kn_outliers";
+pub const MAP_CONN_START: &str = "kn_conn_start";
 
 /// Maps that carry state across daemons (the configuration, per-socket state,
 /// counters). The tail-call arrays and the scratch map belong to one program
-/// generation and are always fresh.
-const DURABLE_MAPS: [&str; 9] = [
+/// generation and are always fresh, as are the telemetry switches and the
+/// connection-event ring buffer (see [`TelemetryMaps`]).
+const DURABLE_MAPS: [&str; 10] = [
     MAP_LISTENERS,
     MAP_CLUSTERS,
     MAP_CLUSTER_CONNS,
@@ -75,6 +84,7 @@ const DURABLE_MAPS: [&str; 9] = [
     MAP_OUTLIERS,
     MAP_SOCKS,
     MAP_STATS,
+    MAP_CONN_START,
 ];
 
 const ATTACHED: [&str; 5] = [
@@ -129,6 +139,7 @@ fn skel_map<'a>(
         MAP_OUTLIERS => &mut maps.kn_outliers,
         MAP_SOCKS => &mut maps.kn_socks,
         MAP_STATS => &mut maps.kn_stats,
+        MAP_CONN_START => &mut maps.kn_conn_start,
         _ => return None,
     })
 }
@@ -215,6 +226,7 @@ impl KernelNativeBpf {
                 (MAP_OUTLIERS, &mut maps.kn_outliers),
                 (MAP_SOCKS, &mut maps.kn_socks),
                 (MAP_STATS, &mut maps.kn_stats),
+                (MAP_CONN_START, &mut maps.kn_conn_start),
             ] {
                 map.reuse_pinned_map(pin_dir.join("maps").join(name))
                     .map_err(BpfError::libbpf(format!("reusing pinned map {name}")))?;
@@ -258,6 +270,24 @@ impl KernelNativeBpf {
             rl_buckets: handle(MAP_RL_BUCKETS, &maps.kn_rl_buckets)?,
             outliers: handle(MAP_OUTLIERS, &maps.kn_outliers)?,
             stats: handle(MAP_STATS, &maps.kn_stats)?,
+        })
+    }
+
+    /// This generation's telemetry switches and connection-event ring buffer.
+    ///
+    /// Neither is pinned: each daemon gets its own. Until [`Self::activate`]
+    /// switches the links, the previous generation's programs keep writing
+    /// into the previous ring buffer, which nobody reads once its daemon is
+    /// gone (its events are dropped and counted in `kn_stats`); the kernel
+    /// frees it with the last program that uses it.
+    pub fn telemetry_maps(&self) -> Result<TelemetryMaps, BpfError> {
+        let maps = &self.skel.maps;
+        Ok(TelemetryMaps {
+            config: MapHandle::try_from(&maps.kn_telemetry_config).map_err(BpfError::libbpf(
+                "duplicating the handle of kn_telemetry_config",
+            ))?,
+            events: MapHandle::try_from(&maps.kn_conn_events)
+                .map_err(BpfError::libbpf("duplicating the handle of kn_conn_events"))?,
         })
     }
 

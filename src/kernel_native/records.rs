@@ -41,7 +41,7 @@ const KN_CREC_ENDPOINT: u32 = 3;
 const KN_CREC_HASH_SLOTS: u32 = 4;
 use crate::kernel_native::limits::KN_HASH_SLOTS_PER_RECORD;
 pub const KN_CLUSTER_FIRST_ENDPOINT: u32 = 1 + 2 * KN_MAX_PRIORITIES;
-pub const KN_STAT_NAMES: [&str; 11] = [
+pub const KN_STAT_NAMES: [&str; 12] = [
     "connect_seen",
     "no_listener",
     "no_chain",
@@ -53,6 +53,7 @@ pub const KN_STAT_NAMES: [&str; 11] = [
     "tail_call_failed",
     "cx_overflow",
     "rate_limited",
+    "conn_events_dropped",
 ];
 
 pub const LISTENER_RECORD_SIZE: usize = size_of::<c::kn_listener_record>();

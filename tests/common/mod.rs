@@ -425,13 +425,20 @@ impl Backends {
     /// Starts backends, e.g. `&["127.0.0.2:8080=b1", "[fd00::2]:8080=b2"]`,
     /// and returns once every listener is bound.
     pub fn start(netns: Option<&NetNs>, listeners: &[&str]) -> Backends {
+        Backends::start_with(netns, listeners, &[])
+    }
+
+    /// [`Backends::start`] with extra `kmesh-traffic serve` flags
+    /// (`--client-closes-first`).
+    pub fn start_with(netns: Option<&NetNs>, listeners: &[&str], extra: &[&str]) -> Backends {
         let stderr = NamedTempFile::new().expect("creating temp file");
         let mut cmd = Command::new(TRAFFIC_BIN);
         cmd.arg("serve");
         if let Some(ns) = netns {
             cmd.args(["--netns", ns.name()]);
         }
-        cmd.args(listeners)
+        cmd.args(extra)
+            .args(listeners)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().expect("reopening temp file"));

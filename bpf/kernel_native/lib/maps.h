@@ -25,6 +25,7 @@ const volatile struct kn_endpoint_key kn_layout_endpoint_key;
 const volatile struct kn_endpoint_conns kn_layout_endpoint_conns;
 const volatile struct kn_rl_key kn_layout_rl_key;
 const volatile struct kn_rl_bucket kn_layout_rl_bucket;
+const volatile struct kn_conn_event kn_layout_conn_event;
 
 /* Template of one listener's flattened tree. Real inner maps are created by
  * the daemon with exactly as many records as the listener needs. */
