@@ -7,6 +7,100 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use kmesh::admin_client;
 
+mod port_forward {
+    //! `kubectl port-forward` to a daemon pod's admin port, as Kmesh users
+    //! reach it (`kmeshctl --pod kmesh-xxxxx dump kernel-native`).
+
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use anyhow::{anyhow, Context};
+
+    /// The daemon's admin port inside the pod.
+    const ADMIN_PORT: u16 = 15200;
+
+    pub struct PortForward {
+        child: Child,
+        pub local: SocketAddr,
+    }
+
+    impl PortForward {
+        pub fn start(pod: &str, namespace: &str) -> anyhow::Result<Self> {
+            let mut child = Command::new("kubectl")
+                .args(["port-forward", "-n", namespace, &format!("pod/{pod}")])
+                .arg(format!(":{ADMIN_PORT}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context(
+                    "running kubectl (needed for --pod; or reach the daemon with --admin-address)",
+                )?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow!("kubectl has no stdout"))?;
+            // kubectl prints "Forwarding from 127.0.0.1:PORT -> 15200" once it listens.
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(addr) = forwarded_address(&line) {
+                        let _ = tx.send(addr);
+                        return;
+                    }
+                }
+            });
+            let local = match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(addr) => addr,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(anyhow!(
+                        "kubectl port-forward to pod {pod} in {namespace} did not come up within 20 s \
+                         (is the pod running? right --namespace?)"
+                    ));
+                }
+            };
+            Ok(Self { child, local })
+        }
+    }
+
+    impl Drop for PortForward {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The local address in kubectl's "Forwarding from ADDR -> PORT" line.
+    pub fn forwarded_address(line: &str) -> Option<SocketAddr> {
+        let rest = line.strip_prefix("Forwarding from ")?;
+        let (addr, _) = rest.split_once(" -> ")?;
+        addr.trim().parse().ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_forwarding_line_gives_the_local_address() {
+            assert_eq!(
+                forwarded_address("Forwarding from 127.0.0.1:43121 -> 15200"),
+                Some("127.0.0.1:43121".parse().unwrap())
+            );
+            assert_eq!(
+                forwarded_address("Forwarding from [::1]:43121 -> 15200"),
+                Some("[::1]:43121".parse().unwrap())
+            );
+            assert_eq!(forwarded_address("Handling connection for 43121"), None);
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "kmeshctl", version, about = "Operate a running kmesh-daemon")]
 struct Cli {
@@ -18,6 +112,12 @@ struct Cli {
         env = "KMESH_ADMIN_ADDRESS"
     )]
     admin_address: SocketAddr,
+    /// Reach the daemon of this pod through `kubectl port-forward` instead.
+    #[arg(long, global = true)]
+    pod: Option<String>,
+    /// Namespace of `--pod`.
+    #[arg(long, global = true, default_value = "kmesh-system")]
+    namespace: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -57,7 +157,16 @@ enum DumpMode {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Held until the command is done; dropping it ends kubectl.
+    let _forward = match &cli.pod {
+        Some(pod) => {
+            let forward = port_forward::PortForward::start(pod, &cli.namespace)?;
+            cli.admin_address = forward.local;
+            Some(forward)
+        }
+        None => None,
+    };
     match cli.command {
         Cmd::Version => {
             println!("kmeshctl {}", env!("CARGO_PKG_VERSION"));
