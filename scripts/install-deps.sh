@@ -24,9 +24,9 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2
           dnsmasq-base bind9-dnsutils protobuf-compiler util-linux curl ca-certificates
-          prometheus)
+          prometheus openssl)
 # One file per package that shows it is installed: a command or a header.
-NEEDED_COMMANDS=(clang llvm-strip pkg-config bpftool ip dnsmasq dig protoc nsenter mountpoint curl promtool)
+NEEDED_COMMANDS=(clang llvm-strip pkg-config bpftool ip dnsmasq dig protoc nsenter mountpoint curl promtool openssl)
 NEEDED_FILES=(/usr/include/libelf.h /usr/include/zlib.h /etc/ssl/certs/ca-certificates.crt)
 
 missing=()

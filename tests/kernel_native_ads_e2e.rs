@@ -486,3 +486,154 @@ fn a_daemon_restarted_on_ads_writes_only_a_complete_world() {
     );
     next.stop();
 }
+
+/// A CA and a server certificate for 127.0.0.1 and `istiod.test`, made with
+/// the openssl command line for this test only.
+fn tls_material(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (Debian openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=istiod.test",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:istiod.test\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        std::fs::read(dir.join("server.pem")).unwrap(),
+        std::fs::read(dir.join("server.key")).unwrap(),
+        dir.join("ca.pem"),
+    )
+}
+
+#[test]
+fn tls_to_the_control_plane_with_a_bearer_token() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = tls_material(dir.path());
+    let token = dir.path().join("istio-token");
+    std::fs::write(&token, "header.payload.signature\n").unwrap();
+
+    let server = XdsServer::start_tls(cert, key);
+    server.set_yaml("v1", &service("10.96.1.10", "svc", "127.0.0.2"));
+    let netns = NetNs::new("ads-tls");
+    let _backends = Backends::start(Some(&netns), &["127.0.0.2:8080=one"]);
+    let cgroup = Cgroup::new("ads-tls");
+    let bpffs = BpfFsDir::new("ads-tls");
+
+    // A bare HOST:PORT means TLS; the name checked is istiod.test.
+    let ca_arg = ca.display().to_string();
+    let token_arg = token.display().to_string();
+    let mut daemon = Daemon::start_ads(
+        &server.addr().to_string(),
+        &bpffs,
+        &cgroup,
+        &[
+            "--xds-root-cert",
+            &ca_arg,
+            "--xds-token-file",
+            &token_arg,
+            "--xds-server-name",
+            "istiod.test",
+        ],
+    );
+    daemon.wait_ready(READY);
+    server.wait_for_ack(LISTENER, "v1", PUSH);
+    assert_eq!(
+        dial(&netns, Some(&cgroup), "10.96.1.10:80", 5).backend("one"),
+        5
+    );
+    assert!(
+        server
+            .authorizations()
+            .iter()
+            .any(|a| a.as_deref() == Some("Bearer header.payload.signature")),
+        "the token is sent: {:?}",
+        server.authorizations()
+    );
+    daemon.stop();
+    let _ = daemon.uninstall();
+
+    // A CA that did not sign the server's certificate: no connection, and the
+    // reason is in the dump.
+    let other = tempfile::tempdir().unwrap();
+    let (_, _, wrong_ca) = tls_material(other.path());
+    let wrong_arg = wrong_ca.display().to_string();
+    let bpffs2 = BpfFsDir::new("ads-tls2");
+    let daemon = Daemon::start_ads(
+        &server.addr().to_string(),
+        &bpffs2,
+        &cgroup,
+        &["--xds-root-cert", &wrong_arg],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = try_http_get(daemon.admin_addr(), "/debug/config_dump/kernel-native")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        if body.contains("certificate") || body.contains("UnknownIssuer") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TLS error reported: {body}\n{}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!daemon.is_ready());
+}

@@ -131,6 +131,7 @@ struct State {
     responses: Vec<SentResponse>,
     streams_opened: u64,
     nonces: u64,
+    authorizations: Vec<Option<String>>,
 }
 
 impl State {
@@ -259,6 +260,12 @@ impl AggregatedDiscoveryService for Ads {
             .get("clusterid")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        self.shared.lock().authorizations.push(authorization);
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
         let (closed_tx, mut closed_rx) = oneshot::channel::<()>();
@@ -322,22 +329,44 @@ pub struct XdsServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
     running: Option<Running>,
+    /// PEM certificate chain and key when serving TLS.
+    tls: Option<Arc<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl XdsServer {
     /// Starts a server on 127.0.0.1 on a free port.
     pub fn start() -> XdsServer {
+        XdsServer::start_with(None)
+    }
+
+    /// Like [`XdsServer::start`], serving gRPC over TLS with this PEM
+    /// certificate chain and key.
+    pub fn start_tls(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> XdsServer {
+        XdsServer::start_with(Some(Arc::new((cert_pem, key_pem))))
+    }
+
+    fn start_with(tls: Option<Arc<(Vec<u8>, Vec<u8>)>>) -> XdsServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
-        let (running, addr) = serve(shared.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
-            .unwrap_or_else(|e| panic!("xDS test server: cannot listen on 127.0.0.1: {e}"));
+        let (running, addr) = serve(
+            shared.clone(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls.clone(),
+        )
+        .unwrap_or_else(|e| panic!("xDS test server: cannot listen on 127.0.0.1: {e}"));
         XdsServer {
             shared,
             addr,
             running: Some(running),
+            tls,
         }
+    }
+
+    /// The `authorization` metadata of every stream opened so far.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.lock().authorizations.clone()
     }
 
     /// Where the server listens (the same address across `restart()`).
@@ -552,7 +581,7 @@ impl XdsServer {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match serve(self.shared.clone(), self.addr) {
+            match serve(self.shared.clone(), self.addr, self.tls.clone()) {
                 Ok((running, _)) => {
                     self.running = Some(running);
                     return;
@@ -718,7 +747,11 @@ fn short_type(type_url: &str) -> &str {
 /// Binds `addr` (SO_REUSEADDR, so a restart can take the same port while old
 /// connections linger in TIME_WAIT) and serves on a new thread with its own
 /// runtime. Returns once the socket listens.
-fn serve(shared: Arc<Shared>, addr: SocketAddr) -> io::Result<(Running, SocketAddr)> {
+fn serve(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tls: Option<Arc<(Vec<u8>, Vec<u8>)>>,
+) -> io::Result<(Running, SocketAddr)> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = thread::Builder::new()
@@ -743,7 +776,14 @@ fn serve(shared: Arc<Shared>, addr: SocketAddr) -> io::Result<(Running, SocketAd
                     }
                 };
                 let _ = ready_tx.send(listener.local_addr());
-                let server = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = &tls {
+                    let identity = tonic::transport::Identity::from_pem(&tls.0, &tls.1);
+                    builder = builder
+                        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                        .unwrap_or_else(|e| panic!("xDS test server TLS config: {e}"));
+                }
+                let server = builder
                     .add_service(AggregatedDiscoveryServiceServer::new(Ads { shared }))
                     .serve_with_incoming(TcpIncoming::from(listener));
                 tokio::select! {
