@@ -20,10 +20,13 @@ use crate::kernel_native::dump::dns_hosts;
 use crate::logging::LogControl;
 use crate::telemetry::Telemetry;
 
+/// Builds a config dump on request.
+pub type DumpSource = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// What the admin endpoint shows; written by the mode's runner.
 pub struct AdminState {
     ready: AtomicBool,
-    kernel_native_dump: RwLock<serde_json::Value>,
+    kernel_native_dump: RwLock<Option<DumpSource>>,
     /// ADS transport state, shown inside the kernel-native dump as `xds`.
     xds_status: RwLock<Option<serde_json::Value>>,
     /// Read at request time: lookups and failures move between applies.
@@ -38,9 +41,7 @@ impl AdminState {
     pub fn new(bpf_fs_path: PathBuf, logs: Arc<LogControl>) -> Arc<Self> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
-            kernel_native_dump: RwLock::new(
-                serde_json::json!({"status": "no configuration applied yet"}),
-            ),
+            kernel_native_dump: RwLock::new(None),
             xds_status: RwLock::new(None),
             dns: RwLock::new(None),
             bpf_fs_path,
@@ -54,8 +55,9 @@ impl AdminState {
         self.ready.store(true, Ordering::Release);
     }
 
-    pub fn set_kernel_native_dump(&self, dump: serde_json::Value) {
-        replace(&self.kernel_native_dump, dump);
+    /// Where `/debug/config_dump/kernel-native` comes from (called per request).
+    pub fn set_kernel_native_dump(&self, source: DumpSource) {
+        replace(&self.kernel_native_dump, Some(source));
     }
 
     pub fn set_dns(&self, resolver: DnsResolver) {
@@ -149,7 +151,14 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn kernel_native_dump(State(state): State<Arc<AdminState>>) -> Response {
-    let mut dump = read(&state.kernel_native_dump);
+    let source = read(&state.kernel_native_dump);
+    let mut dump = match source {
+        // The source waits for an update in progress: off the async workers.
+        Some(source) => tokio::task::spawn_blocking(move || source())
+            .await
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
+        None => serde_json::json!({"status": "no configuration applied yet"}),
+    };
     if let Some(obj) = dump.as_object_mut() {
         if let Some(xds) = read(&state.xds_status) {
             obj.insert("xds".to_string(), xds);

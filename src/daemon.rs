@@ -114,6 +114,8 @@ pub async fn run(config: Config, logs: Arc<LogControl>) -> Result<(), DaemonErro
         dns,
     )));
     lock(&runner).with_metrics(metrics.clone());
+    let dump_runner = runner.clone();
+    admin_state.set_kernel_native_dump(Arc::new(move || lock(&dump_runner).dump_json()));
     let activation_bpf = bpf.clone();
     lock(&runner).on_first_write(Box::new(move || {
         activation_bpf

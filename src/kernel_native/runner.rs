@@ -168,7 +168,6 @@ impl KernelNativeRunner {
                 }
                 self.state.commit(staged);
                 self.follow_dns_hostnames();
-                self.publish_dump();
                 tracing::info!(
                     version = self.version,
                     listeners,
@@ -229,20 +228,21 @@ impl KernelNativeRunner {
             at_unix_ms: dump::now_unix_ms(),
             error,
         });
-        self.publish_dump();
     }
 
-    fn publish_dump(&self) {
+    /// `/debug/config_dump/kernel-native`, built when asked: serializing a
+    /// large plan on every update would cost time and memory for nothing.
+    pub fn dump_json(&self) -> serde_json::Value {
         let dump = dump::build(
             &self.source,
             self.version,
             self.last.as_ref(),
             self.state.plan(),
         );
-        match serde_json::to_value(&dump) {
-            Ok(v) => self.admin.set_kernel_native_dump(v),
-            Err(e) => tracing::error!(error = %e, "building the config dump"),
-        }
+        serde_json::to_value(&dump).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "building the config dump");
+            serde_json::json!({ "error": format!("building the config dump: {e}") })
+        })
     }
 
     /// On a stock kernel an HTTP-only listener is left alone; say so once per listener.
