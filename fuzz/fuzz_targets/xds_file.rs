@@ -2,7 +2,7 @@
 //! what it holds, must never panic, whatever the bytes.
 #![no_main]
 
-use kmesh::kernel_native::compiler::Limits;
+use kmesh::kernel_native::compiler::{Limits, NoDns};
 use kmesh::kernel_native::snapshot::ConfigState;
 use kmesh::xds::file::parse_resources;
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +13,6 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(resources) = parse_resources(text) {
         let state = ConfigState::default();
-        let _ = state.stage(&resources, &Limits::default());
+        let _ = state.stage(&resources, &Limits::default(), &NoDns);
     }
 });
