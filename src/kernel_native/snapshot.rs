@@ -78,22 +78,28 @@ impl ConfigState {
             replace_with_accepted(&mut candidate, &self.accepted, err.kind, &err.name);
         }
 
-        // First pass: which resources are bad on their own (or clash)?
+        // First pass: which resources are bad on their own (or clash)? When
+        // none is (the usual case), this is already the plan in force.
         let first = compiler::compile(&candidate, dns);
-        for err in &first.rejected {
-            replace_with_accepted(&mut candidate, &self.accepted, err.kind, &err.name);
-        }
-        rejected.extend(first.rejected);
+        let second = if first.rejected.is_empty() {
+            first
+        } else {
+            for err in &first.rejected {
+                replace_with_accepted(&mut candidate, &self.accepted, err.kind, &err.name);
+            }
+            rejected.extend(first.rejected);
 
-        // Second pass over what will be in force. An old version that no
-        // longer fits (e.g. clashes with a new listener) is dropped.
-        let mut second = compiler::compile(&candidate, dns);
-        for err in &second.rejected {
-            remove(&mut candidate, err.kind, &err.name);
-        }
-        if !second.rejected.is_empty() {
-            second = compiler::compile(&candidate, dns);
-        }
+            // Second pass over what will be in force. An old version that no
+            // longer fits (e.g. clashes with a new listener) is dropped.
+            let mut second = compiler::compile(&candidate, dns);
+            for err in &second.rejected {
+                remove(&mut candidate, err.kind, &err.name);
+            }
+            if !second.rejected.is_empty() {
+                second = compiler::compile(&candidate, dns);
+            }
+            second
+        };
 
         if let Err(capacity) = compiler::check_capacity(&second.plan, limits) {
             return Err(SnapshotError::OverCapacity { capacity, rejected });
