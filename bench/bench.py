@@ -181,6 +181,12 @@ class Daemon:
         except OSError:
             return None, b""
 
+    def post(self, path, timeout=10):
+        url = f"http://{self.admin[0]}:{self.admin[1]}{path}"
+        req = urllib.request.Request(url, data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status
+
     def version(self):
         """(version, last_update.at_unix_ms) from the config dump."""
         status, body = self.get("/debug/config_dump/kernel-native", timeout=30)
@@ -281,6 +287,10 @@ VARIANTS = [  # (name, target, client in the kmesh cgroup)
     ("envoy-1hop", ENVOY1, False),
     ("envoy-2hop", ENVOY2, False),
 ]
+# Connection per request also shows what the connection metrics cost: the
+# same kmesh path with monitoring switched off at run time.
+NO_MONITORING = "kmesh-no-monitoring"
+CLOSE_VARIANTS = VARIANTS + [(NO_MONITORING, VIP, True)]
 
 
 # --------------------------------------------------------- connect loop --
@@ -381,11 +391,16 @@ def main():
         raise SystemExit("connects to the VIP fail: is the redirect working?\n" + tail("daemon.log"))
 
     results = {"keepalive": {}, "close": {}}
-    for mode, conns_list, close in (("keepalive", conns_ka, False), ("close", conns_close, True)):
+    for mode, conns_list, close, variants in (("keepalive", conns_ka, False, VARIANTS),
+                                              ("close", conns_close, True, CLOSE_VARIANTS)):
         for c in conns_list:
-            for name, target, cg in VARIANTS:
+            for name, target, cg in variants:
                 log(f"wrk {mode} c={c} {name} ...")
+                if name == NO_MONITORING:
+                    d.post("/monitoring?enable=false")
                 results[mode][(c, name)] = wrk(target, c, secs, close=close, in_cgroup=cg)
+                if name == NO_MONITORING:
+                    d.post("/monitoring?enable=true")
 
     log("connect cost, 10 listeners ...")
     conn = {}
@@ -481,7 +496,7 @@ def render(results, conns_ka, conns_close, conn, cp, sizes, rss_small, ep_change
     lines.append("|---:|---|---:|---:|---:|---:|---:|---:|")
     for c in conns_close:
         base = results["close"][(c, "direct")]
-        for name, _, _ in VARIANTS:
+        for name, _, _ in CLOSE_VARIANTS:
             r = results["close"][(c, name)]
             err = f" (socket errors: {r['sock_errors']})" if r["sock_errors"] else ""
             lines.append(f"| {c} | {name}{err} | {r['rps']:.0f} | {fmt(r['p50'], 3)} | {fmt(r['p99'], 3)} | "
