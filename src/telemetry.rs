@@ -198,6 +198,9 @@ pub fn access_log_line(ev: &ConnEvent, now: SystemTime, format: AccessLogFormat)
     }
 }
 
+/// How stale metrics and access-log lines may get between two drains.
+const EVENT_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// The daemon's side of connection telemetry: the switches and the consumer.
 pub struct Telemetry {
     flags: AtomicU32,
@@ -281,11 +284,15 @@ impl Telemetry {
                 return;
             }
         };
+        // The kernel wakes us only when a batch has piled up (see
+        // conn_events.h): otherwise drain on this timer.
         loop {
-            if let Err(e) = ring.poll(Duration::from_millis(200)) {
+            if let Err(e) = ring.poll(EVENT_DRAIN_INTERVAL) {
                 // EINTR and the like: keep consuming.
                 tracing::debug!(error = %e, "polling connection events");
-                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Err(e) = ring.consume() {
+                tracing::debug!(error = %e, "draining connection events");
             }
         }
     }

@@ -69,6 +69,19 @@ static __always_inline void kn_conn_started(struct bpf_sock *sk)
 		cs->start_ns = bpf_ktime_get_ns();
 }
 
+
+/* Waking the daemon for every event costs a context switch per connection.
+ * Events are batched: the daemon drains the ring on a short timer, and is
+ * woken early only when a batch has piled up. */
+#define KN_CONN_EVENTS_WAKEUP_BYTES (64 * 1024)
+
+static __always_inline __u64 kn_conn_events_wakeup(void)
+{
+	return bpf_ringbuf_query(&kn_conn_events, BPF_RB_AVAIL_DATA) > KN_CONN_EVENTS_WAKEUP_BYTES
+		       ? BPF_RB_FORCE_WAKEUP
+		       : BPF_RB_NO_WAKEUP;
+}
+
 /* The peer's FIN reached this socket: tcp_fin() sets SOCK_DONE. This also
  * covers FIN_WAIT2 -> CLOSE, where no state tells a received FIN from a
  * timeout or a reset. */
@@ -126,7 +139,7 @@ static __always_inline void kn_conn_emit(struct bpf_sock_ops *skops, const struc
 	ev.total_retrans = skops->total_retrans;
 	ev.lost_out = skops->lost_out;
 	__builtin_memcpy(&ev.cluster, &st->nc.cluster, sizeof(ev.cluster));
-	if (bpf_ringbuf_output(&kn_conn_events, &ev, sizeof(ev), 0))
+	if (bpf_ringbuf_output(&kn_conn_events, &ev, sizeof(ev), kn_conn_events_wakeup()))
 		kn_count(KN_STAT_CONN_EVENTS_DROPPED);
 }
 
