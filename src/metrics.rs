@@ -11,7 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use libbpf_rs::{MapCore, MapFlags};
+use libbpf_rs::MapCore;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::bpf::kernel_native::{open_pinned_maps, pin_dir};
-use crate::kernel_native::records::KN_STAT_NAMES;
+use crate::kernel_native::bpf_dump::pipeline_counters;
 use crate::xds::ads::AdsStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -269,23 +269,12 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::from(capacity));
         }
-        for (i, event) in KN_STAT_NAMES.iter().enumerate() {
-            let Ok(Some(per_cpu)) = maps
-                .stats
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-            else {
-                continue;
-            };
-            let total: u64 = per_cpu
-                .iter()
-                .filter_map(|v| {
-                    v.get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_ne_bytes)
-                })
-                .sum();
+        let Ok(counters) = pipeline_counters(&maps.stats) else {
+            return;
+        };
+        for (event, total) in counters {
             let labels = EventLabels {
-                event: (*event).to_string(),
+                event: event.to_string(),
             };
             raise_to(&self.bpf_events.get_or_create(&labels), total);
         }

@@ -231,20 +231,8 @@ pub fn read(bpf_fs_path: &Path) -> Result<BpfDump, BpfError> {
     outliers.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
 
     let mut stats = serde_json::Map::new();
-    for (i, name) in records::KN_STAT_NAMES.iter().enumerate() {
-        let per_cpu = maps
-            .stats
-            .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-            .map_err(BpfError::libbpf("reading kn_stats"))?
-            .unwrap_or_default();
-        let sum: u64 = per_cpu
-            .iter()
-            .filter_map(|v| {
-                v.get(..8)
-                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-            })
-            .sum();
-        stats.insert((*name).to_string(), sum.into());
+    for (name, total) in pipeline_counters(&maps.stats)? {
+        stats.insert(name.to_string(), total.into());
     }
     Ok(BpfDump {
         listeners,
@@ -299,4 +287,25 @@ fn read_inner(
         inner_map_id,
         records: recs,
     }))
+}
+
+/// The pipeline counters of `kn_stats` (`enum kn_stat`), summed over CPUs.
+pub fn pipeline_counters(stats: &MapHandle) -> Result<Vec<(&'static str, u64)>, BpfError> {
+    let mut out = Vec::with_capacity(records::KN_STAT_NAMES.len());
+    for (i, name) in records::KN_STAT_NAMES.iter().enumerate() {
+        let per_cpu = stats
+            .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+            .map_err(BpfError::libbpf("reading kn_stats"))?
+            .unwrap_or_default();
+        let total = per_cpu
+            .iter()
+            .filter_map(|v| {
+                v.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_ne_bytes)
+            })
+            .sum();
+        out.push((*name, total));
+    }
+    Ok(out)
 }

@@ -113,13 +113,20 @@ impl KernelNativeRunner {
         self.apply(&snapshot)
     }
 
-    /// Validate a snapshot as [`Self::apply`] would, without writing anything.
-    pub fn check(&self, snapshot: &[Any]) -> ApplyOutcome {
-        let dns: &dyn ResolvedHosts = match &self.dns {
+    /// What the compiler reads DNS answers from.
+    fn resolved_hosts(&self) -> &dyn ResolvedHosts {
+        match &self.dns {
             Some(resolver) => resolver,
             None => &NoDns,
-        };
-        match self.state.stage(snapshot, &self.limits, dns) {
+        }
+    }
+
+    /// Validate a snapshot as [`Self::apply`] would, without writing anything.
+    pub fn check(&self, snapshot: &[Any]) -> ApplyOutcome {
+        match self
+            .state
+            .stage(snapshot, &self.limits, self.resolved_hosts())
+        {
             Ok(staged) => ApplyOutcome::Applied {
                 rejected: staged.rejected,
             },
@@ -130,11 +137,10 @@ impl KernelNativeRunner {
     /// Apply one complete snapshot.
     pub fn apply(&mut self, snapshot: &[Any]) -> ApplyOutcome {
         self.last_snapshot = snapshot.to_vec();
-        let dns: &dyn ResolvedHosts = match &self.dns {
-            Some(resolver) => resolver,
-            None => &NoDns,
-        };
-        let staged = match self.state.stage(snapshot, &self.limits, dns) {
+        let staged = match self
+            .state
+            .stage(snapshot, &self.limits, self.resolved_hosts())
+        {
             Ok(staged) => staged,
             Err(e) => {
                 tracing::error!(error = %e, "configuration refused; the previous one stays in force");
