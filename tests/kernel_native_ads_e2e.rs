@@ -57,19 +57,9 @@ impl AdsMesh {
         within: Duration,
         pred: impl Fn(&DialReport) -> bool,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            let r = self.dial(target, 3);
-            if pred(&r) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < within,
-                "not reached within {within:?}: {r:?}\n{}",
-                self.daemon.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        dial_until(&self.netns, &self.cgroup, target, 3, within, pred, || {
+            self.daemon.logs()
+        })
     }
 }
 

@@ -78,19 +78,9 @@ impl DnsMesh {
         within: Duration,
         pred: impl Fn(&DialReport) -> bool,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            let r = self.dial(target, 4);
-            if pred(&r) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < within,
-                "not reached within {within:?}: {r:?}\n{}",
-                self.daemon.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        dial_until(&self.netns, &self.cgroup, target, 4, within, pred, || {
+            self.daemon.logs()
+        })
     }
 }
 

@@ -91,19 +91,15 @@ impl Mesh {
         within: Duration,
         pred: impl Fn(&DialReport) -> bool,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            let report = self.dial(target, count);
-            if pred(&report) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < within,
-                "condition not reached within {within:?}; last report {report:?}\nlog:\n{}",
-                self.daemon.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        dial_until(
+            &self.netns,
+            &self.cgroup,
+            target,
+            count,
+            within,
+            pred,
+            || self.daemon.logs(),
+        )
     }
 }
 
@@ -842,27 +838,7 @@ fn metrics_count_what_happened_and_pass_promtool() {
     );
 
     // The exposition format is valid for Prometheus itself.
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian prometheus) is installed by scripts/install-deps.sh");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 }
 
 #[test]

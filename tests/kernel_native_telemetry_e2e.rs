@@ -159,30 +159,6 @@ fn sample(text: &str, prefix: &str) -> f64 {
 const SVC: &str = "{reporter=\"source\",source_address=\"127.0.0.1\",destination_address=\"127.0.0.2:8080\",destination_service=\"svc\"}";
 const DEAD: &str = "{reporter=\"source\",source_address=\"127.0.0.1\",destination_address=\"127.0.0.3:9\",destination_service=\"dead\"}";
 
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian prometheus) is installed by scripts/install-deps.sh");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn connection_metrics_count_connections_and_bytes_with_labels() {
     if !require_root() {

@@ -555,6 +555,57 @@ pub fn dial_with(
     })
 }
 
+/// Dial `count` connections from `netns` (in `cgroup`) until `pred` holds for
+/// the report; returns how long it took. Panics after `within`, with the last
+/// report and `context()` (e.g. the daemon's log).
+pub fn dial_until(
+    netns: &NetNs,
+    cgroup: &Cgroup,
+    target: &str,
+    count: u32,
+    within: Duration,
+    pred: impl Fn(&DialReport) -> bool,
+    context: impl Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let report = dial(netns, Some(cgroup), target, count);
+        if pred(&report) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "not reached within {within:?}; last report {report:?}\nlog:\n{}",
+            context()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `promtool check metrics` (Debian prometheus) must accept `text`.
+pub fn promtool_check(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian prometheus) is installed by scripts/install-deps.sh");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // HTTP (admin endpoint)
 // ---------------------------------------------------------------------------
