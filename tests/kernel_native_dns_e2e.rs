@@ -279,5 +279,31 @@ fn a_restart_while_dns_is_down_keeps_the_last_good_endpoints() {
         "endpoints lost across a restart with DNS down: {r:?}\n{}",
         next.logs()
     );
+
+    // A further update while DNS is still down keeps them too.
+    let more = config(&[
+        listener("keep", "10.96.2.4", 80, "keep"),
+        dns_cluster("keep", "STRICT_DNS", "keep.test", "V4_ONLY", "5s"),
+        listener("keep2", "10.96.2.5", 80, "keep"),
+    ]);
+    let staging = mesh._xds.path().with_extension("new");
+    std::fs::write(&staging, more).unwrap();
+    std::fs::rename(&staging, mesh._xds.path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next.config_dump()["version"].as_u64().unwrap_or(0) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the update was not applied:\n{}",
+            next.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = mesh.dial("10.96.2.5:80", 10);
+    assert_eq!(
+        r.backend("a"),
+        10,
+        "endpoints lost by an update while DNS is down: {r:?}\n{}",
+        next.logs()
+    );
     next.stop();
 }

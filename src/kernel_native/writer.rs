@@ -196,9 +196,15 @@ impl MapWriter {
 
         let wanted: std::collections::BTreeSet<Vec<u8>> =
             plan.clusters.keys().map(|n| records::name_key(n)).collect();
-        let stale: Vec<Vec<u8>> = std::mem::take(&mut self.adopted_clusters)
+        let (stale, adopted): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            std::mem::take(&mut self.adopted_clusters)
+                .into_iter()
+                .partition(|k| !wanted.contains(k));
+        // Clusters kept for want of DNS answers stay adopted: a later update
+        // that still has no answers must not empty them either.
+        self.adopted_clusters = adopted
             .into_iter()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| !self.clusters.contains_key(&records::name_from(k)))
             .collect();
         remove_all(&self.maps.clusters, "kn_clusters", &stale)?;
         for key in &stale {
