@@ -120,10 +120,6 @@ pub fn pin_dir(bpf_fs_path: &Path) -> PathBuf {
     mounts::pin_root(bpf_fs_path).join("kernel_native")
 }
 
-pub fn map_pin_path(bpf_fs_path: &Path, map: &str) -> PathBuf {
-    pin_dir(bpf_fs_path).join("maps").join(map)
-}
-
 fn skel_map<'a>(
     skel: &'a mut KernelNativeSkel<'static>,
     name: &str,
@@ -247,10 +243,6 @@ impl KernelNativeBpf {
         }
         tracing::info!(start = ?start, pins = %bpf.pin_dir.display(), "kernel-native programs loaded");
         Ok(bpf)
-    }
-
-    pub fn start_kind(&self) -> StartKind {
-        self.start
     }
 
     /// The maps the new programs read (to fill before [`Self::activate`]).

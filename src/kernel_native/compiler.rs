@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use cluster::{compile_cluster, eds_service_name};
-pub use dns_cluster::{dns_subscriptions, is_dns_cluster, NoDns, ResolvedHosts};
+pub use dns_cluster::{dns_subscriptions, NoDns, ResolvedHosts};
 pub use listener::compile_listener;
 pub use route::compile_route_config;
 
