@@ -3,7 +3,9 @@
 //! 1. compile every `bpf/**/*.bpf.c` into a libbpf skeleton (`$OUT_DIR/<name>.skel.rs`);
 //! 2. copy the Envoy FileDescriptorSet shipped by the envoy-types crate into
 //!    `$OUT_DIR/envoy_types.bin`, so the xDS file reader can map proto3 JSON
-//!    (with `"@type"`) onto Envoy messages.
+//!    (with `"@type"`) onto Envoy messages;
+//! 3. compile `proto/*.proto` (the Istio workload API) with protox (pure Rust,
+//!    no protoc needed) into prost types and `$OUT_DIR/istio_types.bin`.
 
 use std::env;
 use std::ffi::OsStr;
@@ -17,6 +19,23 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     build_bpf_skeletons(&out_dir);
     copy_envoy_descriptors(&out_dir);
+    compile_istio_protos(&out_dir);
+}
+
+fn compile_istio_protos(out_dir: &Path) {
+    let sources = ["proto/workload.proto", "proto/authorization.proto"];
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(sources, ["proto"])
+        .unwrap_or_else(|e| panic!("compiling proto/: {e:?}"));
+    fs::write(
+        out_dir.join("istio_types.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )
+    .expect("writing istio_types.bin");
+    prost_build::Config::new()
+        .out_dir(out_dir)
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating Rust for proto/: {e}"));
 }
 
 /// A fingerprint of the shared C layout: a restarted daemon reuses pinned

@@ -14,4 +14,5 @@ pub mod kernel_native;
 pub mod logging;
 pub mod metrics;
 pub mod telemetry;
+pub mod workload;
 pub mod xds;
