@@ -65,7 +65,33 @@ pub use timing::{
     FailureRefresh, RefreshPolicy, RefreshSchedule, DEFAULT_REFRESH_RATE, MIN_REFRESH_INTERVAL,
 };
 
+use std::net::IpAddr;
+
 use hickory_resolver::net::NetError;
+
+/// The latest addresses of a hostname, as far as the resolver knows. The
+/// compilers of both modes read DNS through this, so they stay pure (a map
+/// in tests, the running [`DnsResolver`] in the daemon).
+pub trait ResolvedHosts {
+    fn addresses(&self, host: &str, family: LookupFamily) -> Option<Vec<IpAddr>>;
+}
+
+/// No resolver: every hostname is unresolved.
+pub struct NoDns;
+
+impl ResolvedHosts for NoDns {
+    fn addresses(&self, _: &str, _: LookupFamily) -> Option<Vec<IpAddr>> {
+        None
+    }
+}
+
+impl ResolvedHosts for DnsResolver {
+    fn addresses(&self, host: &str, family: LookupFamily) -> Option<Vec<IpAddr>> {
+        DnsResolver::addresses(self, host, family)
+    }
+}
+
+
 
 /// Why the resolver could not start or a subscription was refused. Lookup
 /// failures are not errors of the API: they show in [`HostState::last_error`].

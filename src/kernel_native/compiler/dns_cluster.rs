@@ -16,27 +16,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment,
 };
 
-use crate::dns::{DnsResolver, FailureRefresh, LookupFamily, RefreshPolicy, Subscription};
+pub use crate::dns::{NoDns, ResolvedHosts};
+use crate::dns::{FailureRefresh, LookupFamily, RefreshPolicy, Subscription};
 
-/// The latest addresses of a hostname, as far as the resolver knows.
-pub trait ResolvedHosts {
-    fn addresses(&self, host: &str, family: LookupFamily) -> Option<Vec<IpAddr>>;
-}
-
-/// No resolver: every hostname is unresolved.
-pub struct NoDns;
-
-impl ResolvedHosts for NoDns {
-    fn addresses(&self, _: &str, _: LookupFamily) -> Option<Vec<IpAddr>> {
-        None
-    }
-}
-
-impl ResolvedHosts for DnsResolver {
-    fn addresses(&self, host: &str, family: LookupFamily) -> Option<Vec<IpAddr>> {
-        DnsResolver::addresses(self, host, family)
-    }
-}
 
 impl ResolvedHosts for BTreeMap<(String, LookupFamily), Vec<IpAddr>> {
     fn addresses(&self, host: &str, family: LookupFamily) -> Option<Vec<IpAddr>> {
