@@ -91,8 +91,6 @@ impl ResolvedHosts for DnsResolver {
     }
 }
 
-
-
 /// Why the resolver could not start or a subscription was refused. Lookup
 /// failures are not errors of the API: they show in [`HostState::last_error`].
 #[derive(Debug, thiserror::Error)]

@@ -6,5 +6,9 @@
 //! (pure, incremental: only services/workloads an update touched are
 //! recompiled) → [`plan::Plan`] + [`plan::PlanChanges`] → writer (syscalls).
 
+pub mod compiler;
+pub mod ids;
+pub mod locality;
 pub mod plan;
 pub mod proto;
+pub mod resource;

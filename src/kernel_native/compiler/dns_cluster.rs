@@ -16,9 +16,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment,
 };
 
-pub use crate::dns::{NoDns, ResolvedHosts};
 use crate::dns::{FailureRefresh, LookupFamily, RefreshPolicy, Subscription};
-
+pub use crate::dns::{NoDns, ResolvedHosts};
 
 impl ResolvedHosts for BTreeMap<(String, LookupFamily), Vec<IpAddr>> {
     fn addresses(&self, host: &str, family: LookupFamily) -> Option<Vec<IpAddr>> {
