@@ -6,6 +6,7 @@
 //! (pure, incremental: only services/workloads an update touched are
 //! recompiled) → [`plan::Plan`] + [`plan::PlanChanges`] → writer (syscalls).
 
+pub mod authorization;
 pub mod compiler;
 pub mod ids;
 pub mod locality;

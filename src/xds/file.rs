@@ -16,6 +16,7 @@
 
 use std::sync::OnceLock;
 
+use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use prost_types::{
     field_descriptor_proto::{Label, Type},
@@ -52,7 +53,9 @@ pub enum FileError {
     ItemNotAMapping { index: usize },
     #[error("resources[{index}]: no \"@type\"")]
     MissingType { index: usize },
-    #[error("resources[{index}]: unknown type {type_url:?} (not an Envoy type)")]
+    #[error(
+        "resources[{index}]: unknown type {type_url:?} (not an Envoy or Istio workload API type)"
+    )]
     UnknownType { index: usize, type_url: String },
     /// The item does not fit its message: unknown field, wrong value type,
     /// unknown nested `"@type"`... `path` is where inside the item.
@@ -133,6 +136,13 @@ fn to_any(
     if pool.get_message_by_name(message_name).is_none() {
         return Err(FileError::UnknownType { index, type_url });
     }
+    let istio_item;
+    let item = if message_name.starts_with("istio.") {
+        istio_item = with_readable_addresses(item.clone());
+        &istio_item
+    } else {
+        item
+    };
     let invalid = |path: String, message: String| FileError::Invalid {
         index,
         type_url: type_url.clone(),
@@ -152,6 +162,67 @@ fn to_any(
         .map_err(|e| invalid(".".into(), e.to_string()))
 }
 
+/// The Istio workload API carries addresses as `bytes`, which proto3 JSON
+/// writes in base64. In a hand-written file `addresses: [10.0.0.1]` is what
+/// a user means, so in Istio items any `address`/`addresses` string that is
+/// an IP is turned into its base64 bytes first. Unambiguous: base64 never
+/// contains `.` or `:`, so no base64 text parses as an IP.
+fn with_readable_addresses(mut item: Value) -> Value {
+    fn visit(value: &mut Value) {
+        match value {
+            Value::Object(fields) => {
+                for (key, field) in fields.iter_mut() {
+                    match (key.as_str(), &mut *field) {
+                        ("address", Value::String(text)) => encode_ip(text),
+                        ("addresses", Value::Array(items)) => {
+                            for item in items.iter_mut() {
+                                match item {
+                                    Value::String(text) => encode_ip(text),
+                                    other => visit(other),
+                                }
+                            }
+                        }
+                        (_, other) => visit(other),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(visit),
+            _ => {}
+        }
+    }
+    fn encode_ip(text: &mut String) {
+        match text.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) => *text = base64(&v4.octets()),
+            Ok(std::net::IpAddr::V6(v6)) => *text = base64(&v6.octets()),
+            Err(_) => {}
+        }
+    }
+    visit(&mut item);
+    item
+}
+
+/// Standard base64 with padding (what proto3 JSON reads for `bytes`).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// The Envoy descriptors, decoded once: the set is large (several MB) and
 /// immutable.
 fn descriptor_pool() -> Result<&'static DescriptorPool, FileError> {
@@ -163,6 +234,17 @@ fn descriptor_pool() -> Result<&'static DescriptorPool, FileError> {
 
 fn build_pool() -> Result<DescriptorPool, String> {
     let mut pool = DescriptorPool::decode(ENVOY_DESCRIPTORS).map_err(|e| e.to_string())?;
+    // The Istio workload API (dual-engine); the well-known types it imports
+    // are already in the Envoy set.
+    let istio = prost_types::FileDescriptorSet::decode(crate::workload::proto::ISTIO_DESCRIPTORS)
+        .map_err(|e| e.to_string())?;
+    pool.add_file_descriptor_protos(
+        istio
+            .file
+            .into_iter()
+            .filter(|f| !f.name().starts_with("google/protobuf/")),
+    )
+    .map_err(|e| e.to_string())?;
     // Control planes (Istio) wrap configs of extensions that Envoy does not
     // ship in TypedStruct. envoy-types' descriptor set lacks both TypedStruct
     // flavours, so they are declared here (two fields, from the public
@@ -600,5 +682,76 @@ resources:
             "{err}"
         );
         assert!(err.to_string().starts_with("resources[0] of type"), "{err}");
+    }
+
+    const WORKLOADS: &str = r#"
+resources:
+- "@type": type.googleapis.com/istio.workload.Address
+  service:
+    name: web
+    namespace: default
+    hostname: web.default.svc.cluster.local
+    addresses: [{ address: 10.96.0.1 }, { network: n1, address: "fd00::1" }]
+    ports: [{ service_port: 80, target_port: 8080 }]
+    load_balancing: { routing_preference: [REGION, ZONE], mode: FAILOVER }
+- "@type": type.googleapis.com/istio.workload.Address
+  workload:
+    uid: c1/pod/web-1
+    addresses: [10.0.0.1, "fd00::a"]
+    locality: { region: r1, zone: z1 }
+    services:
+      default/web.default.svc.cluster.local: { ports: [{ service_port: 80, target_port: 9090 }] }
+- "@type": type.googleapis.com/istio.workload.Address
+  workload: { uid: c1/pod/base64, addresses: [CgAAAg==] }
+- "@type": type.googleapis.com/istio.security.Authorization
+  name: allow-test
+  namespace: default
+  rules: [{ clauses: [{ matches: [{ source_ips: [{ address: 10.1.0.0, length: 16 }] }] }] }]
+"#;
+
+    #[test]
+    fn reads_istio_workload_api_items_with_readable_addresses() {
+        use crate::workload::proto::security::Authorization;
+        use crate::workload::proto::workload::{address::Type, Address};
+        let anys = parse_resources(WORKLOADS).unwrap();
+        assert_eq!(anys.len(), 4);
+        let Some(Type::Service(svc)) = Address::decode(anys[0].value.as_slice()).unwrap().r#type
+        else {
+            panic!("service expected")
+        };
+        assert_eq!(svc.addresses[0].address, vec![10, 96, 0, 1]);
+        assert_eq!(svc.addresses[1].address.len(), 16);
+        assert_eq!(svc.load_balancing.unwrap().routing_preference, vec![1, 2]);
+        let Some(Type::Workload(w)) = Address::decode(anys[1].value.as_slice()).unwrap().r#type
+        else {
+            panic!("workload expected")
+        };
+        assert_eq!(w.addresses[0], vec![10, 0, 0, 1]);
+        assert_eq!(w.services.len(), 1);
+        let Some(Type::Workload(w)) = Address::decode(anys[2].value.as_slice()).unwrap().r#type
+        else {
+            panic!("workload expected")
+        };
+        assert_eq!(w.addresses[0], vec![10, 0, 0, 2], "base64 still works");
+        let policy = Authorization::decode(anys[3].value.as_slice()).unwrap();
+        assert_eq!(
+            policy.rules[0].clauses[0].matches[0].source_ips[0].address,
+            vec![10, 1, 0, 0]
+        );
+    }
+
+    #[test]
+    fn envoy_socket_addresses_stay_strings() {
+        // The IP rewrite is for Istio items only: an Envoy address is text.
+        let anys = parse_resources(TCP_WEIGHTED).unwrap();
+        let l: Listener = decode(&anys[0]);
+        assert!(format!("{:?}", l.address).contains("10.96.0.10"));
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(&[10, 0, 0, 2]), "CgAAAg==");
+        assert_eq!(base64(b"abc"), "YWJj");
+        assert_eq!(base64(b"ab"), "YWI=");
     }
 }
