@@ -13,3 +13,4 @@ pub mod locality;
 pub mod plan;
 pub mod proto;
 pub mod resource;
+pub mod runner;

@@ -149,6 +149,15 @@ impl WorkloadCompiler {
         self.workloads.contains_key(key) || self.services.contains_key(key)
     }
 
+    /// Keys of every service and workload held.
+    pub fn keys(&self) -> Vec<String> {
+        self.services
+            .keys()
+            .chain(self.workloads.keys())
+            .cloned()
+            .collect()
+    }
+
     pub fn counts(&self) -> (usize, usize) {
         (self.services.len(), self.workloads.len())
     }

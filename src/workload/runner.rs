@@ -1,0 +1,356 @@
+//! Dual-engine mode at run time: resources in (delta ADS pushes, file
+//! reloads, DNS answers), compiled incrementally, written to the maps,
+//! reported in the admin dump.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost_types::Any;
+use serde::Serialize;
+
+use super::authorization::{decode_authorization, AuthorizationStore};
+use super::compiler::{Limits, Update, WorkloadCompiler};
+use super::plan::{Plan, PlanChanges};
+use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use super::resource::{decode_address, ResourceError};
+use crate::dns::{DnsResolver, LookupFamily, NoDns, RefreshPolicy, ResolvedHosts, Subscription};
+
+/// Where compiled plans go: the map writer in the daemon, a recorder in tests.
+pub trait PlanSink: Send {
+    /// Writes the records `changes` names. After an error the runner sends
+    /// everything again next time (`resync`).
+    fn write(&mut self, plan: &Plan, changes: &PlanChanges) -> Result<(), String>;
+}
+
+/// Switches the data plane to the programs that read the maps being written.
+pub type Activation = Box<dyn FnMut() -> Result<(), String> + Send>;
+
+/// The resolver owner name of every dual-engine hostname.
+const DNS_OWNER: &str = "dual-engine";
+/// ServiceEntry DNS endpoints: refreshed when the record's TTL runs out, at
+/// least this often.
+const DNS_REFRESH: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize)]
+struct LastUpdate {
+    source: String,
+    unix_time: u64,
+    outcome: String,
+}
+
+pub struct DualEngineRunner {
+    compiler: WorkloadCompiler,
+    authorizations: AuthorizationStore,
+    sink: Box<dyn PlanSink>,
+    limits: Limits,
+    dns: Option<DnsResolver>,
+    dns_hosts: BTreeSet<String>,
+    activation: Option<Activation>,
+    /// Nothing written yet, or a write failed: the next write sends the
+    /// whole plan (and the writer drops whatever else the maps hold).
+    resync: bool,
+    source: String,
+    /// Resources refused and not replaced since, by resource label.
+    rejected: BTreeMap<String, String>,
+    last: Option<LastUpdate>,
+    updates: u64,
+}
+
+impl DualEngineRunner {
+    pub fn new(
+        compiler: WorkloadCompiler,
+        sink: Box<dyn PlanSink>,
+        limits: Limits,
+        dns: Option<DnsResolver>,
+        source: String,
+    ) -> Self {
+        Self {
+            compiler,
+            authorizations: AuthorizationStore::default(),
+            sink,
+            limits,
+            dns,
+            dns_hosts: BTreeSet::new(),
+            activation: None,
+            resync: true,
+            source,
+            rejected: BTreeMap::new(),
+            last: None,
+            updates: 0,
+        }
+    }
+
+    /// Run once the maps first hold a configuration.
+    pub fn on_first_write(&mut self, activation: Activation) {
+        self.activation = Some(activation);
+    }
+
+    pub fn plan(&self) -> &Plan {
+        self.compiler.plan()
+    }
+
+    /// Whether an Address with this xDS name is held (for delta reconnects).
+    pub fn holds(&self, name: &str) -> bool {
+        self.compiler.holds(name)
+    }
+
+    /// The whole world from the file: what is missing from it goes, what
+    /// is new or changed is applied; a bad item is logged and its previous
+    /// version stays.
+    pub fn apply_file(&mut self, resources: &[Any]) -> Result<(), String> {
+        let mut update = Update::default();
+        let mut policies = Vec::new();
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        for any in resources {
+            match any.type_url.as_str() {
+                ADDRESS_TYPE_URL => match decode_address(any, None) {
+                    Ok(resource) => {
+                        seen.insert(resource.key().to_owned());
+                        update.upserts.push((None, resource));
+                    }
+                    Err(e) => errors.push(e),
+                },
+                AUTHORIZATION_TYPE_URL => match decode_authorization(any, None) {
+                    Ok(policy) => policies.push(policy),
+                    Err(e) => errors.push(e),
+                },
+                // Envoy resources belong to kernel-native mode.
+                other => errors.push(ResourceError {
+                    resource: other.to_owned(),
+                    field: "@type".into(),
+                    message: "not a dual-engine type (istio.workload.Address, istio.security.Authorization)".into(),
+                }),
+            }
+        }
+        // A rejected item keeps its previous version: do not remove it.
+        let kept: BTreeSet<String> = errors.iter().filter_map(key_of).collect();
+        update.removals = self
+            .compiler
+            .keys()
+            .into_iter()
+            .filter(|k| !seen.contains(k) && !kept.contains(k))
+            .collect();
+        if errors.is_empty() {
+            self.authorizations.replace(policies);
+        } else {
+            for p in policies {
+                self.authorizations.upsert(None, p);
+            }
+        }
+        self.run_update(update, errors, "file")
+    }
+
+    /// One delta response. `Err` is the NACK detail: the bad resources named
+    /// (the good ones in the same response are applied, as Envoy does).
+    pub fn apply_delta(
+        &mut self,
+        type_url: &str,
+        added: Vec<(String, Any)>,
+        removed: Vec<String>,
+    ) -> Result<(), String> {
+        match type_url {
+            ADDRESS_TYPE_URL => {
+                let mut update = Update {
+                    upserts: Vec::with_capacity(added.len()),
+                    removals: removed,
+                };
+                let mut errors = Vec::new();
+                for (name, any) in added {
+                    match decode_address(&any, Some(&name)) {
+                        Ok(resource) => update.upserts.push((Some(name), resource)),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                self.run_update(update, errors, "ads")
+            }
+            AUTHORIZATION_TYPE_URL => {
+                let mut errors = Vec::new();
+                for name in removed {
+                    self.authorizations.remove(&name);
+                }
+                for (name, any) in added {
+                    match decode_authorization(&any, Some(&name)) {
+                        Ok(policy) => self.authorizations.upsert(Some(name), policy),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                self.finish("ads", errors, Ok(()))
+            }
+            other => Err(format!("unexpected type {other}")),
+        }
+    }
+
+    /// The resolver has new answers for these hostnames.
+    pub fn hosts_changed(&mut self, hosts: &[String]) {
+        let hosts: Vec<String> = hosts
+            .iter()
+            .filter(|h| self.dns_hosts.contains(*h))
+            .cloned()
+            .collect();
+        if hosts.is_empty() {
+            return;
+        }
+        let dns = self.dns.clone();
+        let resolved: &dyn ResolvedHosts = match &dns {
+            Some(r) => r,
+            None => &NoDns,
+        };
+        match self.compiler.hosts_changed(&hosts, &self.limits, resolved) {
+            Ok(changes) => {
+                if let Err(e) = self.write(&changes) {
+                    tracing::error!(error = %e, "writing DNS answers failed");
+                } else {
+                    tracing::info!(hosts = ?hosts, "DNS answers applied");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "DNS answers not applied"),
+        }
+    }
+
+    fn run_update(
+        &mut self,
+        update: Update,
+        errors: Vec<ResourceError>,
+        origin: &str,
+    ) -> Result<(), String> {
+        let dns = self.dns.clone();
+        let resolved: &dyn ResolvedHosts = match &dns {
+            Some(r) => r,
+            None => &NoDns,
+        };
+        for (_, resource) in &update.upserts {
+            let key = resource.key();
+            self.rejected.remove(&format!("workload {key}"));
+            self.rejected.remove(&format!("service {key}"));
+        }
+        let outcome = match self.compiler.apply(update, &self.limits, resolved) {
+            Ok(changes) => {
+                let written = self.write(&changes);
+                self.follow_hostnames();
+                written
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        self.finish(origin, errors, outcome)
+    }
+
+    /// Records the outcome and turns it into the NACK detail.
+    fn finish(
+        &mut self,
+        origin: &str,
+        errors: Vec<ResourceError>,
+        outcome: Result<(), String>,
+    ) -> Result<(), String> {
+        self.updates += 1;
+        for e in &errors {
+            tracing::warn!(error = %e, "resource refused; its previous version (if any) stays");
+            self.rejected.insert(e.resource.clone(), e.to_string());
+        }
+        let mut problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "update not applied; the configuration in force keeps serving");
+            problems.push(e.clone());
+        }
+        let text = if problems.is_empty() {
+            "applied".to_string()
+        } else {
+            problems.join("; ")
+        };
+        self.last = Some(LastUpdate {
+            source: format!("{origin}:{}", self.source),
+            unix_time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            outcome: text.clone(),
+        });
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    }
+
+    fn write(&mut self, changes: &PlanChanges) -> Result<(), String> {
+        let everything;
+        let changes = if self.resync {
+            everything = PlanChanges::everything(self.compiler.plan());
+            &everything
+        } else if changes.is_empty() {
+            return Ok(());
+        } else {
+            changes
+        };
+        if let Err(e) = self.sink.write(self.compiler.plan(), changes) {
+            self.resync = true;
+            return Err(format!("writing the maps: {e}"));
+        }
+        self.resync = false;
+        if let Some(activate) = self.activation.as_mut() {
+            activate().map_err(|e| format!("activating the programs: {e}"))?;
+            self.activation = None;
+        }
+        Ok(())
+    }
+
+    /// Keeps the resolver subscribed to exactly the DNS workloads' hostnames;
+    /// answers already known (another owner asked) are applied at once.
+    fn follow_hostnames(&mut self) {
+        let Some(resolver) = self.dns.clone() else {
+            if !self.compiler.hostnames().is_empty() && self.dns_hosts.is_empty() {
+                tracing::warn!(
+                    "DNS workloads present but no resolver is running; they get no endpoints"
+                );
+            }
+            return;
+        };
+        let wanted: BTreeSet<String> = self.compiler.hostnames().into_iter().collect();
+        if wanted == self.dns_hosts {
+            return;
+        }
+        let subscriptions: Vec<Subscription> = wanted
+            .iter()
+            .map(|host| Subscription {
+                host: host.clone(),
+                family: LookupFamily::All,
+                policy: RefreshPolicy {
+                    refresh_rate: DNS_REFRESH,
+                    respect_ttl: true,
+                    failure_refresh: None,
+                },
+            })
+            .collect();
+        match resolver.set_owner(DNS_OWNER, &subscriptions) {
+            Ok(_) => {
+                let added: Vec<String> = wanted.difference(&self.dns_hosts).cloned().collect();
+                self.dns_hosts = wanted;
+                self.hosts_changed(&added);
+            }
+            Err(e) => tracing::error!(error = %e, "DNS subscriptions not updated"),
+        }
+    }
+
+    /// The store, what was refused, and the plan sizes.
+    pub fn dump_json(&self) -> serde_json::Value {
+        let mut dump = self.compiler.dump_json();
+        if let Some(map) = dump.as_object_mut() {
+            map.insert("authorizations".into(), self.authorizations.dump_json());
+            map.insert("rejected".into(), serde_json::json!(self.rejected));
+            map.insert("last_update".into(), serde_json::json!(self.last));
+            map.insert("updates".into(), serde_json::json!(self.updates));
+            map.insert("limits".into(), serde_json::json!(self.limits));
+        }
+        dump
+    }
+}
+
+/// The store key a refused resource had, when its label names one.
+fn key_of(e: &ResourceError) -> Option<String> {
+    e.resource
+        .strip_prefix("workload ")
+        .or_else(|| e.resource.strip_prefix("service "))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests;
