@@ -22,11 +22,15 @@ use crate::telemetry::Telemetry;
 
 /// Builds a config dump on request.
 pub type DumpSource = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Reads a mode's maps back on request.
+pub type BpfDumpSource = Arc<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
 
 /// What the admin endpoint shows; written by the mode's runner.
 pub struct AdminState {
     ready: AtomicBool,
     kernel_native_dump: RwLock<Option<DumpSource>>,
+    dual_engine_dump: RwLock<Option<DumpSource>>,
+    dual_engine_bpf_dump: RwLock<Option<BpfDumpSource>>,
     /// ADS transport state, shown inside the kernel-native dump as `xds`.
     xds_status: RwLock<Option<serde_json::Value>>,
     /// Read at request time: lookups and failures move between applies.
@@ -42,6 +46,8 @@ impl AdminState {
         Arc::new(Self {
             ready: AtomicBool::new(false),
             kernel_native_dump: RwLock::new(None),
+            dual_engine_dump: RwLock::new(None),
+            dual_engine_bpf_dump: RwLock::new(None),
             xds_status: RwLock::new(None),
             dns: RwLock::new(None),
             bpf_fs_path,
@@ -58,6 +64,16 @@ impl AdminState {
     /// Where `/debug/config_dump/kernel-native` comes from (called per request).
     pub fn set_kernel_native_dump(&self, source: DumpSource) {
         replace(&self.kernel_native_dump, Some(source));
+    }
+
+    /// Where `/debug/config_dump/dual-engine` comes from.
+    pub fn set_dual_engine_dump(&self, source: DumpSource) {
+        replace(&self.dual_engine_dump, Some(source));
+    }
+
+    /// Where `/debug/config_dump/bpf/dual-engine` comes from.
+    pub fn set_dual_engine_bpf_dump(&self, source: BpfDumpSource) {
+        replace(&self.dual_engine_bpf_dump, Some(source));
     }
 
     pub fn set_dns(&self, resolver: DnsResolver) {
@@ -117,6 +133,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/debug/config_dump/bpf/kernel-native",
             get(kernel_native_bpf_dump),
         )
+        .route("/debug/config_dump/dual-engine", get(dual_engine_dump))
+        .route(
+            "/debug/config_dump/bpf/dual-engine",
+            get(dual_engine_bpf_dump),
+        )
         .route("/accesslog", post(set_access_log))
         .route("/monitoring", post(set_monitoring))
         .with_state(state)
@@ -152,6 +173,16 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn kernel_native_dump(State(state): State<Arc<AdminState>>) -> Response {
     let source = read(&state.kernel_native_dump);
+    config_dump(&state, source).await
+}
+
+async fn dual_engine_dump(State(state): State<Arc<AdminState>>) -> Response {
+    let source = read(&state.dual_engine_dump);
+    config_dump(&state, source).await
+}
+
+/// A mode's dump plus the transport (`xds`) and resolver (`dns`) state.
+async fn config_dump(state: &AdminState, source: Option<DumpSource>) -> Response {
     let mut dump = match source {
         // The source waits for an update in progress: off the async workers.
         Some(source) => tokio::task::spawn_blocking(move || source())
@@ -172,7 +203,29 @@ async fn kernel_native_dump(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn kernel_native_bpf_dump(State(state): State<Arc<AdminState>>) -> Response {
     let path = state.bpf_fs_path.clone();
-    match tokio::task::spawn_blocking(move || bpf_dump::read(&path)).await {
+    bpf_dump_response(move || {
+        bpf_dump::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|dump| serde_json::to_value(dump).map_err(|e| e.to_string()))
+    })
+    .await
+}
+
+async fn dual_engine_bpf_dump(State(state): State<Arc<AdminState>>) -> Response {
+    match read(&state.dual_engine_bpf_dump) {
+        Some(source) => bpf_dump_response(move || source()).await,
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the dual-engine maps are not loaded (is the daemon in --mode dual-engine?)\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn bpf_dump_response(
+    read_maps: impl FnOnce() -> Result<serde_json::Value, String> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(read_maps).await {
         Ok(Ok(dump)) => Json(dump).into_response(),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -121,6 +121,35 @@ pub struct Config {
     #[arg(long, default_value_t = 16384)]
     pub max_route_configs: u32,
 
+    /// Dual-engine: most services (VIP records).
+    #[arg(long, default_value_t = 65536)]
+    pub max_services: u32,
+
+    /// Dual-engine: most endpoint entries of all services together (a
+    /// workload backing two services counts twice).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_endpoints: u32,
+
+    /// Dual-engine: most backends (workloads, plus one per address a DNS
+    /// workload resolves to).
+    #[arg(long, default_value_t = 1 << 19)]
+    pub max_backends: u32,
+
+    /// Dual-engine: most frontend addresses (service VIPs + workload IPs).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frontends: u32,
+
+    /// Dual-engine: this node's locality as `region/zone/subzone` (subzone
+    /// optional). Without it, the locality of the workloads on NODE_NAME is
+    /// used.
+    #[arg(long, env = "KMESH_LOCALITY", value_parser = parse_locality)]
+    pub locality: Option<crate::workload::resource::LocalityFields>,
+
+    /// Dual-engine: the port of a waypoint's listener that connections to a
+    /// service or workload with a waypoint are sent to.
+    #[arg(long, default_value_t = 15019)]
+    pub waypoint_port: u16,
+
     /// DNS server for STRICT_DNS/LOGICAL_DNS clusters and ServiceEntry
     /// hostnames, as `ADDR:PORT`; repeat the flag for several servers. When
     /// absent, the nameservers (and search domains) of /etc/resolv.conf are used.
@@ -162,6 +191,22 @@ pub struct Config {
     pub xds_file_poll_ms: u64,
 }
 
+/// `region/zone[/subzone]`; a region alone is fine too.
+fn parse_locality(text: &str) -> Result<crate::workload::resource::LocalityFields, String> {
+    let parts: Vec<&str> = text.split('/').collect();
+    if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "{text:?}: expected region/zone/subzone (zone and subzone optional, none empty)"
+        ));
+    }
+    let part = |i: usize| parts.get(i).map_or(String::new(), |p| (*p).to_owned());
+    Ok(crate::workload::resource::LocalityFields {
+        region: part(0),
+        zone: part(1),
+        subzone: part(2),
+    })
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Remove everything a daemon pinned or attached (programs, links, maps).
@@ -190,6 +235,17 @@ mod tests {
             "[::1]:5353".parse().unwrap(),
         ];
         assert_eq!(config.dns_server, expected);
+    }
+
+    #[test]
+    fn locality_is_region_zone_subzone() {
+        let config =
+            Config::try_parse_from(["kmesh-daemon", "--locality", "eu-west/eu-west-1a"]).unwrap();
+        let locality = config.locality.unwrap();
+        assert_eq!((locality.region.as_str(), locality.zone.as_str()), ("eu-west", "eu-west-1a"));
+        assert!(locality.subzone.is_empty());
+        assert!(Config::try_parse_from(["kmesh-daemon", "--locality", "a//c"]).is_err());
+        assert!(Config::try_parse_from(["kmesh-daemon", "--locality", "a/b/c/d"]).is_err());
     }
 
     #[test]
