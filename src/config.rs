@@ -242,7 +242,10 @@ mod tests {
         let config =
             Config::try_parse_from(["kmesh-daemon", "--locality", "eu-west/eu-west-1a"]).unwrap();
         let locality = config.locality.unwrap();
-        assert_eq!((locality.region.as_str(), locality.zone.as_str()), ("eu-west", "eu-west-1a"));
+        assert_eq!(
+            (locality.region.as_str(), locality.zone.as_str()),
+            ("eu-west", "eu-west-1a")
+        );
         assert!(locality.subzone.is_empty());
         assert!(Config::try_parse_from(["kmesh-daemon", "--locality", "a//c"]).is_err());
         assert!(Config::try_parse_from(["kmesh-daemon", "--locality", "a/b/c/d"]).is_err());

@@ -31,6 +31,15 @@ const DNS_OWNER: &str = "dual-engine";
 /// least this often.
 const DNS_REFRESH: Duration = Duration::from_secs(60);
 
+/// A delta response not (wholly) taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRefusal {
+    /// The NACK's error_detail.
+    pub detail: String,
+    /// Added resources that are not held at the version sent.
+    pub refused_names: BTreeSet<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct LastUpdate {
     source: String,
@@ -53,6 +62,10 @@ pub struct DualEngineRunner {
     /// Resources refused and not replaced since, by resource label.
     rejected: BTreeMap<String, String>,
     last: Option<LastUpdate>,
+    /// The last update was refused whole (it did not fit): nothing of it is
+    /// held. (A failed *write* is different: the plan holds the update and
+    /// the next write resends everything.)
+    last_refused_whole: bool,
     updates: u64,
 }
 
@@ -76,6 +89,7 @@ impl DualEngineRunner {
             source,
             rejected: BTreeMap::new(),
             last: None,
+            last_refused_whole: false,
             updates: 0,
         }
     }
@@ -141,15 +155,18 @@ impl DualEngineRunner {
         self.run_update(update, errors, "file")
     }
 
-    /// One delta response. `Err` is the NACK detail: the bad resources named
-    /// (the good ones in the same response are applied, as Envoy does).
+    /// One delta response. `Err` carries the NACK detail (the bad resources
+    /// named; the good ones in the same response are applied, as Envoy does)
+    /// and which added names were not taken, so their versions are not
+    /// claimed on the next stream.
     pub fn apply_delta(
         &mut self,
         type_url: &str,
         added: Vec<(String, Any)>,
         removed: Vec<String>,
-    ) -> Result<(), String> {
-        match type_url {
+    ) -> Result<(), DeltaRefusal> {
+        let mut refused_names = BTreeSet::new();
+        let result = match type_url {
             ADDRESS_TYPE_URL => {
                 let mut update = Update {
                     upserts: Vec::with_capacity(added.len()),
@@ -159,10 +176,22 @@ impl DualEngineRunner {
                 for (name, any) in added {
                     match decode_address(&any, Some(&name)) {
                         Ok(resource) => update.upserts.push((Some(name), resource)),
-                        Err(e) => errors.push(e),
+                        Err(e) => {
+                            refused_names.insert(name);
+                            errors.push(e);
+                        }
                     }
                 }
-                self.run_update(update, errors, "ads")
+                let applying: Vec<String> = update
+                    .upserts
+                    .iter()
+                    .filter_map(|(name, _)| name.clone())
+                    .collect();
+                let result = self.run_update(update, errors, "ads");
+                if self.last_refused_whole {
+                    refused_names.extend(applying);
+                }
+                result
             }
             AUTHORIZATION_TYPE_URL => {
                 let mut errors = Vec::new();
@@ -172,13 +201,25 @@ impl DualEngineRunner {
                 for (name, any) in added {
                     match decode_authorization(&any, Some(&name)) {
                         Ok(policy) => self.authorizations.upsert(Some(name), policy),
-                        Err(e) => errors.push(e),
+                        Err(e) => {
+                            refused_names.insert(name);
+                            errors.push(e);
+                        }
                     }
                 }
                 self.finish("ads", errors, Ok(()))
             }
             other => Err(format!("unexpected type {other}")),
-        }
+        };
+        result.map_err(|detail| DeltaRefusal {
+            detail,
+            refused_names,
+        })
+    }
+
+    /// Whether an Authorization with this xDS name is held.
+    pub fn holds_authorization(&self, name: &str) -> bool {
+        self.authorizations.contains(name)
     }
 
     /// The resolver has new answers for these hostnames.
@@ -224,13 +265,17 @@ impl DualEngineRunner {
             self.rejected.remove(&format!("workload {key}"));
             self.rejected.remove(&format!("service {key}"));
         }
+        self.last_refused_whole = false;
         let outcome = match self.compiler.apply(update, &self.limits, resolved) {
             Ok(changes) => {
                 let written = self.write(&changes);
                 self.follow_hostnames();
                 written
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                self.last_refused_whole = true;
+                Err(e.to_string())
+            }
         };
         self.finish(origin, errors, outcome)
     }

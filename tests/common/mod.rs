@@ -15,6 +15,7 @@
 
 /// A real DNS server (dnsmasq on 127.0.0.x) whose records the test changes.
 pub mod dnsmasq;
+pub mod workload_yaml;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -647,7 +648,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 // The daemon
 // ---------------------------------------------------------------------------
 
-/// `kmesh-daemon --mode kernel-native` attached to one test's cgroup and
+/// `kmesh-daemon` (kernel-native unless started as dual-engine) attached to one test's cgroup and
 /// bpffs directory, admin on a free loopback port, output kept in a temp file.
 /// Stopped on drop; on a failing test its log is printed then.
 pub struct Daemon {
@@ -681,6 +682,39 @@ impl Daemon {
         Daemon::spawn(&source, bpf_fs, cgroup, extra)
     }
 
+    /// `--mode dual-engine` on an xDS file of workload API resources.
+    pub fn start_dual_engine(
+        xds_file: &Path,
+        bpf_fs: &BpfFsDir,
+        cgroup: &Cgroup,
+        extra: &[&str],
+    ) -> Daemon {
+        let source = [
+            "--mode".to_string(),
+            "dual-engine".to_string(),
+            "--xds-file".to_string(),
+            xds_file.display().to_string(),
+        ];
+        Daemon::spawn(&source, bpf_fs, cgroup, extra)
+    }
+
+    /// `--mode dual-engine` following a delta ADS control plane at `xds_url`.
+    pub fn start_dual_engine_ads(
+        xds_url: &str,
+        bpf_fs: &BpfFsDir,
+        cgroup: &Cgroup,
+        extra: &[&str],
+    ) -> Daemon {
+        let source = [
+            "--mode".to_string(),
+            "dual-engine".to_string(),
+            "--xds-address".to_string(),
+            xds_url.to_string(),
+        ];
+        Daemon::spawn(&source, bpf_fs, cgroup, extra)
+    }
+
+    /// `source` may start with `--mode X`; kernel-native otherwise.
     fn spawn(source: &[String], bpf_fs: &BpfFsDir, cgroup: &Cgroup, extra: &[&str]) -> Daemon {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -690,8 +724,10 @@ impl Daemon {
         let stdout = log.as_file().try_clone().expect("cloning log handle");
         let stderr = log.as_file().try_clone().expect("cloning log handle");
         let mut cmd = Command::new(DAEMON_BIN);
-        cmd.args(["--mode", "kernel-native"])
-            .args(source)
+        if source.first().map(String::as_str) != Some("--mode") {
+            cmd.args(["--mode", "kernel-native"]);
+        }
+        cmd.args(source)
             .arg("--bpf-fs-path")
             .arg(bpf_fs.path())
             .arg("--cgroup2-path")

@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
@@ -74,7 +75,7 @@ fn a_bad_resource_is_nacked_by_name_and_the_good_ones_apply() {
     let (mut r, recorded) = runner(limits());
     let mut bad = workload("c1/pod/bad", [10, 0, 0, 9], SVC);
     bad.addresses = vec![vec![1, 2, 3]];
-    let detail = r
+    let refusal = r
         .apply_delta(
             ADDRESS_TYPE_URL,
             vec![
@@ -86,8 +87,14 @@ fn a_bad_resource_is_nacked_by_name_and_the_good_ones_apply() {
         )
         .unwrap_err();
     assert!(
-        detail.contains("workload c1/pod/bad: addresses[0]: 3 bytes"),
-        "{detail}"
+        refusal
+            .detail
+            .contains("workload c1/pod/bad: addresses[0]: 3 bytes"),
+        "{refusal:?}"
+    );
+    assert_eq!(
+        refusal.refused_names,
+        BTreeSet::from(["c1/pod/bad".to_string()])
     );
     assert!(r.holds("c1/pod/a") && !r.holds("c1/pod/bad"));
     assert_eq!(recorded.lock().unwrap().writes.len(), 1);
@@ -129,7 +136,11 @@ fn after_a_failed_write_the_next_write_resends_the_whole_plan() {
     let e = r
         .apply_delta(ADDRESS_TYPE_URL, vec![wl("c1/pod/b", 2)], vec![])
         .unwrap_err();
-    assert!(e.contains("map update failed"), "{e}");
+    assert!(e.detail.contains("map update failed"), "{e:?}");
+    assert!(
+        e.refused_names.is_empty(),
+        "b is held; the next write resends it"
+    );
     r.apply_delta(ADDRESS_TYPE_URL, vec![wl("c1/pod/c", 3)], vec![])
         .unwrap();
     let writes = &recorded.lock().unwrap().writes;
@@ -151,9 +162,11 @@ fn an_update_over_capacity_is_refused_whole() {
         )
         .unwrap_err();
     assert!(
-        e.contains("backends would need 2 entries, the limit is 1"),
-        "{e}"
+        e.detail
+            .contains("backends would need 2 entries, the limit is 1"),
+        "{e:?}"
     );
+    assert_eq!(e.refused_names.len(), 3, "none of the update is held");
     assert!(recorded.lock().unwrap().writes.is_empty());
     assert!(!r.holds("c1/pod/a"));
 }
@@ -216,7 +229,8 @@ fn authorizations_are_held_removed_and_validated() {
             vec!["default/allow".into()],
         )
         .unwrap_err();
-    assert!(e.contains("action"), "{e}");
+    assert!(e.detail.contains("action"), "{e:?}");
+    assert!(!r.holds_authorization("default/x"));
     assert!(r.dump_json()["authorizations"]
         .as_object()
         .unwrap()

@@ -1,0 +1,181 @@
+//! Kernel-native mode: Envoy xDS (SotW ADS or the file) compiled into the
+//! listener/cluster maps read by `bpf/kernel_native`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{release_freed_memory, start_dns, DaemonError, Shutdown, Source};
+use crate::admin::AdminState;
+use crate::bpf::kernel_native::{KernelNativeBpf, MapCapacity};
+use crate::config::Config;
+use crate::dns::HostChanged;
+use crate::kernel_native::compiler::Limits;
+use crate::kernel_native::runner::KernelNativeRunner;
+use crate::kernel_native::writer::MapWriter;
+use crate::kernel_native::xds_sotw::KernelNativeXds;
+use crate::metrics::{self, Metrics};
+use crate::telemetry::Telemetry;
+use crate::xds::ads;
+use crate::xds::file::parse_resources;
+use crate::xds::file_watch::FileWatch;
+
+pub(super) async fn run(
+    config: &Config,
+    source: Source,
+    admin_state: Arc<AdminState>,
+    shutdown: &mut Shutdown,
+) -> Result<(), DaemonError> {
+    let metrics = Metrics::new(
+        config.bpf_fs_path.clone(),
+        config.max_listeners,
+        config.max_clusters,
+    );
+    metrics::serve(config.metrics_address, metrics.clone()).await;
+
+    let capacity = MapCapacity {
+        max_listeners: config.max_listeners,
+        max_clusters: config.max_clusters,
+    };
+    let (bpf_fs, cgroup) = (config.bpf_fs_path.clone(), config.cgroup2_path.clone());
+    let bpf =
+        tokio::task::spawn_blocking(move || KernelNativeBpf::load(&bpf_fs, &cgroup, capacity))
+            .await??;
+    let limits = Limits {
+        max_listeners: config.max_listeners as usize,
+        max_clusters: config.max_clusters as usize,
+        max_endpoints_per_cluster: config.max_endpoints_per_cluster as usize,
+        max_route_configs: config.max_route_configs as usize,
+    };
+    let writer = MapWriter::new(bpf.maps()?);
+    // Switches written before the programs are activated: they see them from the start.
+    let telemetry = Telemetry::start(
+        bpf.telemetry_maps()?,
+        metrics.clone(),
+        config.monitoring,
+        config.accesslog,
+        config.access_log_format,
+    )?;
+    admin_state.set_telemetry(telemetry);
+    let bpf = Arc::new(Mutex::new(bpf));
+    let (dns, dns_changes) = start_dns(config);
+    if let Some(resolver) = &dns {
+        admin_state.set_dns(resolver.clone());
+    }
+    let source_name = match &source {
+        Source::File(file) => format!("file:{}", file.display()),
+        Source::Ads(ads) => format!("ads:{}", ads.uri),
+    };
+    let runner = Arc::new(Mutex::new(KernelNativeRunner::new(
+        writer,
+        limits,
+        admin_state.clone(),
+        source_name,
+        dns,
+    )));
+    lock(&runner).with_metrics(metrics.clone());
+    let dump_runner = runner.clone();
+    admin_state.set_kernel_native_dump(Arc::new(move || lock(&dump_runner).dump_json()));
+    let activation_bpf = bpf.clone();
+    lock(&runner).on_first_write(Box::new(move || {
+        activation_bpf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .activate()
+            .map_err(|e| e.to_string())
+    }));
+    let dns_task = dns_changes.map(|rx| tokio::spawn(follow_dns(rx, runner.clone())));
+    match source {
+        Source::File(file) => {
+            let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
+            tokio::select! {
+                _ = follow_file(runner.clone(), &file, poll) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+        Source::Ads(ads) => {
+            let mut handler =
+                KernelNativeXds::new(runner.clone(), admin_state).with_metrics(metrics);
+            tokio::select! {
+                _ = ads::run(*ads, &mut handler) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+    }
+    if let Some(task) = dns_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+type SharedRunner = Arc<Mutex<KernelNativeRunner>>;
+
+/// The runner's state stays consistent across a panic in another holder
+/// (every apply is all-or-nothing), so a poisoned lock is still usable.
+fn lock(runner: &SharedRunner) -> std::sync::MutexGuard<'_, KernelNativeRunner> {
+    runner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Poll the xDS file forever (until the caller drops this future).
+async fn follow_file(runner: SharedRunner, file: &Path, poll: Duration) {
+    let mut watch = FileWatch::new(file);
+    let mut last_read_error = None;
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        poll_file(&mut watch, &mut lock(&runner), &mut last_read_error);
+    }
+}
+
+/// Re-apply the configuration whenever a hostname's addresses change. A burst
+/// of changes is folded into one apply.
+async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, runner: SharedRunner) {
+    while let Some(change) = changes.recv().await {
+        tracing::info!(host = %change.host, addresses = ?change.addresses, "DNS answer changed");
+        while let Ok(more) = changes.try_recv() {
+            tracing::info!(host = %more.host, addresses = ?more.addresses, "DNS answer changed");
+        }
+        lock(&runner).reapply();
+    }
+}
+
+/// Check the file; apply it when it changed. A file that cannot be read or
+/// parsed is reported (once per distinct error) and the config in force stays.
+fn poll_file(
+    watch: &mut FileWatch,
+    runner: &mut KernelNativeRunner,
+    last_error: &mut Option<String>,
+) {
+    let text = match watch.changed() {
+        Ok(Some(text)) => text,
+        Ok(None) => return,
+        Err(e) => {
+            let msg = e.to_string();
+            if last_error.as_deref() != Some(msg.as_str()) {
+                tracing::error!(error = %msg, "xDS file unreadable; the configuration in force stays");
+                runner.refuse(msg.clone());
+                *last_error = Some(msg);
+            }
+            return;
+        }
+    };
+    *last_error = None;
+    match parse_resources(&text) {
+        Ok(resources) => {
+            runner.apply(&resources);
+            drop(resources);
+            drop(text);
+            release_freed_memory();
+        }
+        Err(e) => {
+            let msg = format!("{}: {e}", watch.path().display());
+            tracing::error!(error = %msg, "invalid xDS file; the configuration in force stays");
+            runner.refuse(msg);
+        }
+    }
+}
