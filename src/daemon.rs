@@ -16,6 +16,8 @@ use crate::dns::{DnsResolver, HostChanged, ResolverSettings};
 use crate::logging::LogControl;
 use crate::telemetry::TelemetryError;
 use crate::xds::ads::{AdsConfig, TlsSettings};
+use crate::xds::file::parse_resources;
+use crate::xds::file_watch::FileWatch;
 use crate::xds::identity::Identity;
 
 mod dual_engine;
@@ -142,6 +144,50 @@ fn start_dns(config: &Config) -> (Option<DnsResolver>, Option<UnboundedReceiver<
         Err(e) => {
             tracing::warn!(error = %e, "no DNS resolver: STRICT_DNS/LOGICAL_DNS clusters get no endpoints");
             (None, None)
+        }
+    }
+}
+
+/// Polls the xDS file until the caller drops this future. A changed file
+/// that parses goes to `apply`; one that cannot be read (reported once per
+/// distinct error) or parsed goes to `refuse`, and the config in force stays.
+async fn follow_file(
+    file: &Path,
+    poll: Duration,
+    mut apply: impl FnMut(Vec<prost_types::Any>),
+    mut refuse: impl FnMut(String),
+) {
+    let mut watch = FileWatch::new(file);
+    let mut last_read_error: Option<String> = None;
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let text = match watch.changed() {
+            Ok(Some(text)) => text,
+            Ok(None) => continue,
+            Err(e) => {
+                let msg = e.to_string();
+                if last_read_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(error = %msg, "xDS file unreadable; the configuration in force stays");
+                    refuse(msg.clone());
+                    last_read_error = Some(msg);
+                }
+                continue;
+            }
+        };
+        last_read_error = None;
+        match parse_resources(&text) {
+            Ok(resources) => {
+                drop(text);
+                apply(resources);
+                release_freed_memory();
+            }
+            Err(e) => {
+                let msg = format!("{}: {e}", watch.path().display());
+                tracing::error!(error = %msg, "invalid xDS file; the configuration in force stays");
+                refuse(msg);
+            }
         }
     }
 }

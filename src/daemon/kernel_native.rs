@@ -1,13 +1,12 @@
 //! Kernel-native mode: Envoy xDS (SotW ADS or the file) compiled into the
 //! listener/cluster maps read by `bpf/kernel_native`.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{release_freed_memory, start_dns, DaemonError, Shutdown, Source};
+use super::{follow_file, start_dns, DaemonError, Shutdown, Source};
 use crate::admin::AdminState;
 use crate::bpf::kernel_native::{KernelNativeBpf, MapCapacity};
 use crate::config::Config;
@@ -19,8 +18,6 @@ use crate::kernel_native::xds_sotw::KernelNativeXds;
 use crate::metrics::{self, Metrics};
 use crate::telemetry::Telemetry;
 use crate::xds::ads;
-use crate::xds::file::parse_resources;
-use crate::xds::file_watch::FileWatch;
 
 pub(super) async fn run(
     config: &Config,
@@ -91,7 +88,9 @@ pub(super) async fn run(
         Source::File(file) => {
             let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
             tokio::select! {
-                _ = follow_file(runner.clone(), &file, poll) => {}
+                _ = follow_file(&file, poll, |resources| {
+                    lock(&runner).apply(&resources);
+                }, |error| lock(&runner).refuse(error)) => {}
                 _ = shutdown.wait() => {}
             }
         }
@@ -120,18 +119,6 @@ fn lock(runner: &SharedRunner) -> std::sync::MutexGuard<'_, KernelNativeRunner> 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Poll the xDS file forever (until the caller drops this future).
-async fn follow_file(runner: SharedRunner, file: &Path, poll: Duration) {
-    let mut watch = FileWatch::new(file);
-    let mut last_read_error = None;
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        poll_file(&mut watch, &mut lock(&runner), &mut last_read_error);
-    }
-}
-
 /// Re-apply the configuration whenever a hostname's addresses change. A burst
 /// of changes is folded into one apply.
 async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, runner: SharedRunner) {
@@ -141,41 +128,5 @@ async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, runner: SharedR
             tracing::info!(host = %more.host, addresses = ?more.addresses, "DNS answer changed");
         }
         lock(&runner).reapply();
-    }
-}
-
-/// Check the file; apply it when it changed. A file that cannot be read or
-/// parsed is reported (once per distinct error) and the config in force stays.
-fn poll_file(
-    watch: &mut FileWatch,
-    runner: &mut KernelNativeRunner,
-    last_error: &mut Option<String>,
-) {
-    let text = match watch.changed() {
-        Ok(Some(text)) => text,
-        Ok(None) => return,
-        Err(e) => {
-            let msg = e.to_string();
-            if last_error.as_deref() != Some(msg.as_str()) {
-                tracing::error!(error = %msg, "xDS file unreadable; the configuration in force stays");
-                runner.refuse(msg.clone());
-                *last_error = Some(msg);
-            }
-            return;
-        }
-    };
-    *last_error = None;
-    match parse_resources(&text) {
-        Ok(resources) => {
-            runner.apply(&resources);
-            drop(resources);
-            drop(text);
-            release_freed_memory();
-        }
-        Err(e) => {
-            let msg = format!("{}: {e}", watch.path().display());
-            tracing::error!(error = %msg, "invalid xDS file; the configuration in force stays");
-            runner.refuse(msg);
-        }
     }
 }

@@ -1,0 +1,95 @@
+//! The dual-engine side of the delta ADS stream: subscribes to workload
+//! addresses and authorizations, hands each response to the runner, and
+//! remembers the version of every resource held so that a new stream asks
+//! only for what changed (`initial_resource_versions`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::service::discovery::v3::Resource;
+
+use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use super::runner::DualEngineRunner;
+use crate::admin::AdminState;
+use crate::xds::delta::{DeltaHandler, DeltaStatus};
+
+pub type SharedRunner = Arc<Mutex<DualEngineRunner>>;
+
+/// The runner's state stays consistent across a panic in another holder
+/// (every update is all-or-nothing), so a poisoned lock is still usable.
+pub fn lock(runner: &SharedRunner) -> std::sync::MutexGuard<'_, DualEngineRunner> {
+    runner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub struct DualEngineXds {
+    runner: SharedRunner,
+    admin: Arc<AdminState>,
+    /// type URL -> resource name -> version held.
+    versions: HashMap<String, HashMap<String, String>>,
+}
+
+impl DualEngineXds {
+    pub fn new(runner: SharedRunner, admin: Arc<AdminState>) -> Self {
+        Self {
+            runner,
+            admin,
+            versions: HashMap::new(),
+        }
+    }
+}
+
+impl DeltaHandler for DualEngineXds {
+    fn type_urls(&self) -> Vec<String> {
+        // Addresses first: authorizations refer to workloads.
+        vec![ADDRESS_TYPE_URL.into(), AUTHORIZATION_TYPE_URL.into()]
+    }
+
+    fn initial_resource_versions(&self, type_url: &str) -> HashMap<String, String> {
+        self.versions.get(type_url).cloned().unwrap_or_default()
+    }
+
+    fn on_response(
+        &mut self,
+        type_url: &str,
+        added: Vec<Resource>,
+        removed: Vec<String>,
+    ) -> Result<(), String> {
+        let mut payloads = Vec::with_capacity(added.len());
+        let mut sent_versions = Vec::with_capacity(added.len());
+        for resource in added {
+            // A resource without a body only names itself (an alias answer).
+            let Some(any) = resource.resource else {
+                continue;
+            };
+            sent_versions.push((resource.name.clone(), resource.version));
+            payloads.push((resource.name, any));
+        }
+        let outcome = lock(&self.runner).apply_delta(type_url, payloads, removed.clone());
+        let held = self.versions.entry(type_url.to_owned()).or_default();
+        for name in &removed {
+            held.remove(name);
+        }
+        let refused = outcome
+            .as_ref()
+            .err()
+            .map(|r| r.refused_names.clone())
+            .unwrap_or_default();
+        for (name, version) in sent_versions {
+            if !refused.contains(&name) {
+                held.insert(name, version);
+            }
+        }
+        outcome.map_err(|r| r.detail)
+    }
+
+    fn on_status(&mut self, status: &DeltaStatus) {
+        self.admin
+            .set_xds_status(serde_json::to_value(status).unwrap_or_default());
+    }
+
+    fn resource_count(&self, type_url: &str) -> usize {
+        self.versions.get(type_url).map_or(0, HashMap::len)
+    }
+}
