@@ -34,6 +34,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::NamedTempFile;
 
+pub mod delta_server;
 pub mod envoy;
 pub mod xds_server;
 
