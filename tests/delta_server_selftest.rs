@@ -533,3 +533,156 @@ fn a_20_mb_response_is_accepted() {
     assert_eq!(change.added[0].2, size);
     assert!(size > 20 * 1024 * 1024);
 }
+
+/// The serving rules, checked with a plain gRPC client that sends exactly
+/// the requests under test.
+mod serving_rules {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    };
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    const TYPE: &str = "type.googleapis.com/test.Opaque";
+
+    struct Stream {
+        tx: mpsc::Sender<DeltaDiscoveryRequest>,
+        rx: tonic::Streaming<DeltaDiscoveryResponse>,
+    }
+
+    impl Stream {
+        async fn open(server: &DeltaServer) -> Stream {
+            let mut client = AggregatedDiscoveryServiceClient::connect(server.url())
+                .await
+                .unwrap();
+            let (tx, rx) = mpsc::channel(8);
+            let rx = client
+                .delta_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            Stream { tx, rx }
+        }
+
+        async fn send(&self, subscribe: &[&str], unsubscribe: &[&str], nonce: &str) {
+            self.send_req(DeltaDiscoveryRequest {
+                type_url: TYPE.into(),
+                resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+                resource_names_unsubscribe: unsubscribe.iter().map(|s| s.to_string()).collect(),
+                response_nonce: nonce.into(),
+                ..Default::default()
+            })
+            .await;
+        }
+
+        async fn send_req(&self, req: DeltaDiscoveryRequest) {
+            self.tx.send(req).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> DeltaDiscoveryResponse {
+            tokio::time::timeout(T, self.rx.message())
+                .await
+                .expect("a response in time")
+                .unwrap()
+                .expect("the stream is open")
+        }
+
+        /// No response within a short while.
+        async fn quiet(&mut self) {
+            let got = tokio::time::timeout(Duration::from_millis(300), self.rx.message()).await;
+            assert!(got.is_err(), "unexpected response: {got:?}");
+        }
+    }
+
+    fn opaque(text: &str) -> Any {
+        Any {
+            type_url: TYPE.into(),
+            value: text.as_bytes().to_vec(),
+        }
+    }
+
+    fn added(resp: &DeltaDiscoveryResponse) -> Vec<(String, String)> {
+        let mut v: Vec<_> = resp
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn star_and_named_subscriptions_initial_versions_and_stale_nonces() {
+        let server = DeltaServer::start();
+        let none = server.push(
+            TYPE,
+            vec![entry("a", "1", opaque("a")), entry("b", "1", opaque("b"))],
+            vec![],
+        );
+        assert!(none.is_empty(), "no client yet");
+
+        // An explicit `*` is a wildcard.
+        let mut wild = Stream::open(&server).await;
+        wild.send(&["*"], &[], "").await;
+        let first = wild.recv().await;
+        assert_eq!(added(&first), pairs(&[("a", "1"), ("b", "1")]));
+        assert!(first.removed_resources.is_empty());
+        // A nonce that was never sent is stale: recorded, not answered.
+        wild.send(&[], &[], "bogus").await;
+        wild.send(&[], &[], &first.nonce).await;
+        wild.quiet().await;
+        let reqs = server.requests();
+        assert!(reqs.iter().any(|r| r.response_nonce == "bogus" && r.stale));
+        assert!(reqs
+            .iter()
+            .any(|r| r.response_nonce == first.nonce && r.is_ack() && !r.stale));
+
+        // Subscribe-and-unsubscribe `*` is "nothing yet": answered empty;
+        // a later name brings just that resource.
+        let mut named = Stream::open(&server).await;
+        named.send(&["*"], &["*"], "").await;
+        let empty = named.recv().await;
+        assert!(empty.resources.is_empty() && empty.removed_resources.is_empty());
+        named.send(&["b"], &[], &empty.nonce).await;
+        assert_eq!(added(&named.recv().await), pairs(&[("b", "1")]));
+
+        // A push goes to the streams it concerns only.
+        let nonces = server.push(TYPE, vec![entry("c", "1", opaque("c"))], vec![]);
+        assert_eq!(nonces.len(), 1);
+        let pushed = wild.recv().await;
+        assert_eq!(pushed.nonce, nonces[0]);
+        assert_eq!(added(&pushed), pairs(&[("c", "1")]));
+        named.quiet().await;
+
+        // initial_resource_versions: same version skipped, other version
+        // resent, unknown name removed.
+        let mut resumed = Stream::open(&server).await;
+        resumed
+            .send_req(DeltaDiscoveryRequest {
+                type_url: TYPE.into(),
+                initial_resource_versions: HashMap::from([
+                    ("a".to_string(), "1".to_string()),
+                    ("b".to_string(), "0".to_string()),
+                    ("gone".to_string(), "3".to_string()),
+                ]),
+                ..Default::default()
+            })
+            .await;
+        let diff = resumed.recv().await;
+        assert_eq!(added(&diff), pairs(&[("b", "1"), ("c", "1")]));
+        assert_eq!(diff.removed_resources, vec!["gone".to_string()]);
+
+        // drop_streams ends every stream with status OK.
+        server.drop_streams();
+        let end = tokio::time::timeout(T, wild.rx.message()).await.unwrap();
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+}

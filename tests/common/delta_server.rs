@@ -26,7 +26,8 @@
 //!   for the type is stale: recorded and otherwise ignored.
 //! - [`DeltaServer::push`] changes the stored resources and sends the
 //!   change (what each subscription selects of it) at once to every open
-//!   stream subscribed to the type, each with a fresh nonce. A push while
+//!   stream subscribed to the type that it concerns, each with a fresh
+//!   nonce. A push while
 //!   stopped only changes the store; a restarted server then serves the
 //!   difference to reconnecting clients.
 
@@ -510,8 +511,8 @@ impl DeltaServer {
     /// Changes the stored resources of `type_url` — `added` as `(name,
     /// version, payload)` replace what has the same name, `removed` names
     /// go — and sends the change to every open stream subscribed to the
-    /// type. Returns the nonces of those responses (none while stopped or
-    /// before a client subscribed).
+    /// type that selects any of it. Returns the nonces of those responses
+    /// (none while stopped or before a client subscribed).
     pub fn push(
         &self,
         type_url: &str,
@@ -549,7 +550,12 @@ impl DeltaServer {
                 .filter(|n| sub.wants(n))
                 .filter_map(|n| state.resource(type_url, n))
                 .collect();
-            nonces.extend(state.send_change(id, type_url, wanted_added, wanted_removed));
+            // A stream the change does not concern gets nothing (an empty
+            // push still goes to all: a test may want a bare nonce).
+            let concerns = !wanted_added.is_empty() || !wanted_removed.is_empty();
+            if concerns || (names.is_empty() && removed.is_empty()) {
+                nonces.extend(state.send_change(id, type_url, wanted_added, wanted_removed));
+            }
         }
         drop(state);
         self.shared.changed.notify_all();
