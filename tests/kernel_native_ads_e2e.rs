@@ -9,7 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::envoy::{require_envoy, Envoy};
-use common::xds_server::{resources_from_yaml, XdsServer, CLUSTER, ENDPOINT, LISTENER};
+use common::xds_server::{
+    resources_from_yaml, tls_material, XdsServer, CLUSTER, ENDPOINT, LISTENER,
+};
 use common::yaml::*;
 use common::*;
 
@@ -475,77 +477,6 @@ fn a_daemon_restarted_on_ads_writes_only_a_complete_world() {
         "the first write must carry the whole world: {first}"
     );
     next.stop();
-}
-
-/// A CA and a server certificate for 127.0.0.1 and `istiod.test`, made with
-/// the openssl command line for this test only.
-fn tls_material(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is installed (Debian openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=istiod.test",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:istiod.test\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.pem",
-    ]);
-    (
-        std::fs::read(dir.join("server.pem")).unwrap(),
-        std::fs::read(dir.join("server.key")).unwrap(),
-        dir.join("ca.pem"),
-    )
 }
 
 #[test]

@@ -7,24 +7,16 @@
 //! is touched: the configuration in force keeps serving.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::rpc::Status as RpcStatus;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-/// Istiod's config pushes can be tens of MB; tonic's default limit is 4 MB.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-
-/// gRPC status code for "the config was invalid" in a NACK's error_detail.
-const INVALID_ARGUMENT: i32 = 3;
+use super::transport::{self, error_chain, nack_status};
+// The client settings and helpers moved to `transport` (shared with delta
+// ADS); these paths stay for the callers of the SotW client.
+pub use super::transport::{AdsConfig, AdsError, Backoff, TlsSettings, MAX_MESSAGE_BYTES};
 
 /// What the client asks for of one type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,50 +42,6 @@ pub trait SotwHandler: Send {
     fn on_status(&mut self, status: &AdsStatus);
 }
 
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    /// PEM file with the control plane's root CA.
-    pub root_cert: PathBuf,
-    /// Name to verify in the server certificate (defaults to the host).
-    pub domain: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdsConfig {
-    /// `http://host:port` (plaintext) or `https://host:port` (TLS).
-    pub uri: String,
-    pub tls: Option<TlsSettings>,
-    /// Bearer token file sent as `authorization` on the stream (Istio's JWT).
-    pub token_file: Option<PathBuf>,
-    pub node: Node,
-    /// Sent as the gRPC metadata `ClusterID`, as Istio proxies do.
-    pub cluster_id: String,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AdsError {
-    #[error("invalid xDS address {uri:?}: {message}")]
-    Address { uri: String, message: String },
-    #[error("reading {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to {uri}: {source}")]
-    Connect {
-        uri: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error("ADS stream: {0}")]
-    Stream(#[from] tonic::Status),
-    #[error("ADS request queue closed")]
-    QueueClosed,
-}
-
 /// Per type: what was received, ACKed and NACKed (shown in the config dump).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TypeStatus {
@@ -116,48 +64,6 @@ pub struct AdsStatus {
     pub reconnects: u64,
     pub last_stream_error: Option<String>,
     pub types: BTreeMap<String, TypeStatus>,
-}
-
-/// Exponential backoff with jitter: each wait is uniform in [d/2, d], and d
-/// doubles up to the maximum. Reset once a stream has received a response.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9)
-            | 1;
-        Self {
-            initial,
-            max,
-            current: initial,
-            seed,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.initial;
-    }
-
-    pub fn next_wait(&mut self) -> Duration {
-        // xorshift: jitter needs no cryptographic quality.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let d = self.current;
-        let half = d / 2;
-        let jitter = half.mul_f64((self.seed % 1000) as f64 / 1000.0);
-        self.current = (self.current * 2).min(self.max);
-        half + jitter
-    }
 }
 
 /// Run the ADS client until the future is dropped (shutdown).
@@ -194,55 +100,6 @@ pub async fn run<H: SotwHandler>(config: AdsConfig, handler: &mut H) {
     }
 }
 
-/// An error with its causes ("transport error: connection refused"), since
-/// tonic's own text stops at the outermost layer.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
-async fn connect(config: &AdsConfig) -> Result<Channel, AdsError> {
-    let address_error = |message: String| AdsError::Address {
-        uri: config.uri.clone(),
-        message,
-    };
-    let mut endpoint = Endpoint::from_shared(config.uri.clone())
-        .map_err(|e| address_error(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    if let Some(tls) = &config.tls {
-        let pem = std::fs::read(&tls.root_cert).map_err(|source| AdsError::ReadFile {
-            path: tls.root_cert.clone(),
-            source,
-        })?;
-        let mut tls_config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-        if let Some(domain) = &tls.domain {
-            tls_config = tls_config.domain_name(domain.clone());
-        }
-        endpoint = endpoint
-            .tls_config(tls_config)
-            .map_err(|e| address_error(e.to_string()))?;
-    }
-    endpoint
-        .connect()
-        .await
-        .map_err(|source| AdsError::Connect {
-            uri: config.uri.clone(),
-            source,
-        })
-}
-
 fn request(
     config: &AdsConfig,
     type_url: &str,
@@ -259,11 +116,7 @@ fn request(
         },
         type_url: type_url.to_string(),
         response_nonce: status.nonce.clone(),
-        error_detail: error_detail.map(|message| RpcStatus {
-            code: INVALID_ARGUMENT,
-            message,
-            details: Vec::new(),
-        }),
+        error_detail: error_detail.map(nack_status),
         ..Default::default()
     }
 }
@@ -274,10 +127,7 @@ async fn run_stream<H: SotwHandler>(
     status: &mut AdsStatus,
     got_response: &mut bool,
 ) -> Result<(), AdsError> {
-    let channel = connect(config).await?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = transport::client(config).await?;
 
     // A new stream has no nonces yet; versions carry over (the server may
     // then skip resending what we already have).
@@ -294,22 +144,7 @@ async fn run_stream<H: SotwHandler>(
         sent.insert(type_url, sub);
     }
 
-    let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    if let Ok(v) = MetadataValue::try_from(config.cluster_id.as_str()) {
-        req.metadata_mut().insert("clusterid", v);
-    }
-    // A missing token file is not an error: plaintext test control planes
-    // and clusters without token auth have none. One that exists but cannot
-    // be read is.
-    if let Some(path) = config.token_file.as_ref().filter(|p| p.exists()) {
-        let token = std::fs::read_to_string(path).map_err(|source| AdsError::ReadFile {
-            path: path.clone(),
-            source,
-        })?;
-        if let Ok(v) = MetadataValue::try_from(format!("Bearer {}", token.trim())) {
-            req.metadata_mut().insert("authorization", v);
-        }
-    }
+    let req = transport::stream_request(config, ReceiverStream::new(rx))?;
     let mut responses = client.stream_aggregated_resources(req).await?.into_inner();
     status.connected = true;
     status.last_stream_error = None;
@@ -389,26 +224,4 @@ async fn handle_response<H: SotwHandler>(
     tx.send(request(config, &type_url, &sub, t, error_detail))
         .await
         .map_err(|_| AdsError::QueueClosed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let mut bound = Duration::from_secs(1);
-        for _ in 0..10 {
-            let w = b.next_wait();
-            assert!(
-                w >= bound / 2 && w <= bound,
-                "{w:?} not in [{:?}, {bound:?}]",
-                bound / 2
-            );
-            bound = (bound * 2).min(Duration::from_secs(30));
-        }
-        b.reset();
-        assert!(b.next_wait() <= Duration::from_secs(1));
-    }
 }

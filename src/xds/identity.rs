@@ -1,5 +1,7 @@
 //! Who we are to the control plane. Istiod serves a proxy by its node id and
-//! metadata, so kmesh presents itself as a sidecar does.
+//! metadata: in kernel-native mode kmesh presents itself as a sidecar does
+//! (Envoy xDS), in dual-engine mode as ztunnel does (the ambient workload API
+//! over delta ADS; Istiod picks the node type from the id's first field).
 
 use std::collections::HashMap;
 
@@ -22,16 +24,18 @@ pub const ISTIO_VERSION: &str = "1.24.0";
 impl Identity {
     /// `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`, Istio's sidecar node id.
     pub fn node_id(&self) -> String {
+        self.proxy_node_id("sidecar")
+    }
+
+    /// Istio's node id: `<type>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+    fn proxy_node_id(&self, node_type: &str) -> String {
         format!(
-            "sidecar~{}~{}.{}~{}.svc.cluster.local",
+            "{node_type}~{}~{}.{}~{}.svc.cluster.local",
             self.instance_ip, self.pod_name, self.pod_namespace, self.pod_namespace
         )
     }
 
     pub fn node(&self) -> Node {
-        let text = |s: &str| Value {
-            kind: Some(Kind::StringValue(s.to_string())),
-        };
         let mut fields = HashMap::new();
         fields.insert("CLUSTER_ID".to_string(), text(&self.cluster_id));
         fields.insert("NAMESPACE".to_string(), text(&self.pod_namespace));
@@ -53,11 +57,79 @@ impl Identity {
             ..Default::default()
         }
     }
+
+    /// `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`: the node id of an
+    /// ambient node proxy. Istiod serves the workload API (Address,
+    /// Authorization) to this node type.
+    pub fn ztunnel_node_id(&self) -> String {
+        self.proxy_node_id("ztunnel")
+    }
+
+    /// The node for delta ADS in dual-engine mode, with the metadata ztunnel
+    /// sends: NAME/NAMESPACE of the pod, INSTANCE_IPS, NODE_NAME (Istiod
+    /// scopes workload pushes to the node), CLUSTER_ID (which cluster's
+    /// registry the proxy lives in) and ISTIO_VERSION.
+    pub fn ztunnel_node(&self) -> Node {
+        let fields = [
+            ("NAME", self.pod_name.as_str()),
+            ("NAMESPACE", self.pod_namespace.as_str()),
+            ("INSTANCE_IPS", self.instance_ip.as_str()),
+            ("NODE_NAME", self.node_name.as_str()),
+            ("CLUSTER_ID", self.cluster_id.as_str()),
+            ("ISTIO_VERSION", ISTIO_VERSION),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), text(v)))
+        .collect();
+        Node {
+            id: self.ztunnel_node_id(),
+            metadata: Some(Struct { fields }),
+            user_agent_name: "kmesh".to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+fn text(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            instance_ip: "10.0.0.7".into(),
+            pod_name: "kmesh-abc".into(),
+            pod_namespace: "kmesh-system".into(),
+            cluster_id: "Kubernetes".into(),
+            node_name: "node-1".into(),
+        }
+    }
+
+    #[test]
+    fn ztunnel_node_has_the_ambient_id_and_metadata() {
+        let node = identity().ztunnel_node();
+        assert_eq!(
+            node.id,
+            "ztunnel~10.0.0.7~kmesh-abc.kmesh-system~kmesh-system.svc.cluster.local"
+        );
+        let meta = node.metadata.unwrap().fields;
+        let get = |k: &str| match &meta[k].kind {
+            Some(Kind::StringValue(s)) => s.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(get("NAME"), "kmesh-abc");
+        assert_eq!(get("NAMESPACE"), "kmesh-system");
+        assert_eq!(get("INSTANCE_IPS"), "10.0.0.7");
+        assert_eq!(get("NODE_NAME"), "node-1");
+        assert_eq!(get("CLUSTER_ID"), "Kubernetes");
+        assert_eq!(get("ISTIO_VERSION"), ISTIO_VERSION);
+        assert_eq!(meta.len(), 6);
+    }
 
     #[test]
     fn node_id_has_the_sidecar_shape_and_metadata_names_the_cluster() {

@@ -35,6 +35,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::NamedTempFile;
 
+pub mod delta_server;
 pub mod envoy;
 pub mod xds_server;
 

@@ -38,6 +38,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -318,11 +319,33 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
-/// The server thread of one `start()`/`restart()`.
-struct Running {
+/// The server thread of one `start()`/`restart()` (of this server or of
+/// [`super::delta_server`]).
+pub(super) struct Running {
     stop: oneshot::Sender<()>,
     thread: JoinHandle<()>,
 }
+
+impl Running {
+    /// Stops serving: the listener and every connection close at once.
+    pub(super) fn stop(self) {
+        let _ = self.stop.send(());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if self.thread.is_finished() {
+            if self.thread.join().is_err() {
+                eprintln!("test gRPC server: server thread panicked");
+            }
+        } else {
+            eprintln!("test gRPC server: server thread did not stop within {STOP_TIMEOUT:?}");
+        }
+    }
+}
+
+/// PEM certificate chain and key of a server that speaks TLS.
+pub(super) type TlsIdentity = Arc<(Vec<u8>, Vec<u8>)>;
 
 /// The test ADS server. Dropping it stops the server and closes every stream.
 pub struct XdsServer {
@@ -330,7 +353,7 @@ pub struct XdsServer {
     addr: SocketAddr,
     running: Option<Running>,
     /// PEM certificate chain and key when serving TLS.
-    tls: Option<Arc<(Vec<u8>, Vec<u8>)>>,
+    tls: Option<TlsIdentity>,
 }
 
 impl XdsServer {
@@ -345,13 +368,13 @@ impl XdsServer {
         XdsServer::start_with(Some(Arc::new((cert_pem, key_pem))))
     }
 
-    fn start_with(tls: Option<Arc<(Vec<u8>, Vec<u8>)>>) -> XdsServer {
+    fn start_with(tls: Option<TlsIdentity>) -> XdsServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
         let (running, addr) = serve(
-            shared.clone(),
+            routes(&shared),
             SocketAddr::from(([127, 0, 0, 1], 0)),
             tls.clone(),
         )
@@ -558,18 +581,7 @@ impl XdsServer {
     /// records are kept for `restart()`.
     pub fn stop(&mut self) {
         if let Some(running) = self.running.take() {
-            let _ = running.stop.send(());
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while !running.thread.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if running.thread.is_finished() {
-                if running.thread.join().is_err() {
-                    eprintln!("xDS test server: server thread panicked");
-                }
-            } else {
-                eprintln!("xDS test server: server thread did not stop within {STOP_TIMEOUT:?}");
-            }
+            running.stop();
         }
         self.shared.lock().streams.clear();
         self.shared.changed.notify_all();
@@ -579,19 +591,11 @@ impl XdsServer {
     /// snapshots as they are now (`set()` while stopped is allowed).
     pub fn restart(&mut self) {
         self.stop();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match serve(self.shared.clone(), self.addr, self.tls.clone()) {
-                Ok((running, _)) => {
-                    self.running = Some(running);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => panic!("xDS test server: cannot listen again on {}: {e}", self.addr),
-            }
-        }
+        self.running = Some(serve_again(
+            || routes(&self.shared),
+            self.addr,
+            self.tls.clone(),
+        ));
     }
 
     /// Whether the server is serving (not stopped).
@@ -744,18 +748,43 @@ fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-/// Binds `addr` (SO_REUSEADDR, so a restart can take the same port while old
-/// connections linger in TIME_WAIT) and serves on a new thread with its own
-/// runtime. Returns once the socket listens.
-fn serve(
-    shared: Arc<Shared>,
+fn routes(shared: &Arc<Shared>) -> Routes {
+    Routes::new(AggregatedDiscoveryServiceServer::new(Ads {
+        shared: shared.clone(),
+    }))
+}
+
+/// [`serve`] on `addr` again after a stop, waiting (up to 10 s) for the
+/// port to be free.
+pub(super) fn serve_again(
+    routes: impl Fn() -> Routes,
     addr: SocketAddr,
-    tls: Option<Arc<(Vec<u8>, Vec<u8>)>>,
+    tls: Option<TlsIdentity>,
+) -> Running {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match serve(routes(), addr, tls.clone()) {
+            Ok((running, _)) => return running,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("test gRPC server: cannot listen again on {addr}: {e}"),
+        }
+    }
+}
+
+/// Binds `addr` (SO_REUSEADDR, so a restart can take the same port while old
+/// connections linger in TIME_WAIT) and serves `routes` on a new thread with
+/// its own runtime. Returns once the socket listens.
+pub(super) fn serve(
+    routes: Routes,
+    addr: SocketAddr,
+    tls: Option<TlsIdentity>,
 ) -> io::Result<(Running, SocketAddr)> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = thread::Builder::new()
-        .name(format!("xds-server-{}", addr.port()))
+        .name(format!("grpc-server-{}", addr.port()))
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -781,15 +810,15 @@ fn serve(
                     let identity = tonic::transport::Identity::from_pem(&tls.0, &tls.1);
                     builder = builder
                         .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                        .unwrap_or_else(|e| panic!("xDS test server TLS config: {e}"));
+                        .unwrap_or_else(|e| panic!("test gRPC server TLS config: {e}"));
                 }
                 let server = builder
-                    .add_service(AggregatedDiscoveryServiceServer::new(Ads { shared }))
+                    .add_routes(routes)
                     .serve_with_incoming(TcpIncoming::from(listener));
                 tokio::select! {
                     result = server => {
                         if let Err(e) = result {
-                            eprintln!("xDS test server on {addr}: {e}");
+                            eprintln!("test gRPC server on {addr}: {e}");
                         }
                     }
                     _ = stop_rx => {}
@@ -814,7 +843,7 @@ fn serve(
         Err(_) => {
             let _ = thread.join();
             Err(io::Error::other(
-                "xDS server thread exited before listening",
+                "test gRPC server thread exited before listening",
             ))
         }
     }
@@ -829,4 +858,76 @@ fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(128)
+}
+
+/// A CA and a server certificate for 127.0.0.1 and `istiod.test`, made in
+/// `dir` with the openssl command line: `(server cert PEM, server key PEM,
+/// path of the CA PEM)`.
+pub fn tls_material(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (Debian openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=istiod.test",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:istiod.test\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        std::fs::read(dir.join("server.pem")).unwrap(),
+        std::fs::read(dir.join("server.key")).unwrap(),
+        dir.join("ca.pem"),
+    )
 }
