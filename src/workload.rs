@@ -14,3 +14,4 @@ pub mod plan;
 pub mod proto;
 pub mod resource;
 pub mod runner;
+pub mod xds_delta;

@@ -64,6 +64,11 @@ impl DeltaHandler for DualEngineXds {
                 continue;
             };
             sent_versions.push((resource.name.clone(), resource.version));
+            // envoy-types has its own Any; the compiler takes prost's.
+            let any = prost_types::Any {
+                type_url: any.type_url,
+                value: any.value,
+            };
             payloads.push((resource.name, any));
         }
         let outcome = lock(&self.runner).apply_delta(type_url, payloads, removed.clone());
