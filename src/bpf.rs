@@ -1,6 +1,7 @@
 //! Loading eBPF objects, pinning them under `<bpf-fs-path>/kmesh/`, and
 //! attaching them to the managed cgroup2 directory.
 
+pub mod batch;
 pub mod dual_engine;
 pub mod kernel_native;
 pub mod mounts;

@@ -6,5 +6,8 @@
 //! (pure, incremental: only services/workloads an update touched are
 //! recompiled) → [`plan::Plan`] + [`plan::PlanChanges`] → writer (syscalls).
 
+pub mod bpf_dump;
 pub mod plan;
 pub mod proto;
+pub mod records;
+pub mod writer;
