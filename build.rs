@@ -38,10 +38,10 @@ fn compile_istio_protos(out_dir: &Path) {
         .unwrap_or_else(|e| panic!("generating Rust for proto/: {e}"));
 }
 
-/// A fingerprint of the shared C layout: a restarted daemon reuses pinned
+/// A fingerprint of a shared C layout: a restarted daemon reuses pinned
 /// maps only if they were written with the same layout (FNV-1a of the header).
-fn layout_version() -> String {
-    let header = fs::read("include/kernel_native.h").expect("include/kernel_native.h exists");
+fn layout_version(header: &str) -> String {
+    let header = fs::read(header).unwrap_or_else(|e| panic!("reading {header}: {e}"));
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in header {
         hash ^= u64::from(byte);
@@ -51,7 +51,14 @@ fn layout_version() -> String {
 }
 
 fn build_bpf_skeletons(out_dir: &Path) {
-    println!("cargo:rustc-env=KMESH_KN_LAYOUT={}", layout_version());
+    println!(
+        "cargo:rustc-env=KMESH_KN_LAYOUT={}",
+        layout_version("include/kernel_native.h")
+    );
+    println!(
+        "cargo:rustc-env=KMESH_DE_LAYOUT={}",
+        layout_version("include/dual_engine.h")
+    );
     println!("cargo:rerun-if-changed=include");
     println!("cargo:rerun-if-changed=bpf");
     let include = Path::new("include")

@@ -120,7 +120,17 @@ enum de_counter {
 	DE_CNT_PASSTHROUGH = 3,     /* known service, PASSTHROUGH or unknown port */
 	DE_CNT_NO_ENDPOINT = 4,     /* refused: no endpoint to use */
 	DE_CNT_MAP_MISS = 5,        /* a record pointed at a missing one (update race) */
-	DE_CNT_COUNT = 6,
+	DE_CNT_WORKLOAD_HITS = 6,   /* destination was a workload address (kept as dialled) */
+	DE_CNT_COUNT = 7,
+};
+
+/* What a redirected socket dialled, kept in its socket storage so that
+ * getpeername() reports the service address, as it would through a proxy. */
+struct de_sock_state {
+	__u8 orig_addr[16]; /* as a frontend key: IPv4 as IPv4-mapped */
+	__u16 orig_port;    /* network byte order, as in the sockaddr */
+	__u8 orig_family;   /* enum de_family */
+	__u8 pad;
 };
 
 #endif /* KMESH_DUAL_ENGINE_H */

@@ -1,8 +1,11 @@
 //! Loading eBPF objects, pinning them under `<bpf-fs-path>/kmesh/`, and
 //! attaching them to the managed cgroup2 directory.
 
+pub mod batch;
+pub mod dual_engine;
 pub mod kernel_native;
 pub mod mounts;
+mod pinning;
 
 /// The generated libbpf skeletons (see build.rs). Their `types` modules are
 /// the one Rust definition of the C layouts in `include/`.
@@ -14,6 +17,18 @@ pub mod skel {
         unsafe_op_in_unsafe_fn
     )]
     include!(concat!(env!("OUT_DIR"), "/kernel_native.skel.rs"));
+}
+
+/// The dual-engine skeleton, in a module of its own: every generated skeleton
+/// defines the same inner module names (`types`, ...).
+pub mod de_skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        unsafe_op_in_unsafe_fn
+    )]
+    include!(concat!(env!("OUT_DIR"), "/dual_engine.skel.rs"));
 }
 
 use std::path::PathBuf;

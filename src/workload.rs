@@ -7,11 +7,14 @@
 //! recompiled) → [`plan::Plan`] + [`plan::PlanChanges`] → writer (syscalls).
 
 pub mod authorization;
+pub mod bpf_dump;
 pub mod compiler;
 pub mod ids;
 pub mod locality;
 pub mod plan;
 pub mod proto;
+pub mod records;
 pub mod resource;
 pub mod runner;
+pub mod writer;
 pub mod xds_delta;

@@ -16,16 +16,15 @@
 //! first configuration is in the maps the new programs read: make-before-break
 //! for the whole data plane.
 
-use std::fs::{self, File};
+use std::fs;
 use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapHandle, MapMut};
+use libbpf_rs::{MapHandle, MapMut};
 
 use super::mounts::{self, ensure_bpffs, ensure_cgroup2};
+use super::pinning::{self, CgroupTarget};
 use super::skel::{KernelNativeSkel, KernelNativeSkelBuilder};
 use super::BpfError;
 
@@ -95,17 +94,7 @@ const ATTACHED: [&str; 5] = [
     "sockops",
 ];
 
-/// How this daemon found the pins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StartKind {
-    /// Nothing was pinned.
-    Fresh,
-    /// An earlier daemon's maps are reused as they are.
-    Adopted,
-    /// Pins of another layout or size: replaced once the new maps are filled.
-    Rebuilt,
-}
+pub use super::pinning::StartKind;
 
 /// The loaded programs; attached (or switched to) by [`Self::activate`].
 pub struct KernelNativeBpf {
@@ -140,30 +129,12 @@ fn skel_map<'a>(
     })
 }
 
-/// Is this pinned link attached to the cgroup with this id?
-fn on_cgroup(link: &Link, cgroup_id: u64) -> bool {
-    matches!(
-        link.info().map(|i| i.info),
-        Ok(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cgroup_id
-    )
-}
-
-/// `layout-<hash>`: marks which layout the pinned maps were written with.
-fn layout_marker() -> String {
-    format!("layout-{LAYOUT_VERSION}")
-}
-
 /// Can the pinned maps be reused by this build with these sizes?
 fn adoptable(pin_dir: &Path, capacity: MapCapacity) -> bool {
-    if !pin_dir.join(layout_marker()).is_dir() {
+    if !pinning::has_layout(pin_dir, LAYOUT_VERSION) {
         return false;
     }
-    let sized = |name: &str, want: u32| {
-        MapHandle::from_pinned_path(pin_dir.join("maps").join(name))
-            .ok()
-            .and_then(|m| m.info().ok())
-            .is_some_and(|i| i.info.max_entries == want)
-    };
+    let sized = |name: &str, want: u32| pinning::pinned_with_size(&pin_dir.join("maps").join(name), want);
     DURABLE_MAPS
         .iter()
         .all(|m| pin_dir.join("maps").join(m).exists())
@@ -293,13 +264,7 @@ impl KernelNativeBpf {
         let links_dir = self.pin_dir.join("links");
         fs::create_dir_all(&links_dir)
             .map_err(BpfError::io("creating pin directory", &links_dir))?;
-        let cgroup = File::open(&self.cgroup2_path)
-            .map_err(BpfError::io("opening cgroup2", &self.cgroup2_path))?;
-        // The kernel's cgroup id is the inode number of its directory.
-        let cgroup_id = cgroup
-            .metadata()
-            .map_err(BpfError::io("reading cgroup2", &self.cgroup2_path))?
-            .ino();
+        let cgroup = CgroupTarget::open(&self.cgroup2_path)?;
         let progs = &self.skel.progs;
         for (name, prog) in ATTACHED.iter().zip([
             &progs.kn_connect4,
@@ -308,45 +273,13 @@ impl KernelNativeBpf {
             &progs.kn_getpeername6,
             &progs.kn_sockops,
         ]) {
-            let path = links_dir.join(name);
-            let switched = path.exists()
-                && match Link::open(&path) {
-                    // Atomic: every connect runs either the old program or this
-                    // one. Only for a link on this cgroup: after a change of
-                    // --cgroup2-path the old link goes and a new one is made.
-                    Ok(mut link) => on_cgroup(&link, cgroup_id) && link.update_prog(prog).is_ok(),
-                    Err(_) => false,
-                };
-            if switched {
-                continue;
-            }
-            let _ = fs::remove_file(&path);
-            let mut link = prog
-                .attach_cgroup(cgroup.as_raw_fd())
-                .map_err(BpfError::libbpf(format!(
-                    "attaching {name} to {}",
-                    self.cgroup2_path.display()
-                )))?;
-            link.pin(&path)
-                .map_err(BpfError::libbpf(format!("pinning link {name}")))?;
-            // The pin keeps the link (and the attachment) alive.
-            link.disconnect();
+            pinning::attach_pinned(&links_dir, name, prog, &cgroup)?;
         }
         if self.start == StartKind::Rebuilt {
             self.pin_maps()?;
         }
         self.pin_stage_arrays()?;
-        // bpffs holds only pins and directories: the layout is a directory name.
-        if let Ok(entries) = fs::read_dir(&self.pin_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("layout-") && name != layout_marker() {
-                    let _ = fs::remove_dir(entry.path());
-                }
-            }
-        }
-        let marker = self.pin_dir.join(layout_marker());
-        fs::create_dir_all(&marker).map_err(BpfError::io("creating", &marker))?;
+        pinning::mark_layout(&self.pin_dir, LAYOUT_VERSION)?;
         self.active = true;
         tracing::info!(
             start = ?self.start,
@@ -368,10 +301,7 @@ impl KernelNativeBpf {
             ("kn_stages4", &mut maps.kn_stages4),
             ("kn_stages6", &mut maps.kn_stages6),
         ] {
-            let path = maps_dir.join(name);
-            let _ = fs::remove_file(&path);
-            map.pin(&path)
-                .map_err(BpfError::libbpf(format!("pinning map {name}")))?;
+            pinning::repin(map, &maps_dir.join(name))?;
         }
         Ok(())
     }
@@ -381,11 +311,8 @@ impl KernelNativeBpf {
         let maps_dir = self.pin_dir.join("maps");
         fs::create_dir_all(&maps_dir).map_err(BpfError::io("creating pin directory", &maps_dir))?;
         for name in DURABLE_MAPS {
-            let path = maps_dir.join(name);
-            let _ = fs::remove_file(&path);
             if let Some(map) = skel_map(&mut self.skel, name) {
-                map.pin(&path)
-                    .map_err(BpfError::libbpf(format!("pinning map {name}")))?;
+                pinning::repin(map, &maps_dir.join(name))?;
             }
         }
         Ok(())

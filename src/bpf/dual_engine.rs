@@ -1,0 +1,303 @@
+//! Load the dual-engine object, pin its maps and links, attach it to a
+//! cgroup, and take over what an earlier daemon left pinned.
+//!
+//! Pins: `<bpf-fs-path>/kmesh/dual_engine/{maps/<map>, links/<program>, layout-<hash>/}`.
+//! As in kernel-native mode, state outlives the daemon: the next daemon
+//! adopts pinned maps of the same layout (`include/dual_engine.h`) and sizes,
+//! or builds fresh ones; either way the pinned links are switched to its
+//! programs in [`DualEngineBpf::activate`], once the maps hold a configuration.
+
+use std::fs;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapHandle, MapMut, OpenMapMut};
+
+use super::de_skel::{DualEngineSkel, DualEngineSkelBuilder};
+use super::mounts::{self, ensure_bpffs, ensure_cgroup2};
+use super::pinning::{self, CgroupTarget, StartKind};
+use super::BpfError;
+
+/// Hash of `include/dual_engine.h`, from build.rs: pinned maps written by a
+/// daemon with another layout are never reused.
+pub const LAYOUT_VERSION: &str = env!("KMESH_DE_LAYOUT");
+
+pub const MAP_FRONTENDS: &str = "de_frontends";
+pub const MAP_SERVICES: &str = "de_services";
+pub const MAP_ENDPOINTS: &str = "de_endpoints";
+pub const MAP_BACKENDS: &str = "de_backends";
+pub const MAP_COUNTERS: &str = "de_counters";
+pub const MAP_SOCKS: &str = "de_socks";
+
+/// Maps that carry state across daemons: the configuration, the counters and
+/// what each redirected socket dialled (getpeername of live connections).
+const DURABLE_MAPS: [&str; 6] = [
+    MAP_FRONTENDS,
+    MAP_SERVICES,
+    MAP_ENDPOINTS,
+    MAP_BACKENDS,
+    MAP_COUNTERS,
+    MAP_SOCKS,
+];
+
+/// Programs attached to the cgroup, by link pin name.
+const ATTACHED: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+
+/// Sizes of the lookup maps (`max_entries`). The maps are not preallocated:
+/// a large size costs the hash table's bucket array, not the entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DualEngineCapacity {
+    /// Service VIPs plus workload addresses.
+    pub max_frontends: u32,
+    pub max_services: u32,
+    /// Endpoint entries of all services, with room for the spare slot an
+    /// update writes before it drops the old one.
+    pub max_endpoints: u32,
+    /// Workloads (and DNS-resolved addresses).
+    pub max_backends: u32,
+}
+
+impl Default for DualEngineCapacity {
+    /// A large production mesh: 65k services with 500k endpoint entries
+    /// (twice that for make-before-break headroom), 262k workloads and
+    /// frontend addresses.
+    fn default() -> Self {
+        Self {
+            max_frontends: 1 << 18,
+            max_services: 1 << 16,
+            max_endpoints: 1 << 20,
+            max_backends: 1 << 18,
+        }
+    }
+}
+
+/// The maps the writer and the dump use.
+pub struct DualEngineMaps {
+    pub frontends: MapHandle,
+    pub services: MapHandle,
+    pub endpoints: MapHandle,
+    pub backends: MapHandle,
+    pub counters: MapHandle,
+}
+
+/// The loaded programs; attached (or switched to) by [`Self::activate`].
+pub struct DualEngineBpf {
+    skel: DualEngineSkel<'static>,
+    pin_dir: PathBuf,
+    cgroup2_path: PathBuf,
+    start: StartKind,
+    active: bool,
+}
+
+pub fn pin_dir(bpf_fs_path: &Path) -> PathBuf {
+    mounts::pin_root(bpf_fs_path).join("dual_engine")
+}
+
+fn sized_maps(capacity: DualEngineCapacity) -> [(&'static str, u32); 4] {
+    [
+        (MAP_FRONTENDS, capacity.max_frontends),
+        (MAP_SERVICES, capacity.max_services),
+        (MAP_ENDPOINTS, capacity.max_endpoints),
+        (MAP_BACKENDS, capacity.max_backends),
+    ]
+}
+
+/// Can the pinned maps be reused by this build with these sizes?
+fn adoptable(pin_dir: &Path, capacity: DualEngineCapacity) -> bool {
+    let maps = pin_dir.join("maps");
+    pinning::has_layout(pin_dir, LAYOUT_VERSION)
+        && DURABLE_MAPS.iter().all(|m| maps.join(m).exists())
+        && sized_maps(capacity)
+            .iter()
+            .all(|(name, want)| pinning::pinned_with_size(&maps.join(name), *want))
+}
+
+fn open_map<'a>(
+    maps: &'a mut super::de_skel::OpenDualEngineMaps<'static>,
+    name: &str,
+) -> Option<&'a mut OpenMapMut<'static>> {
+    Some(match name {
+        MAP_FRONTENDS => &mut maps.de_frontends,
+        MAP_SERVICES => &mut maps.de_services,
+        MAP_ENDPOINTS => &mut maps.de_endpoints,
+        MAP_BACKENDS => &mut maps.de_backends,
+        MAP_COUNTERS => &mut maps.de_counters,
+        MAP_SOCKS => &mut maps.de_socks,
+        _ => return None,
+    })
+}
+
+fn loaded_map<'a>(
+    skel: &'a mut DualEngineSkel<'static>,
+    name: &str,
+) -> Option<&'a mut MapMut<'static>> {
+    let maps = &mut skel.maps;
+    Some(match name {
+        MAP_FRONTENDS => &mut maps.de_frontends,
+        MAP_SERVICES => &mut maps.de_services,
+        MAP_ENDPOINTS => &mut maps.de_endpoints,
+        MAP_BACKENDS => &mut maps.de_backends,
+        MAP_COUNTERS => &mut maps.de_counters,
+        MAP_SOCKS => &mut maps.de_socks,
+        _ => return None,
+    })
+}
+
+impl DualEngineBpf {
+    /// Load the programs, reusing pinned maps when they fit. Nothing is
+    /// attached (and nothing changes for traffic) until [`Self::activate`].
+    pub fn load(
+        bpf_fs_path: &Path,
+        cgroup2_path: &Path,
+        capacity: DualEngineCapacity,
+    ) -> Result<Self, BpfError> {
+        ensure_bpffs(bpf_fs_path)?;
+        ensure_cgroup2(cgroup2_path)?;
+        let pin_dir = pin_dir(bpf_fs_path);
+        let start = if !pin_dir.exists() {
+            StartKind::Fresh
+        } else if adoptable(&pin_dir, capacity) {
+            StartKind::Adopted
+        } else {
+            StartKind::Rebuilt
+        };
+
+        // The skeleton borrows its object storage for as long as it lives,
+        // which is the whole daemon: give it a 'static home.
+        let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = DualEngineSkelBuilder::default()
+            .open(storage)
+            .map_err(BpfError::libbpf("opening the dual-engine object"))?;
+        for (name, size) in sized_maps(capacity) {
+            if let Some(map) = open_map(&mut open.maps, name) {
+                map.set_max_entries(size)
+                    .map_err(BpfError::libbpf(format!("sizing {name}")))?;
+            }
+        }
+        if start == StartKind::Adopted {
+            for name in DURABLE_MAPS {
+                if let Some(map) = open_map(&mut open.maps, name) {
+                    map.reuse_pinned_map(pin_dir.join("maps").join(name))
+                        .map_err(BpfError::libbpf(format!("reusing pinned map {name}")))?;
+                }
+            }
+        }
+        let skel = open.load().map_err(BpfError::libbpf(
+            "loading the dual-engine programs (verifier)",
+        ))?;
+        let mut bpf = Self {
+            skel,
+            pin_dir,
+            cgroup2_path: cgroup2_path.to_path_buf(),
+            start,
+            active: false,
+        };
+        if start == StartKind::Fresh {
+            bpf.pin_maps()?;
+        }
+        tracing::info!(start = ?start, pins = %bpf.pin_dir.display(), "dual-engine programs loaded");
+        Ok(bpf)
+    }
+
+    /// How the pins were found.
+    pub fn start_kind(&self) -> StartKind {
+        self.start
+    }
+
+    /// The maps the new programs read (to fill before [`Self::activate`]).
+    pub fn maps(&self) -> Result<DualEngineMaps, BpfError> {
+        let handle = |name: &'static str, map: &MapMut<'static>| {
+            MapHandle::try_from(map).map_err(BpfError::libbpf(format!(
+                "duplicating the handle of {name}"
+            )))
+        };
+        let maps = &self.skel.maps;
+        Ok(DualEngineMaps {
+            frontends: handle(MAP_FRONTENDS, &maps.de_frontends)?,
+            services: handle(MAP_SERVICES, &maps.de_services)?,
+            endpoints: handle(MAP_ENDPOINTS, &maps.de_endpoints)?,
+            backends: handle(MAP_BACKENDS, &maps.de_backends)?,
+            counters: handle(MAP_COUNTERS, &maps.de_counters)?,
+        })
+    }
+
+    /// Make these programs the ones that run: switch the pinned links to them
+    /// (or attach and pin new links), then pin this generation's maps if they
+    /// replace another layout's. Called once the maps hold the first
+    /// configuration; later calls do nothing.
+    pub fn activate(&mut self) -> Result<(), BpfError> {
+        if self.active {
+            return Ok(());
+        }
+        let links_dir = self.pin_dir.join("links");
+        fs::create_dir_all(&links_dir)
+            .map_err(BpfError::io("creating pin directory", &links_dir))?;
+        let cgroup = CgroupTarget::open(&self.cgroup2_path)?;
+        let progs = &self.skel.progs;
+        for (name, prog) in ATTACHED.iter().zip([
+            &progs.de_connect4,
+            &progs.de_connect6,
+            &progs.de_getpeername4,
+            &progs.de_getpeername6,
+        ]) {
+            pinning::attach_pinned(&links_dir, name, prog, &cgroup)?;
+        }
+        if self.start == StartKind::Rebuilt {
+            self.pin_maps()?;
+        }
+        pinning::mark_layout(&self.pin_dir, LAYOUT_VERSION)?;
+        self.active = true;
+        tracing::info!(
+            start = ?self.start,
+            cgroup = %self.cgroup2_path.display(),
+            "dual-engine programs active"
+        );
+        Ok(())
+    }
+
+    /// Pin this generation's durable maps, replacing older pins.
+    fn pin_maps(&mut self) -> Result<(), BpfError> {
+        let maps_dir = self.pin_dir.join("maps");
+        fs::create_dir_all(&maps_dir).map_err(BpfError::io("creating pin directory", &maps_dir))?;
+        for name in DURABLE_MAPS {
+            if let Some(map) = loaded_map(&mut self.skel, name) {
+                pinning::repin(map, &maps_dir.join(name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Open the pinned dual-engine maps (for the dump of a running daemon).
+pub fn open_pinned_maps(bpf_fs_path: &Path) -> Result<DualEngineMaps, BpfError> {
+    let dir = pin_dir(bpf_fs_path).join("maps");
+    let open = |name: &str| {
+        let path = dir.join(name);
+        MapHandle::from_pinned_path(&path).map_err(BpfError::libbpf(format!(
+            "opening pinned map {}",
+            path.display()
+        )))
+    };
+    Ok(DualEngineMaps {
+        frontends: open(MAP_FRONTENDS)?,
+        services: open(MAP_SERVICES)?,
+        endpoints: open(MAP_ENDPOINTS)?,
+        backends: open(MAP_BACKENDS)?,
+        counters: open(MAP_COUNTERS)?,
+    })
+}
+
+/// `kmesh-daemon uninstall`: remove the dual-engine pins (which detaches the
+/// pinned links no live daemon holds, and frees the maps and programs), and
+/// the kmesh pin root if nothing else is left in it. True if anything was pinned.
+pub fn uninstall(bpf_fs_path: &Path) -> Result<bool, BpfError> {
+    let removed = mounts::remove_pins(&pin_dir(bpf_fs_path))?;
+    let root = mounts::pin_root(bpf_fs_path);
+    if root.exists() {
+        // Only if empty: the other mode may keep pins there.
+        let _ = fs::remove_dir(&root);
+    }
+    Ok(removed)
+}

@@ -1,0 +1,131 @@
+//! What every mode's loader does with its pins: attach programs through
+//! pinned links (switching links an earlier daemon left, atomically), mark
+//! which layout the pinned maps were written with, and check pinned map sizes.
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::{Link, MapCore, MapHandle, ProgramMut};
+
+use super::BpfError;
+
+/// How a loader found the pins of its mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartKind {
+    /// Nothing was pinned.
+    Fresh,
+    /// An earlier daemon's maps are reused as they are.
+    Adopted,
+    /// Pins of another layout or size: replaced once the new maps are filled.
+    Rebuilt,
+}
+
+/// The cgroup2 directory programs attach to, opened, with its kernel id.
+pub(crate) struct CgroupTarget {
+    pub file: File,
+    pub id: u64,
+    pub path: PathBuf,
+}
+
+impl CgroupTarget {
+    pub fn open(path: &Path) -> Result<Self, BpfError> {
+        let file = File::open(path).map_err(BpfError::io("opening cgroup2", path))?;
+        // The kernel's cgroup id is the inode number of its directory.
+        let id = file
+            .metadata()
+            .map_err(BpfError::io("reading cgroup2", path))?
+            .ino();
+        Ok(Self {
+            file,
+            id,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Is this pinned link attached to the cgroup with this id?
+fn on_cgroup(link: &Link, cgroup_id: u64) -> bool {
+    matches!(
+        link.info().map(|i| i.info),
+        Ok(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cgroup_id
+    )
+}
+
+/// Make `prog` the program behind the link pinned at `links_dir/name`:
+/// switch an existing link on the same cgroup to it (atomic: every hook run
+/// sees either the old program or this one), or attach it and pin the new
+/// link. A link on another cgroup (after a change of --cgroup2-path) is
+/// unpinned, which detaches it.
+pub(crate) fn attach_pinned(
+    links_dir: &Path,
+    name: &str,
+    prog: &ProgramMut<'static>,
+    cgroup: &CgroupTarget,
+) -> Result<(), BpfError> {
+    let path = links_dir.join(name);
+    let switched = path.exists()
+        && match Link::open(&path) {
+            Ok(mut link) => on_cgroup(&link, cgroup.id) && link.update_prog(prog).is_ok(),
+            Err(_) => false,
+        };
+    if switched {
+        return Ok(());
+    }
+    let _ = fs::remove_file(&path);
+    let mut link = prog
+        .attach_cgroup(cgroup.file.as_raw_fd())
+        .map_err(BpfError::libbpf(format!(
+            "attaching {name} to {}",
+            cgroup.path.display()
+        )))?;
+    link.pin(&path)
+        .map_err(BpfError::libbpf(format!("pinning link {name}")))?;
+    // The pin keeps the link (and the attachment) alive.
+    link.disconnect();
+    Ok(())
+}
+
+/// `layout-<hash>`: a directory (bpffs holds only pins and directories)
+/// naming the layout the pinned maps were written with.
+pub(crate) fn layout_marker(version: &str) -> String {
+    format!("layout-{version}")
+}
+
+pub(crate) fn has_layout(pin_dir: &Path, version: &str) -> bool {
+    pin_dir.join(layout_marker(version)).is_dir()
+}
+
+/// Record that the pinned maps now have layout `version` (and no other).
+pub(crate) fn mark_layout(pin_dir: &Path, version: &str) -> Result<(), BpfError> {
+    let marker = layout_marker(version);
+    if let Ok(entries) = fs::read_dir(pin_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("layout-") && name != marker {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+    }
+    let marker = pin_dir.join(marker);
+    fs::create_dir_all(&marker).map_err(BpfError::io("creating", &marker))
+}
+
+/// Is the map pinned at `path` there with exactly `want` entries of capacity?
+pub(crate) fn pinned_with_size(path: &Path, want: u32) -> bool {
+    MapHandle::from_pinned_path(path)
+        .ok()
+        .and_then(|m| m.info().ok())
+        .is_some_and(|i| i.info.max_entries == want)
+}
+
+/// Replace whatever is pinned at `path` with `map`.
+pub(crate) fn repin(map: &mut libbpf_rs::MapMut<'static>, path: &Path) -> Result<(), BpfError> {
+    let _ = fs::remove_file(path);
+    map.pin(path).map_err(BpfError::libbpf(format!(
+        "pinning map at {}",
+        path.display()
+    )))
+}
