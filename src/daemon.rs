@@ -122,15 +122,20 @@ fn ads_config(config: &Config, address: &str) -> AdsConfig {
         }),
         // Read at every stream open: Istio mounts (and rotates) the token file.
         token_file: Some(config.xds_token_file.clone()),
-        node: identity.node(),
+        // Istiod serves the workload API to ambient node proxies (ztunnel),
+        // Envoy xDS to sidecars.
+        node: match config.mode {
+            Mode::KernelNative => identity.node(),
+            Mode::DualEngine => identity.ztunnel_node(),
+        },
         cluster_id: config.cluster_id.clone(),
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(30),
     }
 }
 
-/// The resolver for DNS clusters. Without one (no nameserver configured),
-/// the daemon still runs; DNS clusters then have no endpoints.
+/// The resolver for DNS clusters and ServiceEntry hostnames. Without one (no
+/// nameserver configured), the daemon still runs; those get no endpoints.
 fn start_dns(config: &Config) -> (Option<DnsResolver>, Option<UnboundedReceiver<HostChanged>>) {
     let settings = ResolverSettings {
         servers: config.dns_server.clone(),
@@ -203,8 +208,11 @@ fn release_freed_memory() {
     }
 }
 
+/// Removes both modes' pins (programs detach once no link pin holds them).
 fn uninstall(bpf_fs_path: &Path) -> Result<(), DaemonError> {
-    if kn_bpf::uninstall(bpf_fs_path)? {
+    let kernel_native = kn_bpf::uninstall(bpf_fs_path)?;
+    let dual_engine = crate::bpf::dual_engine::uninstall(bpf_fs_path)?;
+    if kernel_native || dual_engine {
         tracing::info!(path = %bpf_fs_path.display(), "removed kmesh pins; programs detached");
     } else {
         tracing::info!(path = %bpf_fs_path.display(), "nothing to remove");

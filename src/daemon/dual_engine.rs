@@ -1,16 +1,139 @@
-//! Dual-engine mode (wired once its loader and delta client land).
+//! Dual-engine mode: the Istio workload API (delta ADS or the file)
+//! compiled into the frontend/service/endpoint/backend maps read by
+//! `bpf/dual_engine`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::{DaemonError, Shutdown, Source};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{follow_file, start_dns, DaemonError, Shutdown, Source};
 use crate::admin::AdminState;
+use crate::bpf::dual_engine::{DualEngineBpf, DualEngineCapacity};
 use crate::config::Config;
+use crate::dns::HostChanged;
+use crate::workload::bpf_dump;
+use crate::workload::compiler::{CompilerSettings, Limits, WorkloadCompiler};
+use crate::workload::plan::{Plan, PlanChanges};
+use crate::workload::runner::{DualEngineRunner, PlanSink};
+use crate::workload::writer::DualEngineWriter;
+use crate::workload::xds_delta::{lock, DualEngineXds, SharedRunner};
+use crate::xds::delta;
+
+/// The kernel's endpoint map holds the plan's endpoints plus the spare slot
+/// of the services being updated at that moment; the writer splits a large
+/// update into rounds that fit this headroom.
+const ENDPOINT_HEADROOM: u32 = 1 << 16;
+
+/// The daemon's writer, as the runner's plan sink.
+struct WriterSink(DualEngineWriter);
+
+impl PlanSink for WriterSink {
+    fn write(&mut self, plan: &Plan, changes: &PlanChanges) -> Result<(), String> {
+        let stats = self.0.apply(plan, changes).map_err(|e| e.to_string())?;
+        tracing::debug!(?stats, "dual-engine maps written");
+        Ok(())
+    }
+}
 
 pub(super) async fn run(
-    _config: &Config,
-    _source: Source,
-    _admin_state: Arc<AdminState>,
-    _shutdown: &mut Shutdown,
+    config: &Config,
+    source: Source,
+    admin_state: Arc<AdminState>,
+    shutdown: &mut Shutdown,
 ) -> Result<(), DaemonError> {
-    Err(DaemonError::NoSource)
+    let capacity = DualEngineCapacity {
+        max_frontends: config.max_frontends,
+        max_services: config.max_services,
+        max_endpoints: config.max_endpoints.saturating_add(ENDPOINT_HEADROOM),
+        max_backends: config.max_backends,
+    };
+    let limits = Limits {
+        max_frontends: config.max_frontends as usize,
+        max_services: config.max_services as usize,
+        max_endpoints: config.max_endpoints as usize,
+        max_backends: config.max_backends as usize,
+    };
+    let (bpf_fs, cgroup) = (config.bpf_fs_path.clone(), config.cgroup2_path.clone());
+    let bpf = tokio::task::spawn_blocking(move || DualEngineBpf::load(&bpf_fs, &cgroup, capacity))
+        .await??;
+    let writer = DualEngineWriter::new(bpf.maps()?, capacity);
+    let dump_maps = bpf.maps()?;
+    admin_state.set_dual_engine_bpf_dump(Arc::new(move || {
+        bpf_dump::dump(&dump_maps).map_err(|e| e.to_string())
+    }));
+    let bpf = Arc::new(Mutex::new(bpf));
+
+    let (dns, dns_changes) = start_dns(config);
+    if let Some(resolver) = &dns {
+        admin_state.set_dns(resolver.clone());
+    }
+    let compiler = WorkloadCompiler::new(CompilerSettings {
+        node_name: config.node_name.clone(),
+        cluster_id: config.cluster_id.clone(),
+        locality: config.locality.clone(),
+        waypoint_port: config.waypoint_port,
+    });
+    let source_name = match &source {
+        Source::File(file) => format!("file:{}", file.display()),
+        Source::Ads(ads) => format!("ads:{}", ads.uri),
+    };
+    let runner: SharedRunner = Arc::new(Mutex::new(DualEngineRunner::new(
+        compiler,
+        Box::new(WriterSink(writer)),
+        limits,
+        dns,
+        source_name,
+    )));
+    let dump_runner = runner.clone();
+    admin_state.set_dual_engine_dump(Arc::new(move || lock(&dump_runner).dump_json()));
+    let (activation_bpf, ready) = (bpf.clone(), admin_state.clone());
+    lock(&runner).on_first_write(Box::new(move || {
+        activation_bpf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .activate()
+            .map_err(|e| e.to_string())?;
+        ready.set_ready();
+        Ok(())
+    }));
+    let dns_task = dns_changes.map(|rx| tokio::spawn(follow_dns(rx, runner.clone())));
+    match source {
+        Source::File(file) => {
+            let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
+            tokio::select! {
+                _ = follow_file(&file, poll, |resources| {
+                    if let Err(e) = lock(&runner).apply_file(&resources) {
+                        tracing::warn!(error = %e, "xDS file not fully applied");
+                    }
+                }, |error| tracing::warn!(%error, "xDS file refused")) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+        Source::Ads(ads) => {
+            let mut handler = DualEngineXds::new(runner.clone(), admin_state);
+            tokio::select! {
+                _ = delta::run(*ads, &mut handler) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+    }
+    if let Some(task) = dns_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// New DNS answers for ServiceEntry hostnames; a burst is applied as one.
+async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, runner: SharedRunner) {
+    while let Some(change) = changes.recv().await {
+        let mut hosts = vec![change.host];
+        while let Ok(more) = changes.try_recv() {
+            hosts.push(more.host);
+        }
+        hosts.sort();
+        hosts.dedup();
+        tracing::info!(?hosts, "DNS answers changed");
+        lock(&runner).hosts_changed(&hosts);
+    }
 }
