@@ -838,6 +838,22 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("config_dump is not JSON ({e}): {body}"))
     }
 
+    /// The dual-engine config dump (store, rejected, plan sizes, xds).
+    pub fn dual_engine_dump(&self) -> serde_json::Value {
+        self.get_json("/debug/config_dump/dual-engine")
+    }
+
+    /// The dual-engine maps read back (records + pipeline counters).
+    pub fn dual_engine_bpf_dump(&self) -> serde_json::Value {
+        self.get_json("/debug/config_dump/bpf/dual-engine")
+    }
+
+    fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}\nlog:\n{}", self.logs());
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
+    }
+
     /// SIGTERM, wait (SIGKILL after a grace period). Returns the exit status,
     /// or None if it was already stopped.
     pub fn stop(&mut self) -> Option<ExitStatus> {
