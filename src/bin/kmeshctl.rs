@@ -154,6 +154,7 @@ enum Toggle {
 #[derive(Clone, Copy, ValueEnum)]
 enum DumpMode {
     KernelNative,
+    DualEngine,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -206,14 +207,12 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{name}: {level}");
         }
-        Cmd::Dump {
-            mode: DumpMode::KernelNative,
-            bpf,
-        } => {
-            let path = if bpf {
-                "/debug/config_dump/bpf/kernel-native"
-            } else {
-                "/debug/config_dump/kernel-native"
+        Cmd::Dump { mode, bpf } => {
+            let path = match (mode, bpf) {
+                (DumpMode::KernelNative, true) => "/debug/config_dump/bpf/kernel-native",
+                (DumpMode::KernelNative, false) => "/debug/config_dump/kernel-native",
+                (DumpMode::DualEngine, true) => "/debug/config_dump/bpf/dual-engine",
+                (DumpMode::DualEngine, false) => "/debug/config_dump/dual-engine",
             };
             let (status, body) = admin_client::get(cli.admin_address, path)?;
             if status != 200 {
