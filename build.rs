@@ -25,8 +25,8 @@ fn main() {
 fn compile_istio_protos(out_dir: &Path) {
     let sources = ["proto/workload.proto", "proto/authorization.proto"];
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(sources, ["proto"])
-        .unwrap_or_else(|e| panic!("compiling proto/: {e:?}"));
+    let descriptors =
+        protox::compile(sources, ["proto"]).unwrap_or_else(|e| panic!("compiling proto/: {e:?}"));
     fs::write(
         out_dir.join("istio_types.bin"),
         prost::Message::encode_to_vec(&descriptors),
