@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use common::*;
 use kmesh::bpf::dual_engine::{self, DualEngineBpf, DualEngineCapacity};
-use kmesh::bpf::kernel_native::StartKind;
+use kmesh::bpf::StartKind;
 use kmesh::workload::bpf_dump;
 use kmesh::workload::plan::{
     frontend_addr, BackendRecord, EndpointRecord, FrontendTarget, LbPolicy, Plan, PlanChanges,
