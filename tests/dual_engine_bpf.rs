@@ -539,6 +539,63 @@ fn a_restarted_loader_adopts_the_maps_and_a_full_reconcile_drops_stale_keys() {
 }
 
 #[test]
+fn a_plan_over_capacity_writes_nothing_and_the_last_one_keeps_serving() {
+    if !require_root() {
+        return;
+    }
+    let mut rig = Rig::new("de-capacity", &[], &["127.0.0.2:8080=a"]);
+    let mut plan = Plan::default();
+    plan.backends.insert(1, backend(Some("127.0.0.2"), None));
+    plan.services.insert(
+        80,
+        service(LbPolicy::Random, &[80], &[&[(1, &[8080])]], &[]),
+    );
+    vip(&mut plan, "10.96.0.80", FrontendTarget::Service(80));
+    rig.apply(plan.clone());
+
+    // A second service whose endpoints alone exceed de_endpoints (4096).
+    let mut big = plan.clone();
+    let many: Vec<(u32, &[u16])> = (0..5000).map(|_| (1, &[8080u16][..])).collect();
+    big.services.insert(
+        81,
+        service(LbPolicy::Random, &[80], &[many.as_slice()], &[]),
+    );
+    vip(&mut big, "10.96.0.81", FrontendTarget::Service(81));
+    let err = rig
+        .writer
+        .apply(&big, &PlanChanges::between(&plan, &big))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("de_endpoints would need 5001 entries, its capacity is 4096"),
+        "{err}"
+    );
+    let maps = rig.bpf.maps().unwrap();
+    assert_eq!(
+        map_len(&maps.frontends),
+        1,
+        "nothing of the refused plan written"
+    );
+    assert_eq!(map_len(&maps.services), 1);
+    assert_eq!(map_len(&maps.endpoints), 1);
+    assert_eq!(rig.dial("10.96.0.80:80", 3).backend("a"), 3);
+    // The writer's picture is intact: the next good update applies as usual.
+    let mut next = plan.clone();
+    next.services.insert(
+        80,
+        service(
+            LbPolicy::Random,
+            &[80],
+            &[&[(1, &[8080]), (1, &[8080])]],
+            &[],
+        ),
+    );
+    let stats = rig.apply(next);
+    assert!(!stats.reconciled);
+    assert_eq!(map_len(&maps.endpoints), 2);
+}
+
+#[test]
 fn uninstall_leaves_no_pins_links_or_programs() {
     if !require_root() {
         return;
