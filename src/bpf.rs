@@ -7,6 +7,8 @@ pub mod kernel_native;
 pub mod mounts;
 mod pinning;
 
+pub use pinning::StartKind;
+
 /// The generated libbpf skeletons (see build.rs). Their `types` modules are
 /// the one Rust definition of the C layouts in `include/`.
 pub mod skel {

@@ -8,7 +8,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -441,38 +440,6 @@ fn a_config_over_capacity_is_rejected_whole() {
         5,
         "the previous config still routes"
     );
-}
-
-/// Program IDs attached to a cgroup, from bpftool.
-fn attached_prog_ids(cgroup: &Path) -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return vec![];
-    }
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect()
-}
-
-fn prog_exists(id: u64) -> bool {
-    Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 #[test]

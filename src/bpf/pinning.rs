@@ -83,8 +83,11 @@ pub(crate) fn attach_pinned(
         )))?;
     link.pin(&path)
         .map_err(BpfError::libbpf(format!("pinning link {name}")))?;
-    // The pin keeps the link (and the attachment) alive.
-    link.disconnect();
+    // The pin keeps the link (and the attachment) alive; dropping `link`
+    // closes this process's descriptor only. (`disconnect()` would leak the
+    // descriptor, and with it the attachment, until the process exits, so an
+    // uninstall from the same process would not detach.)
+    drop(link);
     Ok(())
 }
 

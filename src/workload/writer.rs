@@ -324,8 +324,12 @@ pub struct DualEngineWriter {
     maps: DualEngineMaps,
     capacity: DualEngineCapacity,
     state: KernelState,
-    /// The maps must be read before the next apply (start, or a failure).
-    resync: bool,
+    /// `state` may not match the maps: read them before the next apply
+    /// (at start, and after an apply that failed half-way).
+    read_first: bool,
+    /// The next apply writes the whole plan and deletes every key it lacks
+    /// (after reading the maps: an earlier daemon's content, or a failure).
+    reconcile_next: bool,
 }
 
 impl DualEngineWriter {
@@ -336,7 +340,8 @@ impl DualEngineWriter {
             maps,
             capacity,
             state: KernelState::default(),
-            resync: true,
+            read_first: true,
+            reconcile_next: true,
         }
     }
 
@@ -344,7 +349,8 @@ impl DualEngineWriter {
     /// counts; the next apply reconciles the maps with its plan.
     pub fn adopt(&mut self) -> Result<MapCounts, WriteError> {
         self.state = KernelState::read(&self.maps)?;
-        self.resync = false;
+        self.read_first = false;
+        self.reconcile_next = true;
         let counts = self.counts();
         if counts != MapCounts::default() {
             tracing::info!(
@@ -352,8 +358,6 @@ impl DualEngineWriter {
                 "dual-engine maps hold an earlier configuration: the next update reconciles it"
             );
         }
-        // Adopted content is reconciled by the next apply in full.
-        self.resync = true;
         Ok(counts)
     }
 
@@ -380,10 +384,12 @@ impl DualEngineWriter {
     /// on a reconcile). On error the maps keep serving a consistent mix of
     /// old and new records and the next apply reconciles in full.
     pub fn apply(&mut self, plan: &Plan, changes: &PlanChanges) -> Result<WriteStats, WriteError> {
-        let reconcile = self.resync;
-        if reconcile {
+        if self.read_first {
             self.state = KernelState::read(&self.maps)?;
+            self.read_first = false;
+            self.reconcile_next = true;
         }
+        let reconcile = self.reconcile_next;
         let ops = if reconcile {
             Ops::reconcile(plan, &self.state)
         } else {
@@ -402,7 +408,7 @@ impl DualEngineWriter {
         let schedule = self.check_capacity(&ops, &updates)?;
 
         // From here the writer's picture is only right if every step works.
-        self.resync = true;
+        self.read_first = true;
         let mut stats = WriteStats {
             reconciled: reconcile,
             peak_endpoints: schedule.peak,
@@ -416,7 +422,8 @@ impl DualEngineWriter {
         self.delete_frontends(&ops.frontends_delete, &mut stats)?;
         self.delete_services(&ops.services_delete, &mut stats)?;
         self.delete_backends(&ops.backends_delete, &mut stats)?;
-        self.resync = false;
+        self.read_first = false;
+        self.reconcile_next = false;
         tracing::debug!(?stats, "dual-engine maps written");
         Ok(stats)
     }

@@ -584,6 +584,38 @@ pub fn dial_until(
     }
 }
 
+/// Program IDs attached to a cgroup, from bpftool.
+pub fn attached_prog_ids(cgroup: &Path) -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
+}
+
+pub fn prog_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 /// `promtool check metrics` (Debian prometheus) must accept `text`.
 pub fn promtool_check(text: &str) {
     let mut promtool = Command::new("promtool")
