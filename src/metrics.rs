@@ -21,6 +21,52 @@ use prometheus_client::registry::Registry;
 use crate::bpf::kernel_native::{open_pinned_maps, pin_dir};
 use crate::kernel_native::bpf_dump::pipeline_counters;
 use crate::xds::ads::AdsStatus;
+use crate::xds::delta::DeltaStatus;
+
+/// What the running mode's kernel side holds, read at scrape time.
+pub trait KernelReadout: Send + Sync {
+    /// `(map, entries, capacity)` of each lookup map.
+    fn maps(&self) -> Vec<(String, i64, i64)>;
+    /// `(event, running total)` of the eBPF pipeline counters.
+    fn events(&self) -> Vec<(String, u64)>;
+}
+
+/// Kernel-native: the listener and cluster maps and the stage counters, read
+/// from the pins (so a scrape works whatever the daemon is doing).
+pub struct KernelNativeReadout {
+    pub bpf_fs_path: PathBuf,
+    pub max_listeners: u32,
+    pub max_clusters: u32,
+}
+
+impl KernelReadout for KernelNativeReadout {
+    fn maps(&self) -> Vec<(String, i64, i64)> {
+        let Ok(maps) = open_pinned_maps(&pin_dir(&self.bpf_fs_path)) else {
+            return Vec::new();
+        };
+        vec![
+            (
+                "kn_listeners".into(),
+                maps.listeners.keys().count() as i64,
+                i64::from(self.max_listeners),
+            ),
+            (
+                "kn_clusters".into(),
+                maps.clusters.keys().count() as i64,
+                i64::from(self.max_clusters),
+            ),
+        ]
+    }
+
+    fn events(&self) -> Vec<(String, u64)> {
+        let Ok(maps) = open_pinned_maps(&pin_dir(&self.bpf_fs_path)) else {
+            return Vec::new();
+        };
+        pipeline_counters(&maps.stats)
+            .map(|c| c.into_iter().map(|(e, n)| (e.to_string(), n)).collect())
+            .unwrap_or_default()
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct XdsLabels {
@@ -78,8 +124,7 @@ pub struct Metrics {
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     bpf_events: Family<EventLabels, Counter>,
-    bpf_fs_path: PathBuf,
-    capacity: (u32, u32),
+    kernel: Box<dyn KernelReadout>,
     /// Serialises scrapes: each refreshes the kernel-side values first.
     scrape: Mutex<()>,
 }
@@ -93,7 +138,7 @@ fn raise_to(counter: &Counter<u64, AtomicU64>, value: u64) {
 }
 
 impl Metrics {
-    pub fn new(bpf_fs_path: PathBuf, max_listeners: u32, max_clusters: u32) -> Arc<Self> {
+    pub fn new(kernel: Box<dyn KernelReadout>) -> Arc<Self> {
         let mut registry = Registry::default();
         let m = Self {
             registry: Registry::default(),
@@ -109,8 +154,7 @@ impl Metrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             bpf_events: Family::default(),
-            bpf_fs_path,
-            capacity: (max_listeners, max_clusters),
+            kernel,
             scrape: Mutex::new(()),
         };
         registry.register(
@@ -225,15 +269,43 @@ impl Metrics {
     }
 
     pub fn xds_status(&self, status: &AdsStatus) {
-        raise_to(&self.xds_reconnects, status.reconnects);
-        self.xds_connected.set(i64::from(status.connected));
-        for (type_url, t) in &status.types {
+        self.xds_counts(
+            status.reconnects,
+            status.connected,
+            status
+                .types
+                .iter()
+                .map(|(t, s)| (t.as_str(), s.responses, s.acks, s.nacks)),
+        );
+    }
+
+    /// The same counters from a delta stream (dual-engine).
+    pub fn delta_status(&self, status: &DeltaStatus) {
+        self.xds_counts(
+            status.reconnects,
+            status.connected,
+            status
+                .types
+                .iter()
+                .map(|(t, s)| (t.as_str(), s.responses, s.acks, s.nacks)),
+        );
+    }
+
+    fn xds_counts<'a>(
+        &self,
+        reconnects: u64,
+        connected: bool,
+        types: impl Iterator<Item = (&'a str, u64, u64, u64)>,
+    ) {
+        raise_to(&self.xds_reconnects, reconnects);
+        self.xds_connected.set(i64::from(connected));
+        for (type_url, responses, acks, nacks) in types {
             let labels = XdsLabels {
-                type_url: type_url.clone(),
+                type_url: type_url.to_string(),
             };
-            raise_to(&self.xds_responses.get_or_create(&labels), t.responses);
-            raise_to(&self.xds_acks.get_or_create(&labels), t.acks);
-            raise_to(&self.xds_nacks.get_or_create(&labels), t.nacks);
+            raise_to(&self.xds_responses.get_or_create(&labels), responses);
+            raise_to(&self.xds_acks.get_or_create(&labels), acks);
+            raise_to(&self.xds_nacks.get_or_create(&labels), nacks);
         }
     }
 
@@ -252,30 +324,13 @@ impl Metrics {
     }
 
     fn refresh_kernel_values(&self) {
-        let Ok(maps) = open_pinned_maps(&pin_dir(&self.bpf_fs_path)) else {
-            return;
-        };
-        for (name, map, capacity) in [
-            ("kn_listeners", &maps.listeners, self.capacity.0),
-            ("kn_clusters", &maps.clusters, self.capacity.1),
-        ] {
-            let labels = MapLabels {
-                map: name.to_string(),
-            };
-            self.map_entries
-                .get_or_create(&labels)
-                .set(map.keys().count() as i64);
-            self.map_capacity
-                .get_or_create(&labels)
-                .set(i64::from(capacity));
+        for (map, entries, capacity) in self.kernel.maps() {
+            let labels = MapLabels { map };
+            self.map_entries.get_or_create(&labels).set(entries);
+            self.map_capacity.get_or_create(&labels).set(capacity);
         }
-        let Ok(counters) = pipeline_counters(&maps.stats) else {
-            return;
-        };
-        for (event, total) in counters {
-            let labels = EventLabels {
-                event: event.to_string(),
-            };
+        for (event, total) in self.kernel.events() {
+            let labels = EventLabels { event };
             raise_to(&self.bpf_events.get_or_create(&labels), total);
         }
     }
@@ -359,7 +414,11 @@ mod tests {
     /// Every metric the Grafana dashboard queries is one this daemon serves.
     #[test]
     fn the_dashboard_queries_only_served_metrics() {
-        let m = Metrics::new(PathBuf::from("/nonexistent"), 1, 1);
+        let m = Metrics::new(Box::new(KernelNativeReadout {
+            bpf_fs_path: PathBuf::from("/nonexistent"),
+            max_listeners: 1,
+            max_clusters: 1,
+        }));
         // Families without samples are not rendered: give each one a sample.
         let conn = ConnLabels {
             reporter: "source".to_string(),

@@ -169,6 +169,23 @@ fn a_vip_reaches_its_workloads_on_the_target_port_in_v4_v6_and_v4_mapped() {
     let dump = mesh.daemon.dual_engine_dump();
     assert_eq!(dump["plan"]["services"], 1, "{dump}");
     assert_eq!(dump["plan"]["backends"], 2, "{dump}");
+
+    // The same figures on /status/metric, in the format Prometheus reads.
+    let (status, metrics) = http_get(mesh.daemon.metrics_addr(), "/status/metric");
+    assert_eq!(status, 200, "{metrics}");
+    promtool_check(&metrics);
+    for line in [
+        "kmesh_map_entries{map=\"de_services\"} 1",
+        "kmesh_map_entries{map=\"de_backends\"} 2",
+        "kmesh_config_applied_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let redirected = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kmesh_bpf_connect_events_total{event=\"redirected\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(redirected >= Some(400), "{metrics}");
 }
 
 #[test]

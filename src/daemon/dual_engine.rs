@@ -9,9 +9,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{follow_file, start_dns, DaemonError, Shutdown, Source};
 use crate::admin::AdminState;
-use crate::bpf::dual_engine::{DualEngineBpf, DualEngineCapacity};
+use crate::bpf::dual_engine::{DualEngineBpf, DualEngineCapacity, DualEngineMaps};
 use crate::config::Config;
 use crate::dns::HostChanged;
+use crate::metrics::{self, KernelReadout, Metrics};
 use crate::workload::bpf_dump;
 use crate::workload::compiler::{CompilerSettings, Limits, WorkloadCompiler};
 use crate::workload::plan::{Plan, PlanChanges};
@@ -24,6 +25,44 @@ use crate::xds::delta;
 /// of the services being updated at that moment; the writer splits a large
 /// update into rounds that fit this headroom.
 const ENDPOINT_HEADROOM: u32 = 1 << 16;
+
+/// Map fill from the plan (the writer keeps the maps equal to it) and the
+/// pipeline counters from the kernel, for `/status/metric`.
+struct DualEngineReadout {
+    runner: SharedRunner,
+    maps: DualEngineMaps,
+    limits: Limits,
+}
+
+impl KernelReadout for DualEngineReadout {
+    fn maps(&self) -> Vec<(String, i64, i64)> {
+        let runner = lock(&self.runner);
+        let plan = runner.plan();
+        [
+            (
+                "de_frontends",
+                plan.frontends.len(),
+                self.limits.max_frontends,
+            ),
+            ("de_services", plan.services.len(), self.limits.max_services),
+            (
+                "de_endpoints",
+                plan.endpoint_entries(),
+                self.limits.max_endpoints,
+            ),
+            ("de_backends", plan.backends.len(), self.limits.max_backends),
+        ]
+        .into_iter()
+        .map(|(map, entries, capacity)| (map.to_string(), entries as i64, capacity as i64))
+        .collect()
+    }
+
+    fn events(&self) -> Vec<(String, u64)> {
+        bpf_dump::counter_totals(&self.maps)
+            .map(|c| c.into_iter().map(|(e, n)| (e.to_string(), n)).collect())
+            .unwrap_or_default()
+    }
+}
 
 /// The daemon's writer, as the runner's plan sink.
 struct WriterSink(DualEngineWriter);
@@ -59,6 +98,7 @@ pub(super) async fn run(
         .await??;
     let writer = DualEngineWriter::new(bpf.maps()?, capacity);
     let dump_maps = bpf.maps()?;
+    let bpf_maps_for_metrics = bpf.maps()?;
     admin_state.set_dual_engine_bpf_dump(Arc::new(move || {
         bpf_dump::dump(&dump_maps).map_err(|e| e.to_string())
     }));
@@ -85,6 +125,13 @@ pub(super) async fn run(
         dns,
         source_name,
     )));
+    let metrics = Metrics::new(Box::new(DualEngineReadout {
+        runner: runner.clone(),
+        maps: bpf_maps_for_metrics,
+        limits,
+    }));
+    metrics::serve(config.metrics_address, metrics.clone()).await;
+    lock(&runner).with_metrics(metrics.clone());
     let dump_runner = runner.clone();
     admin_state.set_dual_engine_dump(Arc::new(move || lock(&dump_runner).dump_json()));
     let (activation_bpf, ready) = (bpf.clone(), admin_state.clone());
@@ -111,7 +158,7 @@ pub(super) async fn run(
             }
         }
         Source::Ads(ads) => {
-            let mut handler = DualEngineXds::new(runner.clone(), admin_state);
+            let mut handler = DualEngineXds::new(runner.clone(), admin_state).with_metrics(metrics);
             tokio::select! {
                 _ = delta::run(*ads, &mut handler) => {}
                 _ = shutdown.wait() => {}

@@ -15,7 +15,7 @@ use crate::kernel_native::compiler::Limits;
 use crate::kernel_native::runner::KernelNativeRunner;
 use crate::kernel_native::writer::MapWriter;
 use crate::kernel_native::xds_sotw::KernelNativeXds;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, KernelNativeReadout, Metrics};
 use crate::telemetry::Telemetry;
 use crate::xds::ads;
 
@@ -25,11 +25,11 @@ pub(super) async fn run(
     admin_state: Arc<AdminState>,
     shutdown: &mut Shutdown,
 ) -> Result<(), DaemonError> {
-    let metrics = Metrics::new(
-        config.bpf_fs_path.clone(),
-        config.max_listeners,
-        config.max_clusters,
-    );
+    let metrics = Metrics::new(Box::new(KernelNativeReadout {
+        bpf_fs_path: config.bpf_fs_path.clone(),
+        max_listeners: config.max_listeners,
+        max_clusters: config.max_clusters,
+    }));
     metrics::serve(config.metrics_address, metrics.clone()).await;
 
     let capacity = MapCapacity {

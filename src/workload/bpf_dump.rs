@@ -166,13 +166,24 @@ fn endpoint_json(value: &[u8], port_count: usize) -> Value {
     }
 }
 
-/// `enum de_counter`, summed over CPUs, by name.
+/// `enum de_counter`, summed over CPUs, by name (dump and metrics).
+pub fn counter_totals(maps: &DualEngineMaps) -> Result<Vec<(&'static str, u64)>, BpfError> {
+    rec::COUNTER_NAMES
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            batch::percpu_sum(&maps.counters, index as u32)
+                .map(|total| (*name, total))
+                .map_err(BpfError::libbpf(format!("reading {MAP_COUNTERS}")))
+        })
+        .collect()
+}
+
+/// The counters as a JSON object.
 pub fn counters(maps: &DualEngineMaps) -> Result<Value, BpfError> {
     let mut out = serde_json::Map::new();
-    for (index, name) in rec::COUNTER_NAMES.iter().enumerate() {
-        let total = batch::percpu_sum(&maps.counters, index as u32)
-            .map_err(BpfError::libbpf(format!("reading {MAP_COUNTERS}")))?;
-        out.insert((*name).to_string(), json!(total));
+    for (name, total) in counter_totals(maps)? {
+        out.insert(name.to_string(), json!(total));
     }
     Ok(Value::Object(out))
 }

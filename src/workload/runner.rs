@@ -3,6 +3,7 @@
 //! reported in the admin dump.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost_types::Any;
@@ -14,6 +15,7 @@ use super::plan::{Plan, PlanChanges};
 use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use super::resource::{decode_address, ResourceError};
 use crate::dns::{DnsResolver, LookupFamily, NoDns, RefreshPolicy, ResolvedHosts, Subscription};
+use crate::metrics::Metrics;
 
 /// Where compiled plans go: the map writer in the daemon, a recorder in tests.
 pub trait PlanSink: Send {
@@ -67,6 +69,7 @@ pub struct DualEngineRunner {
     /// the next write resends everything.)
     last_refused_whole: bool,
     updates: u64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl DualEngineRunner {
@@ -91,7 +94,13 @@ impl DualEngineRunner {
             last: None,
             last_refused_whole: false,
             updates: 0,
+            metrics: None,
         }
+    }
+
+    /// Counts applies, refusals and refused resources.
+    pub fn with_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// Run once the maps first hold a configuration.
@@ -296,6 +305,12 @@ impl DualEngineRunner {
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "update not applied; the configuration in force keeps serving");
             problems.push(e.clone());
+        }
+        if let Some(m) = &self.metrics {
+            match &outcome {
+                Ok(()) => m.applied(errors.len()),
+                Err(_) => m.refused(),
+            }
         }
         let text = if problems.is_empty() {
             "applied".to_string()

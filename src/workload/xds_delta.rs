@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use super::runner::DualEngineRunner;
 use crate::admin::AdminState;
+use crate::metrics::Metrics;
 use crate::xds::delta::{DeltaHandler, DeltaStatus};
 
 pub type SharedRunner = Arc<Mutex<DualEngineRunner>>;
@@ -28,6 +29,7 @@ pub struct DualEngineXds {
     admin: Arc<AdminState>,
     /// type URL -> resource name -> version held.
     versions: HashMap<String, HashMap<String, String>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl DualEngineXds {
@@ -36,7 +38,13 @@ impl DualEngineXds {
             runner,
             admin,
             versions: HashMap::new(),
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -90,6 +98,9 @@ impl DeltaHandler for DualEngineXds {
     }
 
     fn on_status(&mut self, status: &DeltaStatus) {
+        if let Some(m) = &self.metrics {
+            m.delta_status(status);
+        }
         self.admin
             .set_xds_status(serde_json::to_value(status).unwrap_or_default());
     }
