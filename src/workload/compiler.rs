@@ -95,6 +95,10 @@ pub struct WorkloadCompiler {
     addr_workloads: HashMap<FrontendAddr, BTreeSet<String>>,
     /// Hostname -> uids of DNS workloads resolving it.
     hosts: HashMap<String, BTreeSet<String>>,
+    /// Uids of the workloads on this node (they tell its locality).
+    on_node: BTreeSet<String>,
+    /// Endpoint entries of the plan (kept, not recounted per update).
+    endpoint_entries: usize,
     /// Uid -> backend keys it produced (uid, or `uid#ip` for DNS answers).
     backend_keys: HashMap<String, Vec<String>>,
     service_ids: IdTable,
@@ -291,7 +295,10 @@ impl WorkloadCompiler {
                     .insert(w.uid.clone());
             }
         }
-        dirty.relocalize |= w.node == self.settings.node_name;
+        if self.is_on_node(&w) {
+            dirty.relocalize = true;
+            self.on_node.insert(w.uid.clone());
+        }
         self.workloads.insert(w.uid.clone(), w);
     }
 
@@ -310,7 +317,9 @@ impl WorkloadCompiler {
         if let Some(host) = &w.hostname {
             remove_from_index(&mut self.hosts, host, uid);
         }
-        dirty.relocalize |= w.node == self.settings.node_name;
+        if self.on_node.remove(uid) {
+            dirty.relocalize = true;
+        }
         Some(w)
     }
 
@@ -338,6 +347,10 @@ impl WorkloadCompiler {
         Some(s)
     }
 
+    fn is_on_node(&self, w: &WorkloadSpec) -> bool {
+        !self.settings.node_name.is_empty() && w.node == self.settings.node_name
+    }
+
     /// This node's locality: the flag, else the first workload (by uid) on
     /// this node that has one.
     fn effective_locality(&self) -> LocalLocality {
@@ -347,9 +360,9 @@ impl WorkloadCompiler {
             ..LocalLocality::default()
         };
         let on_node = self
-            .workloads
-            .values()
-            .filter(|w| !self.settings.node_name.is_empty() && w.node == self.settings.node_name)
+            .on_node
+            .iter()
+            .filter_map(|uid| self.workloads.get(uid))
             .min_by(|a, b| {
                 let has = |w: &WorkloadSpec| w.locality == LocalityFields::default();
                 (has(a), &a.uid).cmp(&(has(b), &b.uid))
@@ -680,7 +693,7 @@ impl WorkloadCompiler {
             after(&self.plan.backends, &staged.backends),
             limits.max_backends,
         )?;
-        let mut endpoints = self.plan.endpoint_entries();
+        let mut endpoints = self.endpoint_entries;
         for (id, record) in &staged.services {
             endpoints -= self
                 .plan
@@ -694,6 +707,14 @@ impl WorkloadCompiler {
 
     fn commit(&mut self, staged: Staged) -> PlanChanges {
         let mut changes = PlanChanges::default();
+        for (id, record) in &staged.services {
+            self.endpoint_entries -= self
+                .plan
+                .services
+                .get(id)
+                .map_or(0, ServiceRecord::endpoint_entries);
+            self.endpoint_entries += record.as_ref().map_or(0, ServiceRecord::endpoint_entries);
+        }
         put(
             &mut self.plan.backends,
             staged.backends,
@@ -748,7 +769,7 @@ impl WorkloadCompiler {
             "plan": {
                 "frontends": self.plan.frontends.len(),
                 "services": self.plan.services.len(),
-                "endpoints": self.plan.endpoint_entries(),
+                "endpoints": self.endpoint_entries,
                 "backends": self.plan.backends.len(),
             },
         })

@@ -623,5 +623,10 @@ fn the_incremental_plan_equals_a_fresh_compile_of_the_same_store() {
             .collect()
     };
     assert_eq!(resolve(&stepwise), resolve(&fresh));
+    assert_eq!(
+        stepwise.endpoint_entries,
+        stepwise.plan().endpoint_entries()
+    );
+    assert_eq!(fresh.endpoint_entries, fresh.plan().endpoint_entries());
     assert_eq!(resolve(&fresh).len(), 41);
 }
