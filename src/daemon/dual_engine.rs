@@ -153,7 +153,7 @@ pub(super) async fn run(
                     if let Err(e) = lock(&runner).apply_file(&resources) {
                         tracing::warn!(error = %e, "xDS file not fully applied");
                     }
-                }, |error| tracing::warn!(%error, "xDS file refused")) => {}
+                }, |error| lock(&runner).refuse(error)) => {}
                 _ = shutdown.wait() => {}
             }
         }

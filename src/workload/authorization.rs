@@ -2,7 +2,7 @@
 //! the config dump. Enforcement (L4, in XDP) is a later stage; holding them
 //! now means a push that carries them is ACKed only when they are sound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 use serde::Serialize;
@@ -181,9 +181,10 @@ impl AuthorizationStore {
         self.policies.remove(name).is_some()
     }
 
-    /// Makes the store exactly `policies` (a file reload).
-    pub fn replace(&mut self, policies: Vec<PolicySummary>) {
-        self.policies.clear();
+    /// Makes the store `policies` (a file reload), plus the held policies
+    /// named in `keep` (refused in the file: their previous version stays).
+    pub fn replace_keeping(&mut self, policies: Vec<PolicySummary>, keep: &BTreeSet<String>) {
+        self.policies.retain(|name, _| keep.contains(name));
         for p in policies {
             self.upsert(None, p);
         }

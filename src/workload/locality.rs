@@ -30,7 +30,9 @@ impl LocalLocality {
             Scope::Zone => endpoint.locality.zone == self.zone,
             Scope::Subzone => endpoint.locality.subzone == self.subzone,
             Scope::Node => endpoint.node == self.node,
-            Scope::Cluster => endpoint.cluster_id == self.cluster,
+            // Unset on a workload means the default: this cluster, the
+            // default network (single-cluster meshes leave them empty).
+            Scope::Cluster => endpoint.cluster_id.is_empty() || endpoint.cluster_id == self.cluster,
             Scope::Network => endpoint.network == self.network,
         }
     }
@@ -146,5 +148,11 @@ mod tests {
         assert_eq!(here().priority(&policy, &e), Some(0));
         e.cluster_id = "c2".into();
         assert_eq!(here().priority(&policy, &e), None);
+        e.cluster_id = String::new();
+        assert_eq!(
+            here().priority(&policy, &e),
+            Some(0),
+            "unset = this cluster"
+        );
     }
 }

@@ -154,14 +154,26 @@ impl DualEngineRunner {
             .into_iter()
             .filter(|k| !seen.contains(k) && !kept.contains(k))
             .collect();
-        if errors.is_empty() {
-            self.authorizations.replace(policies);
-        } else {
-            for p in policies {
-                self.authorizations.upsert(None, p);
-            }
+        // Policies follow the file like addresses do: a refused one keeps its
+        // previous version, and nothing changes if the update does not fit.
+        let kept_policies: BTreeSet<String> = errors
+            .iter()
+            .filter_map(|e| e.resource.strip_prefix("authorization "))
+            .map(str::to_owned)
+            .collect();
+        let result = self.run_update(update, errors);
+        if !self.last_refused_whole {
+            self.authorizations
+                .replace_keeping(policies, &kept_policies);
         }
-        self.run_update(update, errors, "file")
+        result
+    }
+
+    /// The file could not be read or parsed: nothing changes, and the dump
+    /// and metrics say why.
+    pub fn refuse(&mut self, error: String) {
+        self.last_refused_whole = true;
+        let _ = self.finish(Vec::new(), Err(error));
     }
 
     /// One delta response. `Err` carries the NACK detail (the bad resources
@@ -196,7 +208,7 @@ impl DualEngineRunner {
                     .iter()
                     .filter_map(|(name, _)| name.clone())
                     .collect();
-                let result = self.run_update(update, errors, "ads");
+                let result = self.run_update(update, errors);
                 if self.last_refused_whole {
                     refused_names.extend(applying);
                 }
@@ -216,7 +228,7 @@ impl DualEngineRunner {
                         }
                     }
                 }
-                self.finish("ads", errors, Ok(()))
+                self.finish(errors, Ok(()))
             }
             other => Err(format!("unexpected type {other}")),
         };
@@ -258,12 +270,7 @@ impl DualEngineRunner {
         }
     }
 
-    fn run_update(
-        &mut self,
-        update: Update,
-        errors: Vec<ResourceError>,
-        origin: &str,
-    ) -> Result<(), String> {
+    fn run_update(&mut self, update: Update, errors: Vec<ResourceError>) -> Result<(), String> {
         let dns = self.dns.clone();
         let resolved: &dyn ResolvedHosts = match &dns {
             Some(r) => r,
@@ -286,13 +293,12 @@ impl DualEngineRunner {
                 Err(e.to_string())
             }
         };
-        self.finish(origin, errors, outcome)
+        self.finish(errors, outcome)
     }
 
     /// Records the outcome and turns it into the NACK detail.
     fn finish(
         &mut self,
-        origin: &str,
         errors: Vec<ResourceError>,
         outcome: Result<(), String>,
     ) -> Result<(), String> {
@@ -318,7 +324,7 @@ impl DualEngineRunner {
             problems.join("; ")
         };
         self.last = Some(LastUpdate {
-            source: format!("{origin}:{}", self.source),
+            source: self.source.clone(),
             unix_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

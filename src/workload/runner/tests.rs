@@ -236,3 +236,49 @@ fn authorizations_are_held_removed_and_validated() {
         .unwrap()
         .is_empty());
 }
+
+fn policy_any(name: &str) -> Any {
+    Any {
+        type_url: AUTHORIZATION_TYPE_URL.into(),
+        value: Authorization {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    }
+}
+
+#[test]
+fn a_file_that_does_not_fit_keeps_its_authorizations_too() {
+    let (mut r, _) = runner(Limits {
+        max_services: 1,
+        ..limits()
+    });
+    let (_, s) = svc();
+    r.apply_file(&[s.clone(), policy_any("old")]).unwrap();
+    let other = any(address::Type::Service(service(
+        "default/other",
+        [10, 96, 0, 2],
+    )));
+    let e = r.apply_file(&[s, other, policy_any("new")]).unwrap_err();
+    assert!(e.contains("services would need 2 entries"), "{e}");
+    let dump = r.dump_json();
+    assert!(dump["authorizations"]["default/old"].is_object(), "{dump}");
+    assert!(dump["authorizations"]["default/new"].is_null(), "{dump}");
+}
+
+#[test]
+fn an_unreadable_file_is_reported_in_the_dump() {
+    let (mut r, _) = runner(limits());
+    r.refuse("x.yaml: YAML/JSON syntax error".into());
+    let dump = r.dump_json();
+    assert_eq!(dump["last_update"]["source"], "test", "{dump}");
+    assert!(
+        dump["last_update"]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("syntax error"),
+        "{dump}"
+    );
+}
