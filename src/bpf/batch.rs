@@ -52,12 +52,15 @@ pub fn delete_all(map: &MapHandle, keys: &[u8], key_size: usize) -> Result<(), l
     Ok(())
 }
 
+/// A map's contents as raw `(key, value)` byte pairs.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every (key, value) of a hash map, read with `BPF_MAP_LOOKUP_BATCH`.
 ///
 /// Written here rather than with libbpf-rs's batch iterator, which ends at
 /// the first batch that comes back short (the kernel returns whole hash
 /// buckets, so a short batch is not the last) and hides errors.
-pub fn read_all(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>, libbpf_rs::Error> {
+pub fn read_all(map: &MapHandle) -> Result<Entries, libbpf_rs::Error> {
     let key_size = map.key_size() as usize;
     let value_size = map.value_size() as usize;
     let fd = map.as_fd().as_raw_fd();

@@ -18,7 +18,7 @@ use crate::bpf::BpfError;
 
 const FAMILY_NAMES: [&str; 2] = ["v4", "v6"];
 
-fn read(map: &libbpf_rs::MapHandle, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpfError> {
+fn read(map: &libbpf_rs::MapHandle, name: &str) -> Result<batch::Entries, BpfError> {
     batch::read_all(map).map_err(BpfError::libbpf(format!("reading {name}")))
 }
 
