@@ -134,7 +134,8 @@ fn adoptable(pin_dir: &Path, capacity: MapCapacity) -> bool {
     if !pinning::has_layout(pin_dir, LAYOUT_VERSION) {
         return false;
     }
-    let sized = |name: &str, want: u32| pinning::pinned_with_size(&pin_dir.join("maps").join(name), want);
+    let sized =
+        |name: &str, want: u32| pinning::pinned_with_size(&pin_dir.join("maps").join(name), want);
     DURABLE_MAPS
         .iter()
         .all(|m| pin_dir.join("maps").join(m).exists())

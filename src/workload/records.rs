@@ -215,7 +215,8 @@ pub fn decode_service_value(b: &[u8]) -> Option<ServiceValue> {
     if b.len() < SERVICE_VALUE_SIZE {
         return None;
     }
-    let port_count = (rd_u32(b, offset_of!(c::de_service_value, port_count))? as usize).min(MAX_PORTS);
+    let port_count =
+        (rd_u32(b, offset_of!(c::de_service_value, port_count))? as usize).min(MAX_PORTS);
     let ports_off = offset_of!(c::de_service_value, service_port);
     let ports = (0..port_count)
         .map(|i| rd_u16(b, ports_off + i * size_of::<u16>()))
@@ -296,7 +297,10 @@ pub fn decode_endpoint_value(b: &[u8]) -> Option<(u32, [u16; MAX_PORTS])> {
     for (i, port) in ports.iter_mut().enumerate() {
         *port = rd_u16(b, off + i * size_of::<u16>())?;
     }
-    Some((rd_u32(b, offset_of!(c::de_endpoint_value, backend_id))?, ports))
+    Some((
+        rd_u32(b, offset_of!(c::de_endpoint_value, backend_id))?,
+        ports,
+    ))
 }
 
 pub fn backend_value(backend: &BackendRecord) -> Vec<u8> {
@@ -350,7 +354,10 @@ mod tests {
         assert_eq!(FRONTEND_KEY_SIZE, 16);
         assert_eq!(FRONTEND_VALUE_SIZE, 8);
         assert_eq!(size_of::<c::de_waypoint>(), 20);
-        assert_eq!(SERVICE_VALUE_SIZE, 16 + 4 * FAMILIES * MAX_PRIORITIES + 2 * MAX_PORTS + 20);
+        assert_eq!(
+            SERVICE_VALUE_SIZE,
+            16 + 4 * FAMILIES * MAX_PRIORITIES + 2 * MAX_PORTS + 20
+        );
         assert_eq!(ENDPOINT_KEY_SIZE, 12);
         assert_eq!(offset_of!(c::de_endpoint_key, index), 8);
         assert_eq!(ENDPOINT_VALUE_SIZE, 4 + 2 * MAX_PORTS);

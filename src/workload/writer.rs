@@ -28,8 +28,8 @@ use budget::{EndpointDelta, EndpointSchedule};
 use state::{in_range, KernelState, LiveService};
 
 use super::plan::{
-    BackendId, FrontendAddr, FrontendTarget, Plan, PlanChanges, ServiceId, ServiceRecord,
-    FAMILIES, MAX_PORTS, MAX_PRIORITIES,
+    BackendId, FrontendAddr, FrontendTarget, Plan, PlanChanges, ServiceId, ServiceRecord, FAMILIES,
+    MAX_PORTS, MAX_PRIORITIES,
 };
 use super::records::{self as rec, Counts, EndpointKey};
 use crate::bpf::batch;
@@ -149,7 +149,9 @@ impl Ops {
             keys.iter()
                 .map(|k| {
                     plan.contains_key(k).then_some(*k).ok_or_else(|| {
-                        WriteError::InvalidChanges(format!("{what} {k:?} upserted but not in the plan"))
+                        WriteError::InvalidChanges(format!(
+                            "{what} {k:?} upserted but not in the plan"
+                        ))
                     })
                 })
                 .collect()
@@ -176,19 +178,13 @@ impl Ops {
                 |a| state.frontends.contains(a),
             )?,
             services_upsert: upserts("service", &changes.services_upsert, &plan.services)?,
-            services_delete: deletes(
-                "service",
-                &changes.services_delete,
-                &plan.services,
-                |id| state.services.contains_key(id),
-            )?,
+            services_delete: deletes("service", &changes.services_delete, &plan.services, |id| {
+                state.services.contains_key(id)
+            })?,
             backends_upsert: upserts("backend", &changes.backends_upsert, &plan.backends)?,
-            backends_delete: deletes(
-                "backend",
-                &changes.backends_delete,
-                &plan.backends,
-                |id| state.backends.contains(id),
-            )?,
+            backends_delete: deletes("backend", &changes.backends_delete, &plan.backends, |id| {
+                state.backends.contains(id)
+            })?,
         })
     }
 
@@ -215,7 +211,9 @@ fn validate(plan: &Plan, ops: &Ops) -> Result<(), WriteError> {
             None => false,
         };
         if !exists {
-            return bad(format!("frontend {addr} points at {target:?}, not in the plan"));
+            return bad(format!(
+                "frontend {addr} points at {target:?}, not in the plan"
+            ));
         }
     }
     for id in &ops.services_upsert {
@@ -349,7 +347,10 @@ impl DualEngineWriter {
         self.resync = false;
         let counts = self.counts();
         if counts != MapCounts::default() {
-            tracing::info!(?counts, "dual-engine maps hold an earlier configuration: the next update reconciles it");
+            tracing::info!(
+                ?counts,
+                "dual-engine maps hold an earlier configuration: the next update reconciles it"
+            );
         }
         // Adopted content is reconciled by the next apply in full.
         self.resync = true;
@@ -432,18 +433,33 @@ impl DualEngineWriter {
             .iter()
             .filter(|a| !s.frontends.contains(a))
             .count();
-        budget::check_map(MAP_FRONTENDS, s.frontends.len(), new_frontends, cap.max_frontends)?;
+        budget::check_map(
+            MAP_FRONTENDS,
+            s.frontends.len(),
+            new_frontends,
+            cap.max_frontends,
+        )?;
         let new_services = updates
             .iter()
             .filter(|u| s.services.get(&u.id).and_then(|l| l.record).is_none())
             .count();
-        budget::check_map(MAP_SERVICES, s.service_records(), new_services, cap.max_services)?;
+        budget::check_map(
+            MAP_SERVICES,
+            s.service_records(),
+            new_services,
+            cap.max_services,
+        )?;
         let new_backends = ops
             .backends_upsert
             .iter()
             .filter(|id| !s.backends.contains(id))
             .count();
-        budget::check_map(MAP_BACKENDS, s.backends.len(), new_backends, cap.max_backends)?;
+        budget::check_map(
+            MAP_BACKENDS,
+            s.backends.len(),
+            new_backends,
+            cap.max_backends,
+        )?;
         let deltas: Vec<EndpointDelta> = updates.iter().map(|u| u.delta).collect();
         budget::schedule_endpoints(
             s.endpoint_entries,
@@ -488,7 +504,16 @@ impl DualEngineWriter {
         stats: &mut WriteStats,
     ) -> Result<(), WriteError> {
         // 1. The new endpoint sets, into slots no record points at.
-        let entries: usize = updates.iter().map(|u| u.counts.iter().flatten().map(|c| *c as usize).sum::<usize>()).sum();
+        let entries: usize = updates
+            .iter()
+            .map(|u| {
+                u.counts
+                    .iter()
+                    .flatten()
+                    .map(|c| *c as usize)
+                    .sum::<usize>()
+            })
+            .sum();
         let mut keys = Vec::with_capacity(entries * rec::ENDPOINT_KEY_SIZE);
         let mut values = Vec::with_capacity(entries * rec::ENDPOINT_VALUE_SIZE);
         for update in updates {
@@ -545,8 +570,9 @@ impl DualEngineWriter {
             .flat_map(|u| u.stale.iter())
             .flat_map(rec::endpoint_key)
             .collect();
-        batch::delete_all(&self.maps.endpoints, &stale, rec::ENDPOINT_KEY_SIZE)
-            .map_err(WriteError::write("deleting old endpoints from", MAP_ENDPOINTS))?;
+        batch::delete_all(&self.maps.endpoints, &stale, rec::ENDPOINT_KEY_SIZE).map_err(
+            WriteError::write("deleting old endpoints from", MAP_ENDPOINTS),
+        )?;
 
         for update in updates {
             let freed = update.delta.freed;
@@ -557,8 +583,7 @@ impl DualEngineWriter {
                 live_present: total,
                 strays: Vec::new(),
             };
-            self.state.endpoint_entries =
-                self.state.endpoint_entries + update.delta.added - freed;
+            self.state.endpoint_entries = self.state.endpoint_entries + update.delta.added - freed;
             stats.endpoints_removed += freed;
         }
         Ok(())

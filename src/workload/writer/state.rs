@@ -100,9 +100,7 @@ impl KernelState {
             state.endpoint_entries += 1;
             let service = state.services.entry(key.service).or_default();
             match service.record {
-                Some((slot, counts)) if in_range(&key, slot, &counts) => {
-                    service.live_present += 1
-                }
+                Some((slot, counts)) if in_range(&key, slot, &counts) => service.live_present += 1,
                 _ => service.strays.push(key),
             }
         }
@@ -119,7 +117,9 @@ impl KernelState {
         // A record that does not decode is treated as absent: its endpoints
         // become strays and the service is rewritten or deleted.
         Ok(Self::from_entries(
-            frontends.iter().filter_map(|(k, _)| records::frontend_from(k)),
+            frontends
+                .iter()
+                .filter_map(|(k, _)| records::frontend_from(k)),
             services.iter().filter_map(|(k, v)| {
                 Some((records::id_from(k)?, records::decode_service_value(v)?))
             }),
@@ -132,7 +132,10 @@ impl KernelState {
 
     /// Service ids with a record in de_services.
     pub fn service_records(&self) -> usize {
-        self.services.values().filter(|s| s.record.is_some()).count()
+        self.services
+            .values()
+            .filter(|s| s.record.is_some())
+            .count()
     }
 }
 
