@@ -18,6 +18,7 @@ use crate::dns::DnsResolver;
 use crate::kernel_native::bpf_dump;
 use crate::kernel_native::dump::dns_hosts;
 use crate::logging::LogControl;
+use crate::memory::release_freed_memory;
 use crate::telemetry::Telemetry;
 
 /// Builds a config dump on request.
@@ -30,6 +31,7 @@ pub struct AdminState {
     ready: AtomicBool,
     kernel_native_dump: RwLock<Option<DumpSource>>,
     dual_engine_dump: RwLock<Option<DumpSource>>,
+    dual_engine_summary: RwLock<Option<DumpSource>>,
     dual_engine_bpf_dump: RwLock<Option<BpfDumpSource>>,
     /// ADS transport state, shown inside the kernel-native dump as `xds`.
     xds_status: RwLock<Option<serde_json::Value>>,
@@ -47,6 +49,7 @@ impl AdminState {
             ready: AtomicBool::new(false),
             kernel_native_dump: RwLock::new(None),
             dual_engine_dump: RwLock::new(None),
+            dual_engine_summary: RwLock::new(None),
             dual_engine_bpf_dump: RwLock::new(None),
             xds_status: RwLock::new(None),
             dns: RwLock::new(None),
@@ -66,9 +69,11 @@ impl AdminState {
         replace(&self.kernel_native_dump, Some(source));
     }
 
-    /// Where `/debug/config_dump/dual-engine` comes from.
-    pub fn set_dual_engine_dump(&self, source: DumpSource) {
-        replace(&self.dual_engine_dump, Some(source));
+    /// Where `/debug/config_dump/dual-engine` comes from, in full and as a
+    /// summary (`?summary`: counts only, cheap at any scale).
+    pub fn set_dual_engine_dump(&self, full: DumpSource, summary: DumpSource) {
+        replace(&self.dual_engine_dump, Some(full));
+        replace(&self.dual_engine_summary, Some(summary));
     }
 
     /// Where `/debug/config_dump/bpf/dual-engine` comes from.
@@ -176,8 +181,21 @@ async fn kernel_native_dump(State(state): State<Arc<AdminState>>) -> Response {
     config_dump(&state, source).await
 }
 
-async fn dual_engine_dump(State(state): State<Arc<AdminState>>) -> Response {
-    let source = read(&state.dual_engine_dump);
+/// `?summary` of `GET /debug/config_dump/dual-engine`.
+#[derive(Debug, serde::Deserialize)]
+struct DumpQuery {
+    summary: Option<String>,
+}
+
+async fn dual_engine_dump(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<DumpQuery>,
+) -> Response {
+    let source = if query.summary.is_some() {
+        read(&state.dual_engine_summary)
+    } else {
+        read(&state.dual_engine_dump)
+    };
     config_dump(&state, source).await
 }
 
@@ -198,7 +216,10 @@ async fn config_dump(state: &AdminState, source: Option<DumpSource>) -> Response
             obj.insert("dns".to_string(), dns_hosts(&resolver.snapshot()));
         }
     }
-    Json(dump).into_response()
+    let response = Json(dump).into_response();
+    // A dump of a large mesh is tens of MB of short-lived JSON.
+    release_freed_memory();
+    response
 }
 
 async fn kernel_native_bpf_dump(State(state): State<Arc<AdminState>>) -> Response {
@@ -226,7 +247,11 @@ async fn bpf_dump_response(
     read_maps: impl FnOnce() -> Result<serde_json::Value, String> + Send + 'static,
 ) -> Response {
     match tokio::task::spawn_blocking(read_maps).await {
-        Ok(Ok(dump)) => Json(dump).into_response(),
+        Ok(Ok(dump)) => {
+            let response = Json(dump).into_response();
+            release_freed_memory();
+            response
+        }
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("reading the maps: {e}\n"),

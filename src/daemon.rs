@@ -14,6 +14,7 @@ use crate::bpf::BpfError;
 use crate::config::{Command, Config, Mode};
 use crate::dns::{DnsResolver, HostChanged, ResolverSettings};
 use crate::logging::LogControl;
+use crate::memory::release_freed_memory;
 use crate::telemetry::TelemetryError;
 use crate::xds::ads::{AdsConfig, TlsSettings};
 use crate::xds::file::parse_resources;
@@ -194,17 +195,6 @@ async fn follow_file(
                 refuse(msg);
             }
         }
-    }
-}
-
-/// Parsing a large xDS file allocates hundreds of MB briefly; glibc keeps
-/// freed memory in its arenas. Give it back to the system after each file.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no
-    // preconditions and does not touch live allocations.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

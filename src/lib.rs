@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dns;
 pub mod kernel_native;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod telemetry;
 pub mod workload;

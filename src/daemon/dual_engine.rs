@@ -132,8 +132,11 @@ pub(super) async fn run(
     }));
     metrics::serve(config.metrics_address, metrics.clone()).await;
     lock(&runner).with_metrics(metrics.clone());
-    let dump_runner = runner.clone();
-    admin_state.set_dual_engine_dump(Arc::new(move || lock(&dump_runner).dump_json()));
+    let (dump_runner, summary_runner) = (runner.clone(), runner.clone());
+    admin_state.set_dual_engine_dump(
+        Arc::new(move || lock(&dump_runner).dump_json()),
+        Arc::new(move || lock(&summary_runner).summary_json()),
+    );
     let (activation_bpf, ready) = (bpf.clone(), admin_state.clone());
     lock(&runner).on_first_write(Box::new(move || {
         activation_bpf

@@ -750,8 +750,23 @@ impl WorkloadCompiler {
         changes
     }
 
-    /// The store for `/debug/config_dump/dual-engine`.
-    pub fn dump_json(&self) -> serde_json::Value {
+    /// The store for `/debug/config_dump/dual-engine`; `summary` leaves out
+    /// the per-service and per-workload lists.
+    pub fn dump_json(&self, summary: bool) -> serde_json::Value {
+        let mut dump = serde_json::json!({
+            "local_locality": self.local,
+            "counts": { "services": self.services.len(), "workloads": self.workloads.len() },
+            "dns_hostnames": self.hostnames(),
+            "plan": {
+                "frontends": self.plan.frontends.len(),
+                "services": self.plan.services.len(),
+                "endpoints": self.endpoint_entries,
+                "backends": self.plan.backends.len(),
+            },
+        });
+        if summary {
+            return dump;
+        }
         let mut services: Vec<_> = self.services.values().collect();
         services.sort_by(|a, b| a.key.cmp(&b.key));
         let mut workloads: Vec<_> = self.workloads.values().collect();
@@ -761,19 +776,12 @@ impl WorkloadCompiler {
             .keys()
             .filter_map(|k| self.service_ids.get(k).map(|id| (k.clone(), id)))
             .collect();
-        serde_json::json!({
-            "local_locality": self.local,
-            "services": services,
-            "workloads": workloads,
-            "service_ids": service_ids,
-            "dns_hostnames": self.hostnames(),
-            "plan": {
-                "frontends": self.plan.frontends.len(),
-                "services": self.plan.services.len(),
-                "endpoints": self.endpoint_entries,
-                "backends": self.plan.backends.len(),
-            },
-        })
+        if let Some(map) = dump.as_object_mut() {
+            map.insert("services".into(), serde_json::json!(services));
+            map.insert("workloads".into(), serde_json::json!(workloads));
+            map.insert("service_ids".into(), serde_json::json!(service_ids));
+        }
+        dump
     }
 }
 

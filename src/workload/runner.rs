@@ -398,9 +398,24 @@ impl DualEngineRunner {
 
     /// The store, what was refused, and the plan sizes.
     pub fn dump_json(&self) -> serde_json::Value {
-        let mut dump = self.compiler.dump_json();
+        self.dump(false)
+    }
+
+    /// [`Self::dump_json`] without the per-service and per-workload lists:
+    /// cheap at any scale (what monitoring and tests poll).
+    pub fn summary_json(&self) -> serde_json::Value {
+        self.dump(true)
+    }
+
+    fn dump(&self, summary: bool) -> serde_json::Value {
+        let mut dump = self.compiler.dump_json(summary);
         if let Some(map) = dump.as_object_mut() {
-            map.insert("authorizations".into(), self.authorizations.dump_json());
+            let authorizations = if summary {
+                serde_json::json!(self.authorizations.len())
+            } else {
+                self.authorizations.dump_json()
+            };
+            map.insert("authorizations".into(), authorizations);
             map.insert("rejected".into(), serde_json::json!(self.rejected));
             map.insert("last_update".into(), serde_json::json!(self.last));
             map.insert("updates".into(), serde_json::json!(self.updates));
