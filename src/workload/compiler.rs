@@ -27,6 +27,12 @@ use super::resource::{
 };
 use crate::dns::{LookupFamily, ResolvedHosts};
 
+/// The compiler's own maps: keyed by strings and addresses we hash a lot
+/// (every workload several times per update); foldhash is several times
+/// faster than SipHash, and nothing here is keyed by attacker-chosen data
+/// that could not also just be sent in bulk.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Kernel map capacities the plan must fit (entries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
@@ -85,22 +91,24 @@ enum Undo {
 pub struct WorkloadCompiler {
     settings: CompilerSettings,
     local: LocalLocality,
-    services: HashMap<String, ServiceSpec>,
-    workloads: HashMap<String, WorkloadSpec>,
+    services: Map<String, ServiceSpec>,
+    workloads: Map<String, WorkloadSpec>,
     /// xDS resource name -> store key (they are the same for Istiod).
-    names: HashMap<String, String>,
+    names: Map<String, String>,
     /// Service key -> uids of workloads that list it.
-    members: HashMap<String, BTreeSet<String>>,
-    addr_services: HashMap<FrontendAddr, BTreeSet<String>>,
-    addr_workloads: HashMap<FrontendAddr, BTreeSet<String>>,
+    members: Map<String, BTreeSet<String>>,
+    /// Address -> keys claiming it, sorted (almost always one: a sorted Vec
+    /// costs a fraction of a BTreeSet node).
+    addr_services: Map<FrontendAddr, Vec<String>>,
+    addr_workloads: Map<FrontendAddr, Vec<String>>,
     /// Hostname -> uids of DNS workloads resolving it.
-    hosts: HashMap<String, BTreeSet<String>>,
+    hosts: Map<String, BTreeSet<String>>,
     /// Uids of the workloads on this node (they tell its locality).
     on_node: BTreeSet<String>,
     /// Endpoint entries of the plan (kept, not recounted per update).
     endpoint_entries: usize,
     /// Uid -> backend keys it produced (uid, or `uid#ip` for DNS answers).
-    backend_keys: HashMap<String, Vec<String>>,
+    backend_keys: Map<String, Vec<String>>,
     service_ids: IdTable,
     backend_ids: IdTable,
     plan: Plan,
@@ -115,7 +123,7 @@ struct Staged {
     /// Workload uid -> its backend keys as staged. Looked up once per
     /// endpoint of every service staged, so a map, not a list: a list made
     /// a 100k-workload push quadratic (minutes instead of seconds).
-    backend_keys: HashMap<String, Vec<String>>,
+    backend_keys: Map<String, Vec<String>>,
     /// Ids allocated while staging (released if the update is undone).
     new_service_keys: Vec<String>,
     new_backend_keys: Vec<String>,
@@ -285,10 +293,7 @@ impl WorkloadCompiler {
         for ip in &w.addresses {
             let addr = frontend_addr(*ip);
             dirty.addrs.insert(addr);
-            self.addr_workloads
-                .entry(addr)
-                .or_default()
-                .insert(w.uid.clone());
+            add_sorted(self.addr_workloads.entry(addr).or_default(), &w.uid);
         }
         if w.addresses.is_empty() {
             if let Some(host) = &w.hostname {
@@ -315,7 +320,7 @@ impl WorkloadCompiler {
         for ip in &w.addresses {
             let addr = frontend_addr(*ip);
             dirty.addrs.insert(addr);
-            remove_from_index(&mut self.addr_workloads, &addr, uid);
+            remove_sorted(&mut self.addr_workloads, &addr, uid);
         }
         if let Some(host) = &w.hostname {
             remove_from_index(&mut self.hosts, host, uid);
@@ -331,10 +336,7 @@ impl WorkloadCompiler {
         for ip in &s.addresses {
             let addr = frontend_addr(*ip);
             dirty.addrs.insert(addr);
-            self.addr_services
-                .entry(addr)
-                .or_default()
-                .insert(s.key.clone());
+            add_sorted(self.addr_services.entry(addr).or_default(), &s.key);
         }
         self.services.insert(s.key.clone(), s);
     }
@@ -345,7 +347,7 @@ impl WorkloadCompiler {
         for ip in &s.addresses {
             let addr = frontend_addr(*ip);
             dirty.addrs.insert(addr);
-            remove_from_index(&mut self.addr_services, &addr, key);
+            remove_sorted(&mut self.addr_services, &addr, key);
         }
         Some(s)
     }
@@ -654,8 +656,8 @@ impl WorkloadCompiler {
     }
 
     fn check_capacity(&self, staged: &Staged, limits: &Limits) -> Result<(), CapacityError> {
-        fn after<K: Ord + std::hash::Hash, V>(
-            current: &HashMap<K, V>,
+        fn after<K: Ord + std::hash::Hash, V, S: std::hash::BuildHasher>(
+            current: &HashMap<K, V, S>,
             staged: &BTreeMap<K, Option<impl Sized>>,
         ) -> usize {
             let mut count = current.len();
@@ -809,8 +811,23 @@ fn put<K: Copy + Ord + std::hash::Hash, V: PartialEq>(
     }
 }
 
+fn add_sorted(keys: &mut Vec<String>, key: &str) {
+    if let Err(at) = keys.binary_search_by(|k| k.as_str().cmp(key)) {
+        keys.insert(at, key.to_owned());
+    }
+}
+
+fn remove_sorted(index: &mut Map<FrontendAddr, Vec<String>>, addr: &FrontendAddr, key: &str) {
+    if let Some(keys) = index.get_mut(addr) {
+        keys.retain(|k| k != key);
+        if keys.is_empty() {
+            index.remove(addr);
+        }
+    }
+}
+
 fn remove_from_index<K: std::hash::Hash + Eq + Clone>(
-    index: &mut HashMap<K, BTreeSet<String>>,
+    index: &mut Map<K, BTreeSet<String>>,
     key: &K,
     value: &str,
 ) {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 #[derive(Debug, Default, Clone)]
 pub struct IdTable {
-    by_key: HashMap<String, u32>,
+    by_key: HashMap<String, u32, foldhash::fast::RandomState>,
     free: Vec<u32>,
     next: u32,
 }
