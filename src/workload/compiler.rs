@@ -75,6 +75,27 @@ struct Dirty {
     relocalize: bool,
 }
 
+/// Who names one waypoint service.
+#[derive(Debug, Default)]
+struct WaypointUsers {
+    services: BTreeSet<String>,
+    workloads: BTreeSet<String>,
+}
+
+impl WaypointUsers {
+    fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.workloads.is_empty()
+    }
+}
+
+/// The waypoint service a resource names by hostname, if it does.
+fn waypoint_service(waypoint: Option<&WaypointRef>) -> Option<&str> {
+    match waypoint? {
+        WaypointRef::Service(key) => Some(key),
+        WaypointRef::Address(_) => None,
+    }
+}
+
 /// A change to the store, kept to undo an update that does not fit.
 enum Undo {
     Workload(String, Option<WorkloadSpec>),
@@ -95,6 +116,10 @@ pub struct WorkloadCompiler {
     addr_workloads: HashMap<FrontendAddr, BTreeSet<String>>,
     /// Hostname -> uids of DNS workloads resolving it.
     hosts: HashMap<String, BTreeSet<String>>,
+    /// Waypoint service key -> services and workloads that name it as their
+    /// waypoint by hostname: their records hold its VIP, so they are
+    /// recompiled when it changes (or comes, or goes).
+    waypoint_users: HashMap<String, WaypointUsers>,
     /// Uid -> backend keys it produced (uid, or `uid#ip` for DNS answers).
     backend_keys: HashMap<String, Vec<String>>,
     service_ids: IdTable,
@@ -291,6 +316,13 @@ impl WorkloadCompiler {
                     .insert(w.uid.clone());
             }
         }
+        if let Some(waypoint) = waypoint_service(w.waypoint.as_ref()) {
+            self.waypoint_users
+                .entry(waypoint.to_owned())
+                .or_default()
+                .workloads
+                .insert(w.uid.clone());
+        }
         dirty.relocalize |= w.node == self.settings.node_name;
         self.workloads.insert(w.uid.clone(), w);
     }
@@ -310,6 +342,9 @@ impl WorkloadCompiler {
         if let Some(host) = &w.hostname {
             remove_from_index(&mut self.hosts, host, uid);
         }
+        if let Some(waypoint) = waypoint_service(w.waypoint.as_ref()) {
+            self.forget_waypoint_user(waypoint, |u| u.workloads.remove(uid));
+        }
         dirty.relocalize |= w.node == self.settings.node_name;
         Some(w)
     }
@@ -324,7 +359,27 @@ impl WorkloadCompiler {
                 .or_default()
                 .insert(s.key.clone());
         }
+        if let Some(waypoint) = waypoint_service(s.waypoint.as_ref()) {
+            self.waypoint_users
+                .entry(waypoint.to_owned())
+                .or_default()
+                .services
+                .insert(s.key.clone());
+        }
         self.services.insert(s.key.clone(), s);
+    }
+
+    fn forget_waypoint_user(
+        &mut self,
+        waypoint: &str,
+        remove: impl FnOnce(&mut WaypointUsers) -> bool,
+    ) {
+        if let Some(users) = self.waypoint_users.get_mut(waypoint) {
+            remove(users);
+            if users.is_empty() {
+                self.waypoint_users.remove(waypoint);
+            }
+        }
     }
 
     fn remove_service(&mut self, key: &str, dirty: &mut Dirty) -> Option<ServiceSpec> {
@@ -334,6 +389,9 @@ impl WorkloadCompiler {
             let addr = frontend_addr(*ip);
             dirty.addrs.insert(addr);
             remove_from_index(&mut self.addr_services, &addr, key);
+        }
+        if let Some(waypoint) = waypoint_service(s.waypoint.as_ref()) {
+            self.forget_waypoint_user(waypoint, |u| u.services.remove(key));
         }
         Some(s)
     }
@@ -384,6 +442,19 @@ impl WorkloadCompiler {
                         .filter(|s| depends_on_locality(&s.load_balancing))
                         .map(|s| s.key.clone()),
                 );
+            }
+        }
+        // Whoever names a changed service as waypoint holds its VIP.
+        let waypoints: Vec<String> = dirty
+            .services
+            .iter()
+            .filter(|key| self.waypoint_users.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in waypoints {
+            if let Some(users) = self.waypoint_users.get(&key) {
+                dirty.services.extend(users.services.iter().cloned());
+                dirty.workloads.extend(users.workloads.iter().cloned());
             }
         }
         let mut staged = Staged::default();
