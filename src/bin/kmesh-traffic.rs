@@ -93,9 +93,8 @@ enum Command {
         /// Send this many bytes on each connection before reading the line.
         #[arg(long, default_value_t = 0)]
         send_bytes: u64,
-        /// After sending, half-close and check that the same bytes come back
-        /// after the line (a `serve --echo` backend); a difference counts as
-        /// the error `echo-mismatch`.
+        /// Check that the bytes sent come back after the line (a `serve
+        /// --echo` backend); a difference counts as the error `echo-mismatch`.
         #[arg(long, requires = "send_bytes")]
         expect_echo: bool,
         /// Send `GET / HTTP/1.1` (with each --header) and take the backend
@@ -467,11 +466,10 @@ fn dial_once(
             .write_all(request.as_bytes())
             .map_err(|e| error_key(&e))?;
     } else if opts.expect_echo && sent.len() <= ECHO_INLINE_MAX {
-        // Send, half-close, then read: what a request/response client does.
+        // Send, then read: what a request/response client does. No
+        // half-close: a proxy may not pass one on before its upstream
+        // connection is up (Envoy's tcp_proxy then closes both sides).
         (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
-        stream
-            .shutdown(std::net::Shutdown::Write)
-            .map_err(|e| error_key(&e))?;
     } else if opts.expect_echo {
         // From another thread: the echo comes back while we send, and a
         // large one would otherwise fill both buffers and stall.
@@ -479,7 +477,6 @@ fn dial_once(
         let data = sent.clone();
         thread::spawn(move || {
             let _ = writer.write_all(&data);
-            let _ = writer.shutdown(std::net::Shutdown::Write);
         });
     } else if !sent.is_empty() {
         (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
@@ -507,8 +504,8 @@ fn dial_once(
         .find_map(|w| w.strip_prefix("dst="))
         .map(str::to_string);
     let echo = if opts.expect_echo {
-        let mut echoed = Vec::new();
-        let read = reader.read_to_end(&mut echoed).map(|_| echoed);
+        let mut echoed = vec![0u8; sent.len()];
+        let read = reader.read_exact(&mut echoed).map(|()| echoed);
         Some(read.map_err(|e| error_key(&e)))
     } else {
         None
