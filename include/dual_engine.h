@@ -69,12 +69,29 @@ struct de_frontend_value {
 	__u32 id;   /* service id or backend (workload) id */
 };
 
-/* A waypoint to hand connections to (used by the waypoint stage). */
+/* A waypoint to hand connections to: a connect to a service (on one of its
+ * ports) or to a workload that has one goes to addr:port instead, and the
+ * dialled address travels to the waypoint in a PROXY protocol v2 header.
+ * addr may be a service VIP (the waypoint service): it is then load-balanced
+ * like any service, port = the waypoint listener port on its endpoints. */
 struct de_waypoint {
 	__u8 addr[16]; /* IPv4 as IPv4-mapped */
 	__u16 port;    /* host byte order; 0 = no waypoint */
 	__u16 pad;
 };
+
+/* Sockets whose first bytes must carry a PROXY header, registered by
+ * sockops when the connection is established (sk_msg runs on the sends of
+ * the sockets in this map only). Closed sockets leave it by themselves. */
+#define DE_MAX_PROXY_SOCKS 65536
+
+/* PROXY protocol v2 header sizes: 16 fixed bytes + addresses and ports. */
+#define DE_PROXY_V2_LEN4 (16 + 12)
+#define DE_PROXY_V2_LEN6 (16 + 36)
+
+/* Default socket mark of a waypoint's own upstream connections (see
+ * de_waypoint_mark in bpf/dual_engine/dual_engine.bpf.c). */
+#define DE_DEFAULT_WAYPOINT_MARK 0x539
 
 struct de_service_value {
 	__u32 policy;    /* enum de_lb_policy */
@@ -121,7 +138,12 @@ enum de_counter {
 	DE_CNT_NO_ENDPOINT = 4,     /* refused: no endpoint to use */
 	DE_CNT_MAP_MISS = 5,        /* a record pointed at a missing one (update race) */
 	DE_CNT_WORKLOAD_HITS = 6,   /* destination was a workload address (kept as dialled) */
-	DE_CNT_COUNT = 7,
+	DE_CNT_WAYPOINT = 7,        /* sent to a waypoint (PROXY header pending) */
+	DE_CNT_WAYPOINT_SKIPPED = 8, /* a waypoint's own connect: not sent back to a waypoint */
+	DE_CNT_WAYPOINT_REFUSED = 9, /* had a waypoint this connect cannot reach (family, no endpoint) */
+	DE_CNT_PROXY_SENT = 10,     /* PROXY headers prepended to a first send */
+	DE_CNT_PROXY_FAILED = 11,   /* a waypoint socket that could not get its header */
+	DE_CNT_COUNT = 12,
 };
 
 /* What a redirected socket dialled, kept in its socket storage so that
@@ -130,7 +152,18 @@ struct de_sock_state {
 	__u8 orig_addr[16]; /* as a frontend key: IPv4 as IPv4-mapped */
 	__u16 orig_port;    /* network byte order, as in the sockaddr */
 	__u8 orig_family;   /* enum de_family */
-	__u8 pad;
+	__u8 proxy;         /* enum de_proxy_state */
+	__u32 pad;
+	/* Socket cookie: its key in de_proxy_socks, set when sockops adds it
+	 * (sk_msg programs cannot read a socket's cookie themselves). */
+	__u64 cookie;
+};
+
+/* Whether a socket's first bytes still owe the waypoint a PROXY header. */
+enum de_proxy_state {
+	DE_PROXY_NONE = 0,    /* not sent to a waypoint */
+	DE_PROXY_PENDING = 1, /* sent to a waypoint; header not yet prepended */
+	DE_PROXY_DONE = 2,    /* header prepended to the first send */
 };
 
 #endif /* KMESH_DUAL_ENGINE_H */

@@ -150,6 +150,15 @@ pub struct Config {
     #[arg(long, default_value_t = 15019)]
     pub waypoint_port: u16,
 
+    /// Dual-engine: the socket mark (SO_MARK) of a waypoint's own upstream
+    /// connections, decimal or 0x-hex. A connect from a socket with all of
+    /// these bits set is load-balanced but never sent to a waypoint, so a
+    /// waypoint inside the managed cgroup does not receive its own
+    /// connections back. 0 turns the check off (then run waypoints outside
+    /// the managed cgroup).
+    #[arg(long, env = "KMESH_WAYPOINT_MARK", default_value = "0x539", value_parser = parse_mark)]
+    pub waypoint_mark: u32,
+
     /// DNS server for STRICT_DNS/LOGICAL_DNS clusters and ServiceEntry
     /// hostnames, as `ADDR:PORT`; repeat the flag for several servers. When
     /// absent, the nameservers (and search domains) of /etc/resolv.conf are used.
@@ -213,8 +222,25 @@ pub enum Command {
     Uninstall,
 }
 
+/// A socket mark: decimal or `0x`-prefixed hex.
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a mark (decimal or 0x-hex u32): {e}"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn waypoint_mark_takes_hex_or_decimal() {
+        assert_eq!(super::parse_mark("0x539"), Ok(1337));
+        assert_eq!(super::parse_mark("1337"), Ok(1337));
+        assert_eq!(super::parse_mark("0"), Ok(0));
+        assert!(super::parse_mark("0xzz").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -203,7 +203,7 @@ fn ipv4_vip_goes_to_both_backends_on_their_target_ports_and_getpeername_shows_th
     vip(&mut plan, "10.96.0.1", FrontendTarget::Service(10));
     let stats = rig.apply(plan);
     assert_eq!(stats.endpoints_written, 2);
-    assert_eq!(attached_prog_ids(rig.cgroup.path()).len(), 4);
+    assert_eq!(attached_prog_ids(rig.cgroup.path()).len(), 5);
 
     let report = rig.dial("10.96.0.1:80", 40);
     assert_eq!(report.total_errors(), 0, "{report:?}");
@@ -611,7 +611,7 @@ fn uninstall_leaves_no_pins_links_or_programs() {
     rig.apply(plan);
     assert_eq!(rig.dial("10.96.0.70:80", 2).backend("a"), 2);
     let ids = attached_prog_ids(rig.cgroup.path());
-    assert_eq!(ids.len(), 4, "connect4/6, getpeername4/6: {ids:?}");
+    assert_eq!(ids.len(), 5, "connect4/6, getpeername4/6, sockops: {ids:?}");
 
     let Rig {
         _backends,

@@ -3,7 +3,11 @@
 //!
 //! * `serve` runs named backends. Each accepted connection gets one line,
 //!   `NAME peer=IP:PORT\n`, so a client can tell which backend the kernel sent
-//!   it to and the backend's view of the client address.
+//!   it to and the backend's view of the client address. `--proxy-protocol`
+//!   makes it a stand-in waypoint: it reads a PROXY v2 header first and adds
+//!   `src=.. dst=..` (what the header carried) to the line; `--echo` sends
+//!   back every byte after the line; `--http` answers one HTTP/1.1 request
+//!   with the line as the body.
 //! * `dial` makes sequential connections and prints one JSON report, so a test
 //!   asserts on counts instead of parsing logs.
 //!
@@ -46,6 +50,18 @@ enum Command {
         /// (the client's side closes first). Default: send FIN after the line.
         #[arg(long)]
         client_closes_first: bool,
+        /// Expect a PROXY protocol v2 header first (the client must send);
+        /// the line gets `src=IP:PORT dst=IP:PORT` from it, or the name
+        /// `bad-proxy-header` when it is not one.
+        #[arg(long)]
+        proxy_protocol: bool,
+        /// After the line, send back every byte received until the client
+        /// half-closes.
+        #[arg(long, conflicts_with = "http")]
+        echo: bool,
+        /// Read one HTTP/1.1 request head and answer 200 with the line as the body.
+        #[arg(long)]
+        http: bool,
         /// Listeners, e.g. `127.0.0.2:8080=b1` or `[fd00::2]:8080=b1`.
         #[arg(required = true, value_parser = parse_listener)]
         listeners: Vec<Listener>,
@@ -77,6 +93,22 @@ enum Command {
         /// Send this many bytes on each connection before reading the line.
         #[arg(long, default_value_t = 0)]
         send_bytes: u64,
+        /// Check that the bytes sent come back after the line (a `serve
+        /// --echo` backend); a difference counts as the error `echo-mismatch`.
+        #[arg(long, requires = "send_bytes")]
+        expect_echo: bool,
+        /// Send `GET / HTTP/1.1` (with each --header) and take the backend
+        /// name from the response body; a status other than 200 is the
+        /// error `http-STATUS`.
+        #[arg(long)]
+        http: bool,
+        /// An HTTP request header, `Name: value` (repeatable; with --http).
+        #[arg(long = "header", requires = "http")]
+        headers: Vec<String>,
+        /// Set this SO_MARK on each socket before connect (needs
+        /// CAP_NET_ADMIN); decimal or 0x-hex.
+        #[arg(long, value_parser = parse_mark)]
+        mark: Option<u32>,
         /// Target, e.g. `10.96.0.1:80` or `[fd00::1]:80`.
         target: SocketAddr,
     },
@@ -107,17 +139,34 @@ fn parse_listener(spec: &str) -> Result<Listener, String> {
     })
 }
 
+fn parse_mark(text: &str) -> Result<u32, String> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|e| format!("{text:?}: {e}"))
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve {
             netns,
             client_closes_first,
+            proxy_protocol,
+            echo,
+            http,
             listeners,
         } => {
             if let Some(ns) = &netns {
                 join_netns(ns)?;
             }
-            serve(listeners, client_closes_first)
+            let mode = ServeMode {
+                client_closes_first,
+                proxy_protocol,
+                echo,
+                http,
+            };
+            serve(listeners, mode)
         }
         Command::Dial {
             netns,
@@ -128,6 +177,10 @@ fn main() -> Result<()> {
             hold_ms,
             keep_open_ms,
             send_bytes,
+            expect_echo,
+            http,
+            headers,
+            mark,
             target,
         } => {
             if let Some(ns) = &netns {
@@ -144,6 +197,9 @@ fn main() -> Result<()> {
                 hold: Duration::from_millis(hold_ms),
                 keep_open: Duration::from_millis(keep_open_ms),
                 send_bytes,
+                expect_echo,
+                http: http.then_some(headers),
+                mark,
             };
             let report = dial(target, &opts);
             let mut out = io::stdout().lock();
@@ -175,7 +231,16 @@ fn join_cgroup(dir: &Path) -> Result<()> {
         .with_context(|| format!("writing our pid to {}", procs.display()))
 }
 
-fn serve(listeners: Vec<Listener>, client_closes_first: bool) -> Result<()> {
+/// How `serve` treats each connection.
+#[derive(Clone, Copy)]
+struct ServeMode {
+    client_closes_first: bool,
+    proxy_protocol: bool,
+    echo: bool,
+    http: bool,
+}
+
+fn serve(listeners: Vec<Listener>, mode: ServeMode) -> Result<()> {
     // Bind everything first so "ready" means every address accepts connections.
     let mut bound = Vec::with_capacity(listeners.len());
     for l in listeners {
@@ -184,9 +249,7 @@ fn serve(listeners: Vec<Listener>, client_closes_first: bool) -> Result<()> {
     }
     let mut workers = Vec::with_capacity(bound.len());
     for (sock, name) in bound {
-        workers.push(thread::spawn(move || {
-            accept_loop(&sock, &name, client_closes_first)
-        }));
+        workers.push(thread::spawn(move || accept_loop(&sock, &name, mode)));
     }
     {
         let mut out = io::stdout().lock();
@@ -203,22 +266,14 @@ fn serve(listeners: Vec<Listener>, client_closes_first: bool) -> Result<()> {
     Ok(())
 }
 
-fn accept_loop(sock: &TcpListener, name: &str, client_closes_first: bool) {
+fn accept_loop(sock: &TcpListener, name: &str, mode: ServeMode) {
     loop {
         match sock.accept() {
-            Ok((mut conn, peer)) => {
-                // The client may already be gone; that is its business, not a
-                // reason to stop serving others.
-                let _ = conn.write_all(format!("{name} peer={peer}\n").as_bytes());
-                if !client_closes_first {
-                    let _ = conn.shutdown(std::net::Shutdown::Write);
-                }
-                // Read (and discard) what the client sends until it closes, so
-                // every byte it sends is acknowledged, never answered by a reset.
-                thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                    let _ = io::copy(&mut conn, &mut io::sink());
-                });
+            Ok((conn, peer)) => {
+                let name = name.to_string();
+                // One thread per connection: a PROXY or HTTP client that is
+                // slow to send must not hold up the others.
+                thread::spawn(move || serve_one(conn, peer, &name, mode));
             }
             Err(e) => {
                 // Transient (e.g. ECONNABORTED, EMFILE): report and keep serving.
@@ -229,6 +284,104 @@ fn accept_loop(sock: &TcpListener, name: &str, client_closes_first: bool) {
     }
 }
 
+/// The connection's errors are its client's business, never a reason to stop
+/// serving others: they end this connection only.
+fn serve_one(mut conn: TcpStream, peer: SocketAddr, name: &str, mode: ServeMode) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut line = format!("{name} peer={peer}");
+    if mode.proxy_protocol {
+        match read_proxy_v2(&mut conn) {
+            Ok((src, dst)) => line.push_str(&format!(" src={src} dst={dst}")),
+            Err(why) => line = format!("bad-proxy-header {why}"),
+        }
+    }
+    line.push('\n');
+    if mode.http {
+        if read_http_head(&mut conn).is_err() {
+            return;
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{line}",
+            line.len()
+        );
+        let _ = conn.write_all(response.as_bytes());
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+    } else {
+        let _ = conn.write_all(line.as_bytes());
+        if mode.echo {
+            if let Ok(mut reader) = conn.try_clone() {
+                let _ = io::copy(&mut reader, &mut conn);
+            }
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+        if !mode.client_closes_first {
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+        }
+    }
+    // Read (and discard) what the client sends until it closes, so every
+    // byte it sends is acknowledged, never answered by a reset.
+    let _ = io::copy(&mut conn, &mut io::sink());
+}
+
+/// PROXY protocol v2 signature (haproxy.org proxy-protocol.txt, 2.2).
+const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Read a PROXY v2 header (command PROXY, TCP over IPv4 or IPv6) from the
+/// start of the connection: (source, destination).
+fn read_proxy_v2(conn: &mut TcpStream) -> Result<(SocketAddr, SocketAddr), String> {
+    let mut fixed = [0u8; 16];
+    conn.read_exact(&mut fixed)
+        .map_err(|e| format!("reading: {e}"))?;
+    if fixed[..12] != PROXY_V2_SIGNATURE {
+        return Err("no-signature".into());
+    }
+    if fixed[12] != 0x21 {
+        return Err(format!("version-command-{:#04x}", fixed[12]));
+    }
+    let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)
+        .map_err(|e| format!("reading: {e}"))?;
+    let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+    match (fixed[13], len) {
+        (0x11, 12) => {
+            let ip = |at: usize| {
+                std::net::Ipv4Addr::new(body[at], body[at + 1], body[at + 2], body[at + 3])
+            };
+            Ok((
+                SocketAddr::from((ip(0), port(8))),
+                SocketAddr::from((ip(4), port(10))),
+            ))
+        }
+        (0x21, 36) => {
+            let ip = |at: usize| {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&body[at..at + 16]);
+                std::net::Ipv6Addr::from(octets)
+            };
+            Ok((
+                SocketAddr::from((ip(0), port(32))),
+                SocketAddr::from((ip(16), port(34))),
+            ))
+        }
+        (family, len) => Err(format!("family-{family:#04x}-len-{len}")),
+    }
+}
+
+/// Read an HTTP/1.1 request head (up to the blank line); the request has no body.
+fn read_http_head(conn: &mut TcpStream) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte)? == 0 || head.len() > 64 * 1024 {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        head.push(byte[0]);
+    }
+    Ok(())
+}
+
 struct DialOptions {
     count: u32,
     interval: Duration,
@@ -236,6 +389,10 @@ struct DialOptions {
     hold: Duration,
     keep_open: Duration,
     send_bytes: u64,
+    expect_echo: bool,
+    /// `Some(headers)`: one HTTP request per connection.
+    http: Option<Vec<String>>,
+    mark: Option<u32>,
 }
 
 /// The JSON printed by `dial`. Keys are sorted so output is stable.
@@ -250,6 +407,16 @@ struct DialReport {
     peer_names: BTreeMap<String, u64>,
     /// Connections whose connect() succeeded.
     connected: u64,
+    /// `dst=` of the backend's line (a `serve --proxy-protocol` backend:
+    /// the destination its PROXY header carried) -> connections.
+    proxy_dsts: BTreeMap<String, u64>,
+    /// Connections whose echo came back identical (`--expect-echo`).
+    echoed: u64,
+    /// Reads of a blocking socket that failed with EAGAIN long before the
+    /// read timeout, and were retried. Linux returns that for a socket in a
+    /// BPF socket map (tcp_bpf) woken without data; an event-loop client
+    /// never notices (it polls again), a blocking one gets an error.
+    spurious_eagain: u64,
 }
 
 fn dial(target: SocketAddr, opts: &DialOptions) -> DialReport {
@@ -280,7 +447,7 @@ fn dial_once(
     opts: &DialOptions,
     report: &mut DialReport,
 ) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect_timeout(&target, opts.timeout).map_err(|e| error_key(&e))?;
+    let stream = connect(target, opts).map_err(|e| error_key(&e))?;
     report.connected += 1;
     if let Ok(peer) = stream.peer_addr() {
         *report.peer_names.entry(peer.to_string()).or_default() += 1;
@@ -288,12 +455,41 @@ fn dial_once(
     stream
         .set_read_timeout(Some(opts.timeout))
         .map_err(|e| error_key(&e))?;
-    if opts.send_bytes > 0 {
-        io::copy(&mut io::repeat(b'x').take(opts.send_bytes), &mut &stream)
+    let sent = pattern(opts.send_bytes);
+    if let Some(headers) = &opts.http {
+        let mut request = format!("GET / HTTP/1.1\r\nHost: {target}\r\n");
+        for h in headers {
+            request.push_str(&format!("{h}\r\n"));
+        }
+        request.push_str("Connection: close\r\n\r\n");
+        (&stream)
+            .write_all(request.as_bytes())
             .map_err(|e| error_key(&e))?;
+    } else if opts.expect_echo && sent.len() <= ECHO_INLINE_MAX {
+        // Send, then read: what a request/response client does. No
+        // half-close: a proxy may not pass one on before its upstream
+        // connection is up (Envoy's tcp_proxy then closes both sides).
+        (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
+    } else if opts.expect_echo {
+        // From another thread: the echo comes back while we send, and a
+        // large one would otherwise fill both buffers and stall.
+        let mut writer = stream.try_clone().map_err(|e| error_key(&e))?;
+        let data = sent.clone();
+        thread::spawn(move || {
+            let _ = writer.write_all(&data);
+        });
+    } else if !sent.is_empty() {
+        (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
+    }
+    let mut reader = BufReader::new(PatientReader {
+        stream: &stream,
+        timeout: opts.timeout,
+        spurious: &mut report.spurious_eagain,
+    });
+    if opts.http.is_some() {
+        read_http_status(&mut reader)?;
     }
     let mut line = String::new();
-    let mut reader = BufReader::new(&stream);
     let n = reader.read_line(&mut line).map_err(|e| error_key(&e))?;
     if n == 0 || !line.ends_with('\n') {
         return Err("eof".to_string());
@@ -302,11 +498,109 @@ fn dial_once(
     if name.is_empty() {
         return Err("eof".to_string());
     }
-    *report.backends.entry(name.to_string()).or_default() += 1;
+    let name = name.to_string();
+    let dst = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("dst="))
+        .map(str::to_string);
+    let echo = if opts.expect_echo {
+        let mut echoed = vec![0u8; sent.len()];
+        let read = reader.read_exact(&mut echoed).map(|()| echoed);
+        Some(read.map_err(|e| error_key(&e)))
+    } else {
+        None
+    };
+    drop(reader);
+    *report.backends.entry(name).or_default() += 1;
+    if let Some(dst) = dst {
+        *report.proxy_dsts.entry(dst).or_default() += 1;
+    }
+    if let Some(echoed) = echo {
+        if echoed? != sent {
+            return Err("echo-mismatch".to_string());
+        }
+        report.echoed += 1;
+    }
     if !opts.hold.is_zero() {
         thread::sleep(opts.hold);
     }
     Ok(stream)
+}
+
+/// Reads a blocking stream, retrying an EAGAIN that comes long before the
+/// read timeout (see `DialReport::spurious_eagain`) and counting it.
+struct PatientReader<'a> {
+    stream: &'a TcpStream,
+    timeout: Duration,
+    spurious: &'a mut u64,
+}
+
+impl Read for PatientReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let start = std::time::Instant::now();
+        loop {
+            match (&*self.stream).read(buf) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && start.elapsed() < self.timeout / 2 =>
+                {
+                    *self.spurious += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Echo payloads up to this size are sent before reading (they fit in the
+/// socket buffers of both ends); larger ones are sent while reading.
+const ECHO_INLINE_MAX: usize = 256 * 1024;
+
+/// Bytes that show reordering, loss or insertion: a counter pattern.
+fn pattern(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// connect() with a timeout, the socket marked first if asked.
+fn connect(target: SocketAddr, opts: &DialOptions) -> io::Result<TcpStream> {
+    let Some(mark) = opts.mark else {
+        return TcpStream::connect_timeout(&target, opts.timeout);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_mark(mark)?;
+    socket.connect_timeout(&target.into(), opts.timeout)?;
+    Ok(socket.into())
+}
+
+/// Read an HTTP response's status line and headers; Err(`http-STATUS`)
+/// unless 200. The body (the backend's line) follows in the reader.
+fn read_http_status(reader: &mut impl BufRead) -> Result<(), String> {
+    let mut status = String::new();
+    reader.read_line(&mut status).map_err(|e| error_key(&e))?;
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("none")
+        .to_string();
+    loop {
+        let mut header = String::new();
+        let n = reader.read_line(&mut header).map_err(|e| error_key(&e))?;
+        if n == 0 {
+            return Err("eof".to_string());
+        }
+        if header == "\r\n" {
+            break;
+        }
+    }
+    if code == "200" {
+        Ok(())
+    } else {
+        Err(format!("http-{code}"))
+    }
 }
 
 /// Maps an I/O error to a stable report key: the errno's symbolic name, or

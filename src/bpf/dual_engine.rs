@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -29,20 +30,33 @@ pub const MAP_ENDPOINTS: &str = "de_endpoints";
 pub const MAP_BACKENDS: &str = "de_backends";
 pub const MAP_COUNTERS: &str = "de_counters";
 pub const MAP_SOCKS: &str = "de_socks";
+pub const MAP_PROXY_SOCKS: &str = "de_proxy_socks";
 
-/// Maps that carry state across daemons: the configuration, the counters and
-/// what each redirected socket dialled (getpeername of live connections).
-const DURABLE_MAPS: [&str; 6] = [
+/// Default `--waypoint-mark`: Istio's mark for a proxy's own traffic (1337).
+pub const DEFAULT_WAYPOINT_MARK: u32 = 0x539;
+
+/// Maps that carry state across daemons: the configuration, the counters,
+/// what each redirected socket dialled (getpeername of live connections),
+/// and the sockets still owing a waypoint its PROXY header (the sk_msg
+/// program is attached to that map, so it too outlives the daemon).
+const DURABLE_MAPS: [&str; 7] = [
     MAP_FRONTENDS,
     MAP_SERVICES,
     MAP_ENDPOINTS,
     MAP_BACKENDS,
     MAP_COUNTERS,
     MAP_SOCKS,
+    MAP_PROXY_SOCKS,
 ];
 
 /// Programs attached to the cgroup, by link pin name.
-const ATTACHED: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+const ATTACHED: [&str; 5] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "getpeername6",
+    "sockops",
+];
 
 /// Sizes of the lookup maps (`max_entries`). The maps are not preallocated:
 /// a large size costs the hash table's bucket array, not the entries.
@@ -124,6 +138,7 @@ fn open_map<'a>(
         MAP_BACKENDS => &mut maps.de_backends,
         MAP_COUNTERS => &mut maps.de_counters,
         MAP_SOCKS => &mut maps.de_socks,
+        MAP_PROXY_SOCKS => &mut maps.de_proxy_socks,
         _ => return None,
     })
 }
@@ -140,6 +155,7 @@ fn loaded_map<'a>(
         MAP_BACKENDS => &mut maps.de_backends,
         MAP_COUNTERS => &mut maps.de_counters,
         MAP_SOCKS => &mut maps.de_socks,
+        MAP_PROXY_SOCKS => &mut maps.de_proxy_socks,
         _ => return None,
     })
 }
@@ -151,6 +167,17 @@ impl DualEngineBpf {
         bpf_fs_path: &Path,
         cgroup2_path: &Path,
         capacity: DualEngineCapacity,
+    ) -> Result<Self, BpfError> {
+        Self::load_with_mark(bpf_fs_path, cgroup2_path, capacity, DEFAULT_WAYPOINT_MARK)
+    }
+
+    /// [`Self::load`] with the socket mark that tells a waypoint's own
+    /// connects (never sent to a waypoint; 0 = no such mark).
+    pub fn load_with_mark(
+        bpf_fs_path: &Path,
+        cgroup2_path: &Path,
+        capacity: DualEngineCapacity,
+        waypoint_mark: u32,
     ) -> Result<Self, BpfError> {
         ensure_bpffs(bpf_fs_path)?;
         ensure_cgroup2(cgroup2_path)?;
@@ -176,6 +203,12 @@ impl DualEngineBpf {
                     .map_err(BpfError::libbpf(format!("sizing {name}")))?;
             }
         }
+        // A load-time constant: the verifier drops the mark check when 0.
+        let rodata =
+            open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
+                BpfError::Unsupported("the dual-engine object has no .rodata".into())
+            })?;
+        rodata.de_waypoint_mark = waypoint_mark;
         if start == StartKind::Adopted {
             for name in DURABLE_MAPS {
                 if let Some(map) = open_map(&mut open.maps, name) {
@@ -235,12 +268,26 @@ impl DualEngineBpf {
         fs::create_dir_all(&links_dir)
             .map_err(BpfError::io("creating pin directory", &links_dir))?;
         let cgroup = CgroupTarget::open(&self.cgroup2_path)?;
+        // sk_msg first: it must be on the socket map before sockops puts
+        // sockets there. It is attached to the (pinned) map, not to the
+        // cgroup, and lives as long as the map; attaching to an adopted map
+        // replaces the earlier daemon's program (sockets already in the map
+        // keep the program they were added with).
+        let sockhash = self.skel.maps.de_proxy_socks.as_fd().as_raw_fd();
+        self.skel
+            .progs
+            .de_proxy_header
+            .attach_sockmap(sockhash)
+            .map_err(BpfError::libbpf(format!(
+                "attaching the PROXY header program to {MAP_PROXY_SOCKS}"
+            )))?;
         let progs = &self.skel.progs;
         for (name, prog) in ATTACHED.iter().zip([
             &progs.de_connect4,
             &progs.de_connect6,
             &progs.de_getpeername4,
             &progs.de_getpeername6,
+            &progs.de_sockops,
         ]) {
             pinning::attach_pinned(&links_dir, name, prog, &cgroup)?;
         }

@@ -94,8 +94,11 @@ pub(super) async fn run(
         max_backends: config.max_backends as usize,
     };
     let (bpf_fs, cgroup) = (config.bpf_fs_path.clone(), config.cgroup2_path.clone());
-    let bpf = tokio::task::spawn_blocking(move || DualEngineBpf::load(&bpf_fs, &cgroup, capacity))
-        .await??;
+    let mark = config.waypoint_mark;
+    let bpf = tokio::task::spawn_blocking(move || {
+        DualEngineBpf::load_with_mark(&bpf_fs, &cgroup, capacity, mark)
+    })
+    .await??;
     let writer = DualEngineWriter::new(bpf.maps()?, capacity);
     let dump_maps = bpf.maps()?;
     let bpf_maps_for_metrics = bpf.maps()?;

@@ -81,6 +81,27 @@ struct Dirty {
     relocalize: bool,
 }
 
+/// Who names one waypoint service.
+#[derive(Debug, Default)]
+struct WaypointUsers {
+    services: BTreeSet<String>,
+    workloads: BTreeSet<String>,
+}
+
+impl WaypointUsers {
+    fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.workloads.is_empty()
+    }
+}
+
+/// The waypoint service a resource names by hostname, if it does.
+fn waypoint_service(waypoint: Option<&WaypointRef>) -> Option<&str> {
+    match waypoint? {
+        WaypointRef::Service(key) => Some(key),
+        WaypointRef::Address(_) => None,
+    }
+}
+
 /// A change to the store, kept to undo an update that does not fit.
 enum Undo {
     Workload(String, Option<WorkloadSpec>),
@@ -107,6 +128,10 @@ pub struct WorkloadCompiler {
     on_node: BTreeSet<String>,
     /// Endpoint entries of the plan (kept, not recounted per update).
     endpoint_entries: usize,
+    /// Waypoint service key -> services and workloads that name it as their
+    /// waypoint by hostname: their records hold its VIP, so they are
+    /// recompiled when it changes (or comes, or goes).
+    waypoint_users: Map<String, WaypointUsers>,
     /// Uid -> backend keys it produced (uid, or `uid#ip` for DNS answers).
     backend_keys: Map<String, Vec<String>>,
     service_ids: IdTable,
@@ -303,6 +328,13 @@ impl WorkloadCompiler {
                     .insert(w.uid.clone());
             }
         }
+        if let Some(waypoint) = waypoint_service(w.waypoint.as_ref()) {
+            self.waypoint_users
+                .entry(waypoint.to_owned())
+                .or_default()
+                .workloads
+                .insert(w.uid.clone());
+        }
         if self.is_on_node(&w) {
             dirty.relocalize = true;
             self.on_node.insert(w.uid.clone());
@@ -325,6 +357,9 @@ impl WorkloadCompiler {
         if let Some(host) = &w.hostname {
             remove_from_index(&mut self.hosts, host, uid);
         }
+        if let Some(waypoint) = waypoint_service(w.waypoint.as_ref()) {
+            self.forget_waypoint_user(waypoint, |u| u.workloads.remove(uid));
+        }
         if self.on_node.remove(uid) {
             dirty.relocalize = true;
         }
@@ -338,7 +373,27 @@ impl WorkloadCompiler {
             dirty.addrs.insert(addr);
             add_sorted(self.addr_services.entry(addr).or_default(), &s.key);
         }
+        if let Some(waypoint) = waypoint_service(s.waypoint.as_ref()) {
+            self.waypoint_users
+                .entry(waypoint.to_owned())
+                .or_default()
+                .services
+                .insert(s.key.clone());
+        }
         self.services.insert(s.key.clone(), s);
+    }
+
+    fn forget_waypoint_user(
+        &mut self,
+        waypoint: &str,
+        remove: impl FnOnce(&mut WaypointUsers) -> bool,
+    ) {
+        if let Some(users) = self.waypoint_users.get_mut(waypoint) {
+            remove(users);
+            if users.is_empty() {
+                self.waypoint_users.remove(waypoint);
+            }
+        }
     }
 
     fn remove_service(&mut self, key: &str, dirty: &mut Dirty) -> Option<ServiceSpec> {
@@ -348,6 +403,9 @@ impl WorkloadCompiler {
             let addr = frontend_addr(*ip);
             dirty.addrs.insert(addr);
             remove_sorted(&mut self.addr_services, &addr, key);
+        }
+        if let Some(waypoint) = waypoint_service(s.waypoint.as_ref()) {
+            self.forget_waypoint_user(waypoint, |u| u.services.remove(key));
         }
         Some(s)
     }
@@ -402,6 +460,19 @@ impl WorkloadCompiler {
                         .filter(|s| depends_on_locality(&s.load_balancing))
                         .map(|s| s.key.clone()),
                 );
+            }
+        }
+        // Whoever names a changed service as waypoint holds its VIP.
+        let waypoints: Vec<String> = dirty
+            .services
+            .iter()
+            .filter(|key| self.waypoint_users.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in waypoints {
+            if let Some(users) = self.waypoint_users.get(&key) {
+                dirty.services.extend(users.services.iter().cloned());
+                dirty.workloads.extend(users.workloads.iter().cloned());
             }
         }
         let mut staged = Staged::default();

@@ -22,7 +22,7 @@ pub const DE_FRONTEND_SERVICE: u32 = 1;
 pub const DE_FRONTEND_WORKLOAD: u32 = 2;
 pub const DE_MAX_ENDPOINTS_PER_PRIORITY: usize = 1 << 20;
 /// `enum de_counter`, in index order.
-pub const COUNTER_NAMES: [&str; 7] = [
+pub const COUNTER_NAMES: [&str; 12] = [
     "connects",
     "service_hits",
     "redirected",
@@ -30,6 +30,11 @@ pub const COUNTER_NAMES: [&str; 7] = [
     "no_endpoint",
     "map_miss",
     "workload_hits",
+    "waypoint",
+    "waypoint_skipped",
+    "waypoint_refused",
+    "proxy_sent",
+    "proxy_failed",
 ];
 
 pub const FRONTEND_KEY_SIZE: usize = size_of::<c::de_frontend_key>();
@@ -362,7 +367,7 @@ mod tests {
         assert_eq!(offset_of!(c::de_endpoint_key, index), 8);
         assert_eq!(ENDPOINT_VALUE_SIZE, 4 + 2 * MAX_PORTS);
         assert_eq!(BACKEND_VALUE_SIZE, 4 + 16 + 4 + 20);
-        assert_eq!(size_of::<c::de_sock_state>(), 20);
+        assert_eq!(size_of::<c::de_sock_state>(), 32);
     }
 
     #[test]

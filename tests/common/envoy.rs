@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::{NamedTempFile, TempDir};
 
-use super::{is_ci, terminate};
+use super::{is_ci, terminate, Cgroup, NetNs};
 
 /// Envoy can take a few seconds to come up on the 2-core machines.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,6 +154,8 @@ pub fn require_envoy() -> Option<PathBuf> {
 pub struct Envoy {
     child: Child,
     admin: SocketAddr,
+    /// The netns Envoy runs in (its admin address is there), if not ours.
+    netns: Option<PathBuf>,
     node_id: String,
     log: NamedTempFile,
     _bootstrap: NamedTempFile,
@@ -172,7 +174,38 @@ impl Envoy {
         Envoy::start_with(&binary, bootstrap, node_id)
     }
 
+    /// Starts Envoy with a static `bootstrap` (YAML text) inside `netns`,
+    /// moved into `cgroup` before it runs (so the cgroup's connect hooks act
+    /// on its upstream connections). Returns once its admin endpoint (in
+    /// that netns) answers.
+    pub fn start_static_in(bootstrap: &str, netns: &NetNs, cgroup: Option<&Cgroup>) -> Envoy {
+        let binary = envoy_binary().unwrap_or_else(|e| panic!("{e}"));
+        let bootstrap = super::temp_file(".yaml", bootstrap);
+        let place = Placement {
+            netns: fs::File::open(netns.path())
+                .unwrap_or_else(|e| panic!("opening {}: {e}", netns.path().display())),
+            netns_path: netns.path(),
+            cgroup_procs: cgroup.map(|c| {
+                let procs = c.path().join("cgroup.procs");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .unwrap_or_else(|e| panic!("opening {}: {e}", procs.display()))
+            }),
+        };
+        Envoy::start_placed(&binary, bootstrap, "waypoint", Some(place))
+    }
+
     fn start_with(binary: &Path, bootstrap: NamedTempFile, node_id: &str) -> Envoy {
+        Envoy::start_placed(binary, bootstrap, node_id, None)
+    }
+
+    fn start_placed(
+        binary: &Path,
+        bootstrap: NamedTempFile,
+        node_id: &str,
+        place: Option<Placement>,
+    ) -> Envoy {
         let dir = tempfile::Builder::new()
             .prefix("kmesh-test-envoy-")
             .tempdir()
@@ -191,7 +224,31 @@ impl Envoy {
                 .expect("opening Envoy's log file")
         };
         let (stdout, stderr) = (append(), append());
-        let child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        if let Some(place) = &place {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let netns = place.netns.as_raw_fd();
+            let procs = place.cgroup_procs.as_ref().map(|f| f.as_raw_fd());
+            // SAFETY: runs in the forked child before exec; it only makes
+            // two syscalls on descriptors opened before the fork (kept alive
+            // by `place` until spawn returns) and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // "0" moves the writing process itself.
+                    if let Some(fd) = procs {
+                        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("-c")
             .arg(bootstrap.path())
             .args(["--base-id", &base_id().to_string()])
@@ -212,6 +269,7 @@ impl Envoy {
         let mut envoy = Envoy {
             child,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            netns: place.map(|p| p.netns_path),
             node_id: node_id.to_string(),
             log,
             _bootstrap: bootstrap,
@@ -237,7 +295,7 @@ impl Envoy {
                 .ok()
                 .and_then(|s| s.trim().parse::<SocketAddr>().ok());
             if let Some(addr) = addr {
-                match try_http11_get(addr, "/server_info") {
+                match self.try_get(addr, "/server_info") {
                     Ok((200, _)) => return addr,
                     Ok((status, body)) => last = format!("{addr}/server_info: {status} {body}"),
                     Err(e) => last = format!("{addr}/server_info: {e}"),
@@ -271,9 +329,17 @@ impl Envoy {
         fs::read_to_string(self.log.path()).unwrap_or_else(|e| format!("<cannot read log: {e}>"))
     }
 
+    /// GET on `addr` from Envoy's netns.
+    fn try_get(&self, addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+        match &self.netns {
+            None => try_http11_get(addr, path),
+            Some(ns) => in_netns(ns, || try_http11_get(addr, path)),
+        }
+    }
+
     /// GET on the admin endpoint: (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        try_http11_get(self.admin, path)
+        self.try_get(self.admin, path)
             .unwrap_or_else(|e| panic!("GET Envoy admin {path}: {e}\nEnvoy log:\n{}", self.logs()))
     }
 
@@ -288,7 +354,7 @@ impl Envoy {
 
     /// Whether Envoy reports LIVE (`/ready`): its initial xDS fetch is done.
     pub fn is_ready(&self) -> bool {
-        matches!(try_http11_get(self.admin, "/ready"), Ok((200, _)))
+        matches!(self.try_get(self.admin, "/ready"), Ok((200, _)))
     }
 
     pub fn wait_ready(&self, timeout: Duration) {
@@ -316,6 +382,30 @@ impl Drop for Envoy {
             );
         }
     }
+}
+
+/// Where a placed Envoy runs: descriptors opened before the fork.
+struct Placement {
+    netns: fs::File,
+    netns_path: PathBuf,
+    cgroup_procs: Option<fs::File>,
+}
+
+/// Runs `f` on a thread that joined the netns at `ns` (only that thread
+/// changes namespace; the test's own threads stay where they are).
+pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file =
+                    fs::File::open(ns).unwrap_or_else(|e| panic!("opening {}: {e}", ns.display()));
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("joining {}: {e}", ns.display()));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 /// A `--base-id` no other Envoy of this machine uses: hot-restart shared

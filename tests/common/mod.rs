@@ -499,6 +499,16 @@ pub struct DialReport {
     pub peer_names: BTreeMap<String, u64>,
     /// Connections whose connect() succeeded.
     pub connected: u64,
+    /// `dst=` of a `serve --proxy-protocol` backend's line (the destination
+    /// its PROXY header carried) -> count.
+    #[serde(default)]
+    pub proxy_dsts: BTreeMap<String, u64>,
+    /// Connections whose echo came back identical (`--expect-echo`).
+    #[serde(default)]
+    pub echoed: u64,
+    /// Blocking reads that failed with EAGAIN early and were retried.
+    #[serde(default)]
+    pub spurious_eagain: u64,
 }
 
 impl DialReport {

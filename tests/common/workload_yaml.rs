@@ -35,6 +35,12 @@ impl Svc {
         }
     }
 
+    /// Hand this service's connections to the waypoint at `addr`.
+    pub fn waypoint(mut self, addr: &str) -> Svc {
+        self.waypoint = Some(addr.into());
+        self
+    }
+
     pub fn lb(mut self, mode: &str, preference: &[&str]) -> Svc {
         self.lb = Some((
             mode.into(),
@@ -136,6 +142,8 @@ pub struct Wl {
     pub locality: Option<(String, String)>,
     pub node: Option<String>,
     pub unhealthy: bool,
+    /// The waypoint's address, if the workload has one.
+    pub waypoint: Option<String>,
 }
 
 impl Wl {
@@ -160,6 +168,12 @@ impl Wl {
 
     pub fn zone(mut self, region: &str, zone: &str) -> Wl {
         self.locality = Some((region.into(), zone.into()));
+        self
+    }
+
+    /// Hand connections to this workload to the waypoint at `addr`.
+    pub fn waypoint(mut self, addr: &str) -> Wl {
+        self.waypoint = Some(addr.into());
         self
     }
 
@@ -195,6 +209,11 @@ impl Wl {
         if self.unhealthy {
             text.push_str("\n    status: UNHEALTHY");
         }
+        if let Some(waypoint) = &self.waypoint {
+            text.push_str(&format!(
+                "\n    waypoint: {{ address: {{ address: \"{waypoint}\" }}, hbone_mtls_port: 15008 }}"
+            ));
+        }
         if !self.services.is_empty() {
             text.push_str("\n    services:");
             for (key, ports) in &self.services {
@@ -220,6 +239,13 @@ impl Wl {
             hostname: self.hostname.clone().unwrap_or_default(),
             node: self.node.clone().unwrap_or_default(),
             status: i32::from(self.unhealthy),
+            waypoint: self.waypoint.as_ref().map(|w| GatewayAddress {
+                destination: Some(gateway_address::Destination::Address(NetworkAddress {
+                    network: String::new(),
+                    address: ip_bytes(w),
+                })),
+                hbone_mtls_port: 15008,
+            }),
             locality: self.locality.as_ref().map(|(region, zone)| Locality {
                 region: region.clone(),
                 zone: zone.clone(),

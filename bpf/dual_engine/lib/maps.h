@@ -68,6 +68,16 @@ struct {
 	__type(value, struct de_sock_state);
 } de_socks SEC(".maps");
 
+/* Sockets sent to a waypoint, from establishment until their PROXY header
+ * is out (key: socket cookie). The sk_msg program is attached to this map,
+ * so it runs on these sockets' sends and on no other socket's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, DE_MAX_PROXY_SOCKS);
+	__type(key, __u64);
+	__type(value, __u64);
+} de_proxy_socks SEC(".maps");
+
 static __always_inline void de_count(__u32 counter)
 {
 	__u64 *value = bpf_map_lookup_elem(&de_counters, &counter);

@@ -630,3 +630,80 @@ fn the_incremental_plan_equals_a_fresh_compile_of_the_same_store() {
     assert_eq!(fresh.endpoint_entries, fresh.plan().endpoint_entries());
     assert_eq!(resolve(&fresh).len(), 41);
 }
+
+fn waypoint_by_hostname(
+    namespace: &str,
+    hostname: &str,
+) -> Option<crate::workload::proto::workload::GatewayAddress> {
+    use crate::workload::proto::workload::{gateway_address, GatewayAddress, NamespacedHostname};
+    Some(GatewayAddress {
+        destination: Some(gateway_address::Destination::Hostname(NamespacedHostname {
+            namespace: namespace.into(),
+            hostname: hostname.into(),
+        })),
+        hbone_mtls_port: 15008,
+    })
+}
+
+fn service_waypoint(c: &WorkloadCompiler, vip: [u8; 4]) -> Option<SocketAddr> {
+    let Some(FrontendTarget::Service(id)) = c.plan().frontends.get(&fa(vip)) else {
+        panic!("no service frontend for {vip:?}");
+    };
+    c.plan().services[id].waypoint
+}
+
+#[test]
+fn a_waypoint_named_by_hostname_follows_that_service_vip() {
+    const WP: &str = "default/waypoint.default.svc.cluster.local";
+    let mut c = compiler();
+    let mut web = service(SVC, [10, 96, 0, 1]);
+    web.waypoint = waypoint_by_hostname("default", "waypoint.default.svc.cluster.local");
+    let mut pod = workload("c1/pod/a", [10, 0, 0, 1], SVC);
+    pod.waypoint = waypoint_by_hostname("default", "waypoint.default.svc.cluster.local");
+    // The dependants come first: no waypoint service yet, so no waypoint.
+    c.apply(
+        upsert(vec![svc_resource(web), resource(pod)]),
+        &limits(),
+        &NoDns,
+    )
+    .unwrap();
+    assert_eq!(service_waypoint(&c, [10, 96, 0, 1]), None);
+
+    let backend_waypoint = |c: &WorkloadCompiler| {
+        c.plan()
+            .backends
+            .values()
+            .find(|b| b.name == "c1/pod/a")
+            .unwrap()
+            .waypoint
+    };
+    // The waypoint service arrives: both dependants now hold its VIP.
+    let changes = c
+        .apply(upsert(vec![s(WP, [10, 96, 9, 9])]), &limits(), &NoDns)
+        .unwrap();
+    let want: SocketAddr = "10.96.9.9:15019".parse().unwrap();
+    assert_eq!(service_waypoint(&c, [10, 96, 0, 1]), Some(want));
+    assert_eq!(backend_waypoint(&c), Some(want));
+    assert_eq!(changes.services_upsert.len(), 2, "the waypoint and web");
+    assert_eq!(changes.backends_upsert.len(), 1, "the pod");
+
+    // Its VIP changes: followed.
+    c.apply(upsert(vec![s(WP, [10, 96, 9, 10])]), &limits(), &NoDns)
+        .unwrap();
+    let want: SocketAddr = "10.96.9.10:15019".parse().unwrap();
+    assert_eq!(service_waypoint(&c, [10, 96, 0, 1]), Some(want));
+    assert_eq!(backend_waypoint(&c), Some(want));
+
+    // It goes: so does the waypoint of its dependants.
+    c.apply(
+        Update {
+            upserts: vec![],
+            removals: vec![WP.into()],
+        },
+        &limits(),
+        &NoDns,
+    )
+    .unwrap();
+    assert_eq!(service_waypoint(&c, [10, 96, 0, 1]), None);
+    assert_eq!(backend_waypoint(&c), None);
+}
