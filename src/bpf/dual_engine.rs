@@ -8,7 +8,6 @@
 //! programs in [`DualEngineBpf::activate`], once the maps hold a configuration.
 
 use std::fs;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
@@ -182,20 +181,9 @@ impl DualEngineBpf {
         ensure_bpffs(bpf_fs_path)?;
         ensure_cgroup2(cgroup2_path)?;
         let pin_dir = pin_dir(bpf_fs_path);
-        let start = if !pin_dir.exists() {
-            StartKind::Fresh
-        } else if adoptable(&pin_dir, capacity) {
-            StartKind::Adopted
-        } else {
-            StartKind::Rebuilt
-        };
-
-        // The skeleton borrows its object storage for as long as it lives,
-        // which is the whole daemon: give it a 'static home.
-        let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
+        let start = pinning::start_kind(&pin_dir, |dir| adoptable(dir, capacity));
         let mut open = DualEngineSkelBuilder::default()
-            .open(storage)
+            .open(pinning::static_object_storage())
             .map_err(BpfError::libbpf("opening the dual-engine object"))?;
         for (name, size) in sized_maps(capacity) {
             if let Some(map) = open_map(&mut open.maps, name) {
@@ -319,14 +307,8 @@ impl DualEngineBpf {
 
 /// Open the pinned dual-engine maps (for the dump of a running daemon).
 pub fn open_pinned_maps(bpf_fs_path: &Path) -> Result<DualEngineMaps, BpfError> {
-    let dir = pin_dir(bpf_fs_path).join("maps");
-    let open = |name: &str| {
-        let path = dir.join(name);
-        MapHandle::from_pinned_path(&path).map_err(BpfError::libbpf(format!(
-            "opening pinned map {}",
-            path.display()
-        )))
-    };
+    let dir = pin_dir(bpf_fs_path);
+    let open = |name: &str| pinning::open_pinned(&dir, name);
     Ok(DualEngineMaps {
         frontends: open(MAP_FRONTENDS)?,
         services: open(MAP_SERVICES)?,
@@ -336,15 +318,8 @@ pub fn open_pinned_maps(bpf_fs_path: &Path) -> Result<DualEngineMaps, BpfError> 
     })
 }
 
-/// `kmesh-daemon uninstall`: remove the dual-engine pins (which detaches the
-/// pinned links no live daemon holds, and frees the maps and programs), and
-/// the kmesh pin root if nothing else is left in it. True if anything was pinned.
+/// `kmesh-daemon uninstall`: remove the dual-engine pins (see
+/// [`pinning::uninstall_mode`]). True if anything was pinned.
 pub fn uninstall(bpf_fs_path: &Path) -> Result<bool, BpfError> {
-    let removed = mounts::remove_pins(&pin_dir(bpf_fs_path))?;
-    let root = mounts::pin_root(bpf_fs_path);
-    if root.exists() {
-        // Only if empty: the other mode may keep pins there.
-        let _ = fs::remove_dir(&root);
-    }
-    Ok(removed)
+    pinning::uninstall_mode(bpf_fs_path, &pin_dir(bpf_fs_path))
 }

@@ -17,7 +17,6 @@
 //! for the whole data plane.
 
 use std::fs;
-use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -155,20 +154,9 @@ impl KernelNativeBpf {
         ensure_bpffs(bpf_fs_path)?;
         ensure_cgroup2(cgroup2_path)?;
         let pin_dir = pin_dir(bpf_fs_path);
-        let start = if !pin_dir.exists() {
-            StartKind::Fresh
-        } else if adoptable(&pin_dir, capacity) {
-            StartKind::Adopted
-        } else {
-            StartKind::Rebuilt
-        };
-
-        // The skeleton borrows its object storage for as long as it lives,
-        // which is the whole daemon: give it a 'static home.
-        let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
+        let start = pinning::start_kind(&pin_dir, |dir| adoptable(dir, capacity));
         let mut open = KernelNativeSkelBuilder::default()
-            .open(storage)
+            .open(pinning::static_object_storage())
             .map_err(BpfError::libbpf("opening the kernel-native object"))?;
         open.maps
             .kn_listeners
@@ -322,13 +310,7 @@ impl KernelNativeBpf {
 
 /// Open the pinned kernel-native maps below a pin directory.
 pub fn open_pinned_maps(pin_dir: &Path) -> Result<KernelNativeMaps, BpfError> {
-    let open = |name: &str| {
-        let path = pin_dir.join("maps").join(name);
-        MapHandle::from_pinned_path(&path).map_err(BpfError::libbpf(format!(
-            "opening pinned map {}",
-            path.display()
-        )))
-    };
+    let open = |name: &str| pinning::open_pinned(pin_dir, name);
     Ok(KernelNativeMaps {
         listeners: open(MAP_LISTENERS)?,
         clusters: open(MAP_CLUSTERS)?,
@@ -341,14 +323,8 @@ pub fn open_pinned_maps(pin_dir: &Path) -> Result<KernelNativeMaps, BpfError> {
     })
 }
 
-/// `kmesh-daemon uninstall`: remove every pin (which detaches the pinned links
-/// no live daemon holds) and the kmesh pin root if it is left empty.
+/// `kmesh-daemon uninstall`: remove the kernel-native pins (see
+/// [`pinning::uninstall_mode`]). True if anything was pinned.
 pub fn uninstall(bpf_fs_path: &Path) -> Result<bool, BpfError> {
-    let removed = mounts::remove_pins(&pin_dir(bpf_fs_path))?;
-    let root = mounts::pin_root(bpf_fs_path);
-    if root.exists() {
-        // Only if empty: other modes may keep pins there.
-        let _ = fs::remove_dir(&root);
-    }
-    Ok(removed)
+    pinning::uninstall_mode(bpf_fs_path, &pin_dir(bpf_fs_path))
 }

@@ -132,3 +132,44 @@ pub(crate) fn repin(map: &mut libbpf_rs::MapMut<'static>, path: &Path) -> Result
         path.display()
     )))
 }
+
+/// Opens one map a mode pinned under `<pin_dir>/maps/`.
+pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<libbpf_rs::MapHandle, BpfError> {
+    let path = pin_dir.join("maps").join(name);
+    libbpf_rs::MapHandle::from_pinned_path(&path).map_err(BpfError::libbpf(format!(
+        "opening pinned map {}",
+        path.display()
+    )))
+}
+
+/// `kmesh-daemon uninstall` for one mode: remove its pins (which detaches the
+/// pinned links no live daemon holds and frees its maps and programs), then
+/// the kmesh pin root if nothing else is left in it. True if anything was
+/// pinned.
+pub(crate) fn uninstall_mode(bpf_fs_path: &Path, pin_dir: &Path) -> Result<bool, BpfError> {
+    let removed = super::mounts::remove_pins(pin_dir)?;
+    let root = super::mounts::pin_root(bpf_fs_path);
+    if root.exists() {
+        // Only if empty: the other mode may keep pins there.
+        let _ = std::fs::remove_dir(&root);
+    }
+    Ok(removed)
+}
+
+/// How a mode finds its pins at load: none, reusable by this build, or to
+/// be replaced once the new programs take over.
+pub(crate) fn start_kind(pin_dir: &Path, adoptable: impl FnOnce(&Path) -> bool) -> StartKind {
+    if !pin_dir.exists() {
+        StartKind::Fresh
+    } else if adoptable(pin_dir) {
+        StartKind::Adopted
+    } else {
+        StartKind::Rebuilt
+    }
+}
+
+/// Object storage for a skeleton. The skeleton borrows it for as long as it
+/// lives, which is the whole daemon: give it a 'static home.
+pub(crate) fn static_object_storage() -> &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject> {
+    Box::leak(Box::new(std::mem::MaybeUninit::uninit()))
+}
