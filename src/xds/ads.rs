@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::transport::{self, error_chain, nack_status};
+use super::transport::{self, nack_status};
 // The client settings and helpers moved to `transport` (shared with delta
 // ADS); these paths stay for the callers of the SotW client.
 pub use super::transport::{AdsConfig, AdsError, Backoff, TlsSettings, MAX_MESSAGE_BYTES};
@@ -56,47 +56,19 @@ pub struct TypeStatus {
     pub nacks: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct AdsStatus {
-    pub address: String,
-    pub connected: bool,
-    /// Streams opened after the first one.
-    pub reconnects: u64,
-    pub last_stream_error: Option<String>,
-    pub types: BTreeMap<String, TypeStatus>,
-}
+/// The SotW stream's state.
+pub type AdsStatus = transport::StreamStatus<TypeStatus>;
 
 /// Run the ADS client until the future is dropped (shutdown).
 pub async fn run<H: SotwHandler>(config: AdsConfig, handler: &mut H) {
-    let mut status = AdsStatus {
-        address: config.uri.clone(),
-        ..Default::default()
-    };
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    let mut first = true;
+    let mut reconnect = transport::Reconnect::new(&config, "ADS");
     loop {
-        if !first {
-            status.reconnects += 1;
-        }
-        first = false;
+        reconnect.opening();
         let mut got_response = false;
-        match run_stream(&config, handler, &mut status, &mut got_response).await {
-            Ok(()) => {
-                tracing::info!(uri = %config.uri, "ADS stream closed by the server; reopening");
-                status.last_stream_error = Some("stream closed by the server".into());
-            }
-            Err(e) => {
-                let message = error_chain(&e);
-                tracing::warn!(error = %message, "ADS stream failed; the configuration in force keeps serving");
-                status.last_stream_error = Some(message);
-            }
-        }
-        status.connected = false;
-        handler.on_status(&status);
-        if got_response {
-            backoff.reset();
-        }
-        tokio::time::sleep(backoff.next_wait()).await;
+        let result = run_stream(&config, handler, &mut reconnect.status, &mut got_response).await;
+        reconnect.ended(result, got_response);
+        handler.on_status(&reconnect.status);
+        reconnect.pause().await;
     }
 }
 

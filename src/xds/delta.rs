@@ -13,7 +13,7 @@
 //! while we were away, including removals. While disconnected nothing is
 //! touched: the configuration in force keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::transport::{self, error_chain, nack_status, AdsConfig, AdsError, Backoff};
+use super::transport::{self, nack_status, AdsConfig, AdsError};
 
 /// The mode-specific side of a delta stream.
 pub trait DeltaHandler: Send {
@@ -73,47 +73,19 @@ pub struct DeltaTypeStatus {
     pub resources: usize,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct DeltaStatus {
-    pub address: String,
-    pub connected: bool,
-    /// Streams opened after the first one.
-    pub reconnects: u64,
-    pub last_stream_error: Option<String>,
-    pub types: BTreeMap<String, DeltaTypeStatus>,
-}
+/// The delta stream's state.
+pub type DeltaStatus = transport::StreamStatus<DeltaTypeStatus>;
 
 /// Run the delta ADS client until the future is dropped (shutdown).
 pub async fn run<H: DeltaHandler>(config: AdsConfig, handler: &mut H) {
-    let mut status = DeltaStatus {
-        address: config.uri.clone(),
-        ..Default::default()
-    };
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    let mut first = true;
+    let mut reconnect = transport::Reconnect::new(&config, "delta ADS");
     loop {
-        if !first {
-            status.reconnects += 1;
-        }
-        first = false;
+        reconnect.opening();
         let mut got_response = false;
-        match run_stream(&config, handler, &mut status, &mut got_response).await {
-            Ok(()) => {
-                tracing::info!(uri = %config.uri, "delta ADS stream closed by the server; reopening");
-                status.last_stream_error = Some("stream closed by the server".into());
-            }
-            Err(e) => {
-                let message = error_chain(&e);
-                tracing::warn!(error = %message, "delta ADS stream failed; the configuration in force keeps serving");
-                status.last_stream_error = Some(message);
-            }
-        }
-        status.connected = false;
-        handler.on_status(&status);
-        if got_response {
-            backoff.reset();
-        }
-        tokio::time::sleep(backoff.next_wait()).await;
+        let result = run_stream(&config, handler, &mut reconnect.status, &mut got_response).await;
+        reconnect.ended(result, got_response);
+        handler.on_status(&reconnect.status);
+        reconnect.pause().await;
     }
 }
 
@@ -255,6 +227,7 @@ fn handle_response<H: DeltaHandler>(
 mod tests {
     use super::*;
     use envoy_types::pb::google::protobuf::Any;
+    use std::collections::BTreeMap;
 
     const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     const AUTHZ: &str = "type.googleapis.com/istio.security.Authorization";

@@ -254,3 +254,73 @@ mod tests {
         assert!(req.metadata().get("authorization").is_none());
     }
 }
+
+/// One ADS connection's state, for the config dump and metrics; `T` is the
+/// per-type status of the flavour (SotW or delta).
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+pub struct StreamStatus<T> {
+    pub address: String,
+    pub connected: bool,
+    /// Streams opened after the first one.
+    pub reconnects: u64,
+    pub last_stream_error: Option<String>,
+    pub types: std::collections::BTreeMap<String, T>,
+}
+
+/// The reconnect loop's bookkeeping, shared by the SotW and delta clients:
+/// count reconnects, record why a stream ended, back off (reset once a
+/// stream got a response). While disconnected nothing is touched: the
+/// configuration in force keeps serving.
+pub(super) struct Reconnect<T> {
+    pub status: StreamStatus<T>,
+    backoff: Backoff,
+    flavour: &'static str,
+    streams: u64,
+}
+
+impl<T: Default> Reconnect<T> {
+    pub fn new(config: &AdsConfig, flavour: &'static str) -> Self {
+        Self {
+            status: StreamStatus {
+                address: config.uri.clone(),
+                ..StreamStatus::default()
+            },
+            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            flavour,
+            streams: 0,
+        }
+    }
+
+    /// Call before opening each stream.
+    pub fn opening(&mut self) {
+        if self.streams > 0 {
+            self.status.reconnects += 1;
+        }
+        self.streams += 1;
+    }
+
+    /// A stream ended (`got_response`: it delivered at least one response).
+    pub fn ended(&mut self, result: Result<(), AdsError>, got_response: bool) {
+        let flavour = self.flavour;
+        match result {
+            Ok(()) => {
+                tracing::info!(uri = %self.status.address, "{flavour} stream closed by the server; reopening");
+                self.status.last_stream_error = Some("stream closed by the server".into());
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                tracing::warn!(error = %message, "{flavour} stream failed; the configuration in force keeps serving");
+                self.status.last_stream_error = Some(message);
+            }
+        }
+        self.status.connected = false;
+        if got_response {
+            self.backoff.reset();
+        }
+    }
+
+    /// Waits before the next attempt.
+    pub async fn pause(&mut self) {
+        tokio::time::sleep(self.backoff.next_wait()).await;
+    }
+}
