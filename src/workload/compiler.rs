@@ -108,7 +108,9 @@ struct Staged {
     frontends: BTreeMap<FrontendAddr, Option<FrontendTarget>>,
     services: BTreeMap<ServiceId, Option<ServiceRecord>>,
     backends: BTreeMap<BackendId, Option<BackendRecord>>,
-    backend_keys: Vec<(String, Vec<String>)>,
+    /// Uid -> its backend keys as staged. Looked up once per member of
+    /// every dirty service: a map, so a whole-world update stays linear.
+    backend_keys: HashMap<String, Vec<String>>,
     /// Ids allocated while staging (released if the update is undone).
     new_service_keys: Vec<String>,
     new_backend_keys: Vec<String>,
@@ -488,7 +490,7 @@ impl WorkloadCompiler {
                     staged.dead_backend_keys.push(key.clone());
                 }
             }
-            staged.backend_keys.push((uid.clone(), new_keys));
+            staged.backend_keys.insert(uid.clone(), new_keys);
         }
     }
 
@@ -496,9 +498,7 @@ impl WorkloadCompiler {
     fn staged_backend_ids(&self, uid: &str, staged: &Staged) -> Vec<BackendId> {
         let keys = staged
             .backend_keys
-            .iter()
-            .find(|(u, _)| u == uid)
-            .map(|(_, keys)| keys)
+            .get(uid)
             .or_else(|| self.backend_keys.get(uid));
         keys.into_iter()
             .flatten()
