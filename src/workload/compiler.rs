@@ -100,6 +100,10 @@ pub struct WorkloadCompiler {
     service_ids: IdTable,
     backend_ids: IdTable,
     plan: Plan,
+    /// `plan.endpoint_entries()`, kept up to date by `commit`: summing it
+    /// over every service for each update's capacity check made a
+    /// one-endpoint change cost the whole mesh.
+    plan_endpoints: usize,
 }
 
 /// New records for the dirty keys (`None` = delete), not yet in the plan.
@@ -680,7 +684,8 @@ impl WorkloadCompiler {
             after(&self.plan.backends, &staged.backends),
             limits.max_backends,
         )?;
-        let mut endpoints = self.plan.endpoint_entries();
+        debug_assert_eq!(self.plan_endpoints, self.plan.endpoint_entries());
+        let mut endpoints = self.plan_endpoints;
         for (id, record) in &staged.services {
             endpoints -= self
                 .plan
@@ -694,6 +699,14 @@ impl WorkloadCompiler {
 
     fn commit(&mut self, staged: Staged) -> PlanChanges {
         let mut changes = PlanChanges::default();
+        for (id, record) in &staged.services {
+            self.plan_endpoints -= self
+                .plan
+                .services
+                .get(id)
+                .map_or(0, ServiceRecord::endpoint_entries);
+            self.plan_endpoints += record.as_ref().map_or(0, ServiceRecord::endpoint_entries);
+        }
         put(
             &mut self.plan.backends,
             staged.backends,
