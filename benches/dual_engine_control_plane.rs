@@ -12,8 +12,10 @@
 //! - a one-endpoint change (one workload added to one service), repeated,
 //!   push → ACK median and p99; then the same for removing one workload.
 //!
-//!   sudo cargo bench --bench dual_engine_control_plane -- [--sizes 1000,10000,50000]
-//!       [--repeat 50] [--daemon PATH] [--json PATH]
+//! ```text
+//! sudo cargo bench --bench dual_engine_control_plane -- [--sizes 1000,10000,50000]
+//!     [--repeat 50] [--daemon PATH] [--json PATH] [--markdown PATH]
+//! ```
 //!
 //! Needs root (the daemon loads eBPF). It touches nothing outside what it
 //! creates: a bpffs dir and an empty cgroup (both unique to this run,
@@ -98,7 +100,10 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.stream.lock().map_err(|_| Status::internal("poisoned"))? = Some(tx);
+        *self
+            .stream
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))? = Some(tx);
         let requests = self.requests.clone();
         tokio::spawn(async move {
             // The time is taken as soon as the request is decoded: an ACK
@@ -185,7 +190,12 @@ impl Server {
         Ok(())
     }
 
-    fn send(&mut self, type_url: &str, added: Vec<Resource>, removed: Vec<String>) -> Result<String> {
+    fn send(
+        &mut self,
+        type_url: &str,
+        added: Vec<Resource>,
+        removed: Vec<String>,
+    ) -> Result<String> {
         self.nonces += 1;
         let nonce = format!("b{}", self.nonces);
         let response = DeltaDiscoveryResponse {
@@ -557,11 +567,15 @@ struct Stats {
     p99: f64,
     min: f64,
     max: f64,
+    /// In the order measured (to tell a one-off pause from a slow tail).
+    samples: Vec<f64>,
 }
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
+fn stats(measured: Vec<Duration>) -> Stats {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let in_order = measured.iter().copied().map(ms).collect();
+    let mut samples = measured;
+    samples.sort();
     // Nearest rank: with fewer than 100 samples p99 is the largest.
     let rank = |p: f64| {
         let r = (p * samples.len() as f64).ceil() as usize;
@@ -573,6 +587,7 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
         p99: ms(rank(0.99)),
         min: ms(samples[0]),
         max: ms(samples[samples.len() - 1]),
+        samples: in_order,
     }
 }
 
