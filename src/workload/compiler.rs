@@ -767,6 +767,7 @@ impl WorkloadCompiler {
             after(&self.plan.backends, &staged.backends),
             limits.max_backends,
         )?;
+        debug_assert_eq!(self.endpoint_entries, self.plan.endpoint_entries());
         let mut endpoints = self.endpoint_entries;
         for (id, record) in &staged.services {
             endpoints -= self

@@ -21,8 +21,6 @@
 mod budget;
 mod state;
 
-use std::collections::HashSet;
-
 pub use budget::MapCounts;
 use budget::{EndpointDelta, EndpointSchedule};
 use state::{in_range, KernelState, LiveService};
@@ -685,8 +683,11 @@ impl DualEngineWriter {
         let keys: Vec<u8> = ids.iter().flat_map(|id| rec::id_key(*id)).collect();
         batch::delete_all(&self.maps.backends, &keys, rec::ID_KEY_SIZE)
             .map_err(WriteError::write("deleting from", MAP_BACKENDS))?;
-        let gone: HashSet<&BackendId> = ids.iter().collect();
-        self.state.backends.retain(|id| !gone.contains(id));
+        // One removal per id: a retain over the set would cost every
+        // backend of the mesh for each update that drops one.
+        for id in ids {
+            self.state.backends.remove(id);
+        }
         stats.backends_removed += ids.len();
         Ok(())
     }
