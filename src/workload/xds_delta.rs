@@ -11,10 +11,15 @@ use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use super::runner::DualEngineRunner;
 use crate::admin::AdminState;
+use crate::memory::release_freed_memory;
 use crate::metrics::Metrics;
 use crate::xds::delta::{DeltaHandler, DeltaStatus};
 
 pub type SharedRunner = Arc<Mutex<DualEngineRunner>>;
+
+/// Responses with at least this many resources are followed by returning
+/// freed heap to the system.
+const LARGE_RESPONSE: usize = 1000;
 
 /// The runner's state stays consistent across a panic in another holder
 /// (every update is all-or-nothing), so a poisoned lock is still usable.
@@ -79,6 +84,7 @@ impl DeltaHandler for DualEngineXds {
             };
             payloads.push((resource.name, any));
         }
+        let large = payloads.len() >= LARGE_RESPONSE;
         let outcome = lock(&self.runner).apply_delta(type_url, payloads, removed.clone());
         let held = self.versions.entry(type_url.to_owned()).or_default();
         for name in &removed {
@@ -93,6 +99,12 @@ impl DeltaHandler for DualEngineXds {
             if !refused.contains(&name) {
                 held.insert(name, version);
             }
+        }
+        if large {
+            // The response and its decoded copies (hundreds of MB for a whole
+            // mesh) are freed now; give the pages back rather than keep them
+            // as RSS for good.
+            release_freed_memory();
         }
         outcome.map_err(|r| r.detail)
     }
