@@ -403,3 +403,83 @@ fn an_envoy_waypoint_routes_http_by_header_and_tcp_to_the_dialled_address_over_i
     };
     envoy_waypoint_checks(&world, "[fd00:96::20]", "[fd00:96::30]");
 }
+
+// ---------------------------------------------------------------------------
+// Blocking clients: a read waits for data, never fails with EAGAIN
+// ---------------------------------------------------------------------------
+
+/// A socket in a BPF socket map reads through the kernel's sockmap receive
+/// path (`tcp_bpf_recvmsg`), whose blocking wait returns EAGAIN when the
+/// socket is woken without data (docs/waypoint-l7.md, "Blocking reads").
+/// kmesh takes a waypoint-bound socket out of `de_proxy_socks` while its
+/// first send is being transmitted, so a client that sends and then reads
+/// (blocking), or that is already blocked in a read when it sends, never
+/// gets one. `dial` reports such a read as the error `spurious-eagain`.
+#[test]
+fn blocking_reads_through_a_waypoint_never_fail_with_a_spurious_eagain() {
+    if !require_root() {
+        return;
+    }
+    let waypoint = Svc::new(WAYPOINT_SVC, &["10.96.0.100"], &[(15021, 15021)]);
+    let waypoint_pod = Wl::new("c1/pod/waypoint", &["10.0.2.1"], &[WAYPOINT_SVC]);
+    let web = Svc::new("default/web", &["10.96.0.20"], &[(80, 8080)]).waypoint("10.96.0.100");
+    let yaml = file(&[
+        waypoint.yaml(),
+        waypoint_pod.yaml(),
+        web.yaml(),
+        Wl::new("c1/pod/web-1", &["10.0.1.1"], &["default/web"]).yaml(),
+    ]);
+    let world = World::start(
+        "wp-eagain",
+        &["10.0.1.1/32", "10.0.2.1/32"],
+        &[
+            (
+                &["10.0.2.1:15019=waypoint"],
+                &["--proxy-protocol", "--echo"],
+            ),
+            (&["10.0.1.1:8080=web1"], &[]),
+        ],
+        &yaml,
+    );
+    let mut total = 0;
+    for (what, args) in [
+        // Request/response: send, then a blocking read.
+        (
+            "send then read, small",
+            &["--send-bytes", "100", "--expect-echo"][..],
+        ),
+        // Larger than the socket buffers: the send waits for room (which
+        // makes every later ACK wake the socket's waiters).
+        (
+            "send then read, 1 MiB",
+            &["--send-bytes", "1048576", "--expect-echo"][..],
+        ),
+        // Already blocked in read() when another thread sends.
+        (
+            "read while sending, small",
+            &["--send-bytes", "100", "--expect-echo", "--read-while-send"][..],
+        ),
+        (
+            "read while sending, 256 KiB",
+            &[
+                "--send-bytes",
+                "262144",
+                "--expect-echo",
+                "--read-while-send",
+            ][..],
+        ),
+    ] {
+        let report = world.dial("10.96.0.20:80", 200, args);
+        assert_eq!(report.spurious_eagain, 0, "{what}: {report:?}");
+        assert_only(&report, "waypoint", 200);
+        assert_eq!(report.echoed, 200, "{what}: {report:?}");
+        assert_eq!(
+            report.proxy_dsts.get("10.96.0.20:80"),
+            Some(&200),
+            "{what}: {report:?}"
+        );
+        total += 200;
+    }
+    assert_eq!(world.counter("proxy_sent"), total);
+    assert_eq!(world.counter("proxy_failed"), 0);
+}

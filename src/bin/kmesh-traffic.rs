@@ -97,6 +97,14 @@ enum Command {
         /// --echo` backend); a difference counts as the error `echo-mismatch`.
         #[arg(long, requires = "send_bytes")]
         expect_echo: bool,
+        /// With --expect-echo: start a blocking read of the answer right
+        /// after connect, and send from another thread SEND_DELAY_MS later,
+        /// so the read is already waiting when the first bytes go out.
+        #[arg(long, requires = "expect_echo")]
+        read_while_send: bool,
+        /// With --read-while-send: how long the sending thread waits first.
+        #[arg(long, default_value_t = 2, requires = "read_while_send")]
+        send_delay_ms: u64,
         /// Send `GET / HTTP/1.1` (with each --header) and take the backend
         /// name from the response body; a status other than 200 is the
         /// error `http-STATUS`.
@@ -178,6 +186,8 @@ fn main() -> Result<()> {
             keep_open_ms,
             send_bytes,
             expect_echo,
+            read_while_send,
+            send_delay_ms,
             http,
             headers,
             mark,
@@ -198,6 +208,7 @@ fn main() -> Result<()> {
                 keep_open: Duration::from_millis(keep_open_ms),
                 send_bytes,
                 expect_echo,
+                read_while_send: read_while_send.then(|| Duration::from_millis(send_delay_ms)),
                 http: http.then_some(headers),
                 mark,
             };
@@ -390,6 +401,8 @@ struct DialOptions {
     keep_open: Duration,
     send_bytes: u64,
     expect_echo: bool,
+    /// `Some(delay)`: read while another thread sends, `delay` after connect.
+    read_while_send: Option<Duration>,
     /// `Some(headers)`: one HTTP request per connection.
     http: Option<Vec<String>>,
     mark: Option<u32>,
@@ -413,9 +426,11 @@ struct DialReport {
     /// Connections whose echo came back identical (`--expect-echo`).
     echoed: u64,
     /// Reads of a blocking socket that failed with EAGAIN long before the
-    /// read timeout, and were retried. Linux returns that for a socket in a
-    /// BPF socket map (tcp_bpf) woken without data; an event-loop client
-    /// never notices (it polls again), a blocking one gets an error.
+    /// read timeout. Each one is also the connection's error
+    /// (`spurious-eagain`): a blocking read must wait for data, EOF, an
+    /// error or its timeout. (Linux's sockmap receive path, tcp_bpf_recvmsg,
+    /// returns EAGAIN when woken without data; kmesh keeps sockets out of
+    /// socket maps whenever a read can wait, see docs/waypoint-l7.md.)
     spurious_eagain: u64,
 }
 
@@ -465,23 +480,28 @@ fn dial_once(
         (&stream)
             .write_all(request.as_bytes())
             .map_err(|e| error_key(&e))?;
-    } else if opts.expect_echo && sent.len() <= ECHO_INLINE_MAX {
+    } else if opts.expect_echo && opts.read_while_send.is_none() && sent.len() <= ECHO_INLINE_MAX {
         // Send, then read: what a request/response client does. No
         // half-close: a proxy may not pass one on before its upstream
         // connection is up (Envoy's tcp_proxy then closes both sides).
         (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
     } else if opts.expect_echo {
         // From another thread: the echo comes back while we send, and a
-        // large one would otherwise fill both buffers and stall.
+        // large one would otherwise fill both buffers and stall. With
+        // --read-while-send the read below starts first.
         let mut writer = stream.try_clone().map_err(|e| error_key(&e))?;
         let data = sent.clone();
+        let delay = opts.read_while_send.unwrap_or_default();
         thread::spawn(move || {
+            if !delay.is_zero() {
+                thread::sleep(delay);
+            }
             let _ = writer.write_all(&data);
         });
     } else if !sent.is_empty() {
         (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
     }
-    let mut reader = BufReader::new(PatientReader {
+    let mut reader = BufReader::new(StrictReader {
         stream: &stream,
         timeout: opts.timeout,
         spurious: &mut report.spurious_eagain,
@@ -527,30 +547,32 @@ fn dial_once(
     Ok(stream)
 }
 
-/// Reads a blocking stream, retrying an EAGAIN that comes long before the
-/// read timeout (see `DialReport::spurious_eagain`) and counting it.
-struct PatientReader<'a> {
+/// Reads a blocking stream; an EAGAIN that comes long before the read
+/// timeout is not a timeout but a broken blocking read: counted in
+/// `DialReport::spurious_eagain` and returned as the error `spurious-eagain`.
+struct StrictReader<'a> {
     stream: &'a TcpStream,
     timeout: Duration,
     spurious: &'a mut u64,
 }
 
-impl Read for PatientReader<'_> {
+impl Read for StrictReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let start = std::time::Instant::now();
-        loop {
-            match (&*self.stream).read(buf) {
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        && start.elapsed() < self.timeout / 2 =>
-                {
-                    *self.spurious += 1;
-                }
-                other => return other,
+        match (&*self.stream).read(buf) {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < self.timeout / 2 =>
+            {
+                *self.spurious += 1;
+                Err(io::Error::other(SPURIOUS_EAGAIN))
             }
+            other => other,
         }
     }
 }
+
+/// The error key of a blocking read that failed with EAGAIN before its timeout.
+const SPURIOUS_EAGAIN: &str = "spurious-eagain";
 
 /// Echo payloads up to this size are sent before reading (they fit in the
 /// socket buffers of both ends); larger ones are sent while reading.
@@ -607,6 +629,11 @@ fn read_http_status(reader: &mut impl BufRead) -> Result<(), String> {
 /// `timeout` for our own deadlines (which std reports without an errno, or as
 /// EAGAIN from a socket read timeout).
 fn error_key(e: &io::Error) -> String {
+    if e.get_ref()
+        .is_some_and(|inner| inner.to_string() == SPURIOUS_EAGAIN)
+    {
+        return SPURIOUS_EAGAIN.to_string();
+    }
     match e.raw_os_error() {
         Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => "timeout".to_string(),
         Some(code) => format!("{:?}", Errno::from_raw(code)),
