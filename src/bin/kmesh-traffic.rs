@@ -113,6 +113,9 @@ enum Command {
         /// An HTTP request header, `Name: value` (repeatable; with --http).
         #[arg(long = "header", requires = "http")]
         headers: Vec<String>,
+        /// The request path (with --http).
+        #[arg(long, default_value = "/", requires = "http")]
+        path: String,
         /// Set this SO_MARK on each socket before connect (needs
         /// CAP_NET_ADMIN); decimal or 0x-hex.
         #[arg(long, value_parser = parse_mark)]
@@ -190,6 +193,7 @@ fn main() -> Result<()> {
             send_delay_ms,
             http,
             headers,
+            path,
             mark,
             target,
         } => {
@@ -209,7 +213,7 @@ fn main() -> Result<()> {
                 send_bytes,
                 expect_echo,
                 read_while_send: read_while_send.then(|| Duration::from_millis(send_delay_ms)),
-                http: http.then_some(headers),
+                http: http.then_some(HttpRequest { path, headers }),
                 mark,
             };
             let report = dial(target, &opts);
@@ -393,6 +397,12 @@ fn read_http_head(conn: &mut TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+struct HttpRequest {
+    path: String,
+    /// `Name: value` each.
+    headers: Vec<String>,
+}
+
 struct DialOptions {
     count: u32,
     interval: Duration,
@@ -403,8 +413,8 @@ struct DialOptions {
     expect_echo: bool,
     /// `Some(delay)`: read while another thread sends, `delay` after connect.
     read_while_send: Option<Duration>,
-    /// `Some(headers)`: one HTTP request per connection.
-    http: Option<Vec<String>>,
+    /// One HTTP request per connection.
+    http: Option<HttpRequest>,
     mark: Option<u32>,
 }
 
@@ -471,9 +481,9 @@ fn dial_once(
         .set_read_timeout(Some(opts.timeout))
         .map_err(|e| error_key(&e))?;
     let sent = pattern(opts.send_bytes);
-    if let Some(headers) = &opts.http {
-        let mut request = format!("GET / HTTP/1.1\r\nHost: {target}\r\n");
-        for h in headers {
+    if let Some(http) = &opts.http {
+        let mut request = format!("GET {} HTTP/1.1\r\nHost: {target}\r\n", http.path);
+        for h in &http.headers {
             request.push_str(&format!("{h}\r\n"));
         }
         request.push_str("Connection: close\r\n\r\n");
