@@ -403,3 +403,329 @@ fn an_envoy_waypoint_routes_http_by_header_and_tcp_to_the_dialled_address_over_i
     };
     envoy_waypoint_checks(&world, "[fd00:96::20]", "[fd00:96::30]");
 }
+
+// ---------------------------------------------------------------------------
+// Blocking clients: a read waits for data, never fails with EAGAIN
+// ---------------------------------------------------------------------------
+
+/// A socket in a BPF socket map reads through the kernel's sockmap receive
+/// path (`tcp_bpf_recvmsg`), whose blocking wait returns EAGAIN when the
+/// socket is woken without data (docs/waypoint-l7.md, "Blocking reads").
+/// kmesh takes a waypoint-bound socket out of `de_proxy_socks` while its
+/// first send is being transmitted, so a client that sends and then reads
+/// (blocking), or that is already blocked in a read when it sends, never
+/// gets one. `dial` reports such a read as the error `spurious-eagain`.
+#[test]
+fn blocking_reads_through_a_waypoint_never_fail_with_a_spurious_eagain() {
+    if !require_root() {
+        return;
+    }
+    let waypoint = Svc::new(WAYPOINT_SVC, &["10.96.0.100"], &[(15021, 15021)]);
+    let waypoint_pod = Wl::new("c1/pod/waypoint", &["10.0.2.1"], &[WAYPOINT_SVC]);
+    let web = Svc::new("default/web", &["10.96.0.20"], &[(80, 8080)]).waypoint("10.96.0.100");
+    let yaml = file(&[
+        waypoint.yaml(),
+        waypoint_pod.yaml(),
+        web.yaml(),
+        Wl::new("c1/pod/web-1", &["10.0.1.1"], &["default/web"]).yaml(),
+    ]);
+    let world = World::start(
+        "wp-eagain",
+        &["10.0.1.1/32", "10.0.2.1/32"],
+        &[
+            (
+                &["10.0.2.1:15019=waypoint"],
+                &["--proxy-protocol", "--echo"],
+            ),
+            (&["10.0.1.1:8080=web1"], &[]),
+        ],
+        &yaml,
+    );
+    let mut total = 0;
+    for (what, args) in [
+        // Request/response: send, then a blocking read.
+        (
+            "send then read, small",
+            &["--send-bytes", "100", "--expect-echo"][..],
+        ),
+        // Larger than the socket buffers: the send waits for room (which
+        // makes every later ACK wake the socket's waiters).
+        (
+            "send then read, 1 MiB",
+            &["--send-bytes", "1048576", "--expect-echo"][..],
+        ),
+        // Already blocked in read() when another thread sends.
+        (
+            "read while sending, small",
+            &["--send-bytes", "100", "--expect-echo", "--read-while-send"][..],
+        ),
+        (
+            "read while sending, 256 KiB",
+            &[
+                "--send-bytes",
+                "262144",
+                "--expect-echo",
+                "--read-while-send",
+            ][..],
+        ),
+    ] {
+        let report = world.dial("10.96.0.20:80", 200, args);
+        eprintln!("{what}: {report:?}");
+        assert_eq!(report.spurious_eagain, 0, "{what}: {report:?}");
+        assert_only(&report, "waypoint", 200);
+        assert_eq!(report.echoed, 200, "{what}: {report:?}");
+        assert_eq!(
+            report.proxy_dsts.get("10.96.0.20:80"),
+            Some(&200),
+            "{what}: {report:?}"
+        );
+        total += 200;
+    }
+    assert_eq!(world.counter("proxy_sent"), total);
+    assert_eq!(world.counter("proxy_failed"), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Gateways: an ingress Envoy in the mesh, an egress Envoy as a waypoint
+// ---------------------------------------------------------------------------
+
+/// An Envoy bootstrap from `examples/`.
+fn example(name: &str) -> String {
+    fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
+}
+
+impl World {
+    /// Starts Envoy with `bootstrap` in the netns and the managed cgroup,
+    /// and waits until it is initialised (its listeners bound).
+    fn start_envoy(&mut self, bootstrap: &str) {
+        let envoy = Envoy::start_static_in(bootstrap, &self.netns, Some(&self.cgroup));
+        let deadline = Instant::now() + READY;
+        while envoy.get("/ready").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "Envoy not ready: {}",
+                envoy.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.envoy = Some(envoy);
+    }
+
+    /// Envoy's access-log lines that start with `prefix`.
+    fn envoy_log(&self, prefix: &str, want: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let envoy = self.envoy.as_ref().expect("an Envoy");
+            let lines: Vec<String> = envoy
+                .logs()
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= want || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `examples/ingress-envoy.yaml`: a client outside the mesh (in the netns,
+/// not in the managed cgroup) talks to the gateway; the gateway, inside the
+/// managed cgroup, sends each request to a service VIP and the kernel picks
+/// the workload. A service with a waypoint is reached through the waypoint.
+#[test]
+fn an_ingress_gateway_in_the_mesh_balances_over_workloads_and_uses_waypoints() {
+    if !require_root() {
+        return;
+    }
+    if require_envoy().is_none() {
+        return;
+    }
+    let yaml = file(&[
+        Svc::new(WAYPOINT_SVC, &["10.96.0.100"], &[(15021, 15021)]).yaml(),
+        Wl::new("c1/pod/waypoint", &["10.0.2.1"], &[WAYPOINT_SVC]).yaml(),
+        Svc::new("default/productpage", &["10.96.0.50"], &[(9080, 9080)]).yaml(),
+        Wl::new(
+            "c1/pod/productpage-1",
+            &["10.0.1.11"],
+            &["default/productpage"],
+        )
+        .yaml(),
+        Wl::new(
+            "c1/pod/productpage-2",
+            &["10.0.1.12"],
+            &["default/productpage"],
+        )
+        .yaml(),
+        Wl::new(
+            "c1/pod/productpage-3",
+            &["10.0.1.13"],
+            &["default/productpage"],
+        )
+        .yaml(),
+        Svc::new("default/reviews", &["10.96.0.20"], &[(9080, 9080)])
+            .waypoint("10.96.0.100")
+            .yaml(),
+        Wl::new("c1/pod/reviews-v1", &["10.0.1.1"], &["default/reviews"]).yaml(),
+    ]);
+    let mut world = World::start(
+        "wp-ingress",
+        &[
+            "10.0.1.1/32",
+            "10.0.1.11/32",
+            "10.0.1.12/32",
+            "10.0.1.13/32",
+            "10.0.2.1/32",
+            "10.0.3.1/32",
+        ],
+        &[
+            (
+                &[
+                    "10.0.1.11:9080=productpage-1",
+                    "10.0.1.12:9080=productpage-2",
+                    "10.0.1.13:9080=productpage-3",
+                    "10.0.1.1:9080=reviews-v1",
+                ],
+                &["--http"],
+            ),
+            // A stand-in waypoint: answers the HTTP request itself, with
+            // the destination its PROXY header named.
+            (
+                &["10.0.2.1:15019=waypoint"],
+                &["--proxy-protocol", "--http"],
+            ),
+        ],
+        &yaml,
+    );
+    world.start_envoy(&example("ingress-envoy.yaml"));
+    let outside = |count: u32, extra: &[&str]| {
+        dial_with(Some(&world.netns), None, "10.0.3.1:18080", count, extra)
+    };
+
+    // Every request answered by a productpage workload, spread over them.
+    let pages = outside(60, &["--http"]);
+    eprintln!("ingress /: {pages:?}");
+    assert_eq!(pages.total_errors(), 0, "{pages:?}");
+    let names = ["productpage-1", "productpage-2", "productpage-3"];
+    let answered: u64 = names.iter().map(|n| pages.backend(n)).sum();
+    assert_eq!(answered, 60, "someone else answered: {pages:?}");
+    assert_eq!(pages.total_answered(), 60, "{pages:?}");
+    let used = names.iter().filter(|n| pages.backend(n) > 0).count();
+    assert!(used >= 2, "not balanced: {pages:?}");
+
+    // reviews has a waypoint: the gateway's connects go there, with the VIP.
+    let reviews = outside(20, &["--http", "--path", "/reviews"]);
+    eprintln!("ingress /reviews: {reviews:?}");
+    assert_only(&reviews, "waypoint", 20);
+    assert_eq!(
+        reviews.proxy_dsts.get("10.96.0.20:9080"),
+        Some(&20),
+        "{reviews:?}"
+    );
+
+    // Envoy only ever saw the VIPs; the kernel did the rest.
+    let log = world.envoy_log("INGRESS ", 80);
+    eprintln!(
+        "gateway log (first and last): {:?} {:?}",
+        log.first(),
+        log.last()
+    );
+    assert_eq!(
+        count_matching(
+            &log,
+            &[
+                "cluster=productpage",
+                "upstream=10.96.0.50:9080",
+                "status=200"
+            ]
+        ),
+        60,
+        "{log:#?}"
+    );
+    assert_eq!(
+        count_matching(
+            &log,
+            &["cluster=reviews", "upstream=10.96.0.20:9080", "status=200"]
+        ),
+        20,
+        "{log:#?}"
+    );
+    assert_eq!(world.counter("waypoint"), 20);
+    assert_eq!(world.counter("proxy_sent"), 20);
+    assert_eq!(world.counter("waypoint_skipped"), 0);
+}
+
+/// `examples/egress-envoy.yaml`: a ServiceEntry (VIP 240.240.0.9:443, no
+/// endpoints, its waypoint the egress gateway's address) takes mesh clients
+/// to the gateway with a PROXY v2 header naming the VIP; the gateway sends
+/// them on to the external address (10.0.9.9:443 in the test's netns).
+#[test]
+fn an_egress_gateway_takes_service_entry_traffic_to_the_external_address() {
+    if !require_root() {
+        return;
+    }
+    if require_envoy().is_none() {
+        return;
+    }
+    let yaml = file(&[
+        Svc::new(
+            "default/api.external.example",
+            &["240.240.0.9"],
+            &[(443, 443)],
+        )
+        .waypoint("10.0.4.1")
+        .yaml(),
+        // A mesh service without waypoint, for contrast.
+        Svc::new("default/plain", &["10.96.0.40"], &[(80, 8080)]).yaml(),
+        Wl::new("c1/pod/plain", &["10.0.1.4"], &["default/plain"]).yaml(),
+    ]);
+    let mut world = World::start(
+        "wp-egress",
+        &["10.0.1.4/32", "10.0.4.1/32", "10.0.9.9/32"],
+        &[
+            (&["10.0.9.9:443=external"], &["--echo"]),
+            (&["10.0.1.4:8080=plain"], &[]),
+        ],
+        &yaml,
+    );
+    world.start_envoy(&example("egress-envoy.yaml"));
+
+    // Through the gateway to the external address, bytes unchanged (the
+    // PROXY header ended at the gateway).
+    let out = world.dial(
+        "240.240.0.9:443",
+        20,
+        &["--send-bytes", "4096", "--expect-echo"],
+    );
+    eprintln!("egress: {out:?}");
+    assert_only(&out, "external", 20);
+    assert_eq!(out.echoed, 20, "{out:?}");
+    assert_eq!(out.peer_names.get("240.240.0.9:443"), Some(&20), "{out:?}");
+
+    // The gateway saw the ServiceEntry VIP as the destination (from the
+    // PROXY v2 header) and connected to the external address.
+    let log = world.envoy_log("EGRESS ", 20);
+    eprintln!("egress log (first): {:?}", log.first());
+    assert_eq!(
+        count_matching(
+            &log,
+            &["dst=240.240.0.9:443", "upstream=10.0.9.9:443", "bytes=4096"]
+        ),
+        20,
+        "{log:#?}"
+    );
+    assert_eq!(log.len(), 20, "{log:#?}");
+
+    // Other mesh traffic does not pass the gateway.
+    let plain = world.dial("10.96.0.40:80", 10, &[]);
+    assert_only(&plain, "plain", 10);
+    assert_eq!(world.counter("waypoint"), 20);
+    assert_eq!(world.counter("proxy_sent"), 20);
+    assert_eq!(world.counter("proxy_failed"), 0);
+}

@@ -8,7 +8,8 @@
  *                          (itself load-balanced when it is a service VIP)
  *   cgroup/getpeername4|6  report the dialled service address, not the endpoint
  *   sockops                register an established socket that was sent to a
- *                          waypoint in de_proxy_socks
+ *                          waypoint in de_proxy_socks, unregister it as its
+ *                          first send goes out
  *   sk_msg (on de_proxy_socks)  prepend a PROXY v2 header carrying the
  *                          dialled address to the first send (lib/proxy.h)
  *
@@ -212,10 +213,23 @@ int de_getpeername6(struct bpf_sock_addr *ctx)
 }
 
 /* A socket sent to a waypoint is established: register it so that the
- * sk_msg program sees its first send, and ask for RTT callbacks (one per
- * ACK that yields an RTT sample) to take it out again once that send is
- * acknowledged: sk_msg programs may not delete from a socket map. Other
- * sockets are not touched (and never pay for sk_msg). */
+ * sk_msg program sees its first send, and take it out again while that
+ * send is being transmitted. Other sockets are not touched (and never pay
+ * for sk_msg).
+ *
+ * Why so short a stay: a socket in a socket map has a psock, and Linux
+ * then reads it through tcp_bpf_recvmsg (installed as the socket's
+ * recvmsg for every psock, also one with only an sk_msg program). Its
+ * blocking wait, tcp_msg_wait_data, is a single sk_wait_event: when the
+ * socket is woken without data (an ACK that frees send-buffer space after
+ * a send had to wait for it, a signal, an error) the read fails with
+ * EAGAIN. A plain TCP socket (tcp_recvmsg) waits again instead. sk_msg
+ * programs may not delete from a socket map themselves; sockops may, and
+ * BPF_SOCK_OPS_HDR_OPT_LEN_CB runs on every segment the socket builds,
+ * first from tcp_sendmsg_locked (through tcp_current_mss) inside the very
+ * send whose sk_msg verdict prepended the header. The psock goes when its
+ * last user lets go: at the end of that send, unless a reader of the
+ * same socket is already waiting (see docs/waypoint-l7.md). */
 SEC("sockops")
 int de_sockops(struct bpf_sock_ops *skops)
 {
@@ -224,7 +238,7 @@ int de_sockops(struct bpf_sock_ops *skops)
 	__u32 op = skops->op;
 	__u64 cookie;
 
-	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_RTT_CB)
+	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_HDR_OPT_LEN_CB)
 		return 1;
 	sk = skops->sk;
 	if (!sk)
@@ -232,19 +246,16 @@ int de_sockops(struct bpf_sock_ops *skops)
 	st = bpf_sk_storage_get(&de_socks, sk, 0, 0);
 	if (!st)
 		return 1;
-	if (op == BPF_SOCK_OPS_RTT_CB) {
-		/* The header is out (the send carrying it may still be in
-		 * flight; the map entry is not needed for that). Leaving the
-		 * map makes it a plain TCP socket again once nothing holds its
-		 * sockmap state: the tcp_bpf receive path does not wake a
-		 * reader for a FIN that arrives after the data was read (seen
-		 * on 6.18: an echo client then waits for its timeout). */
+	if (op == BPF_SOCK_OPS_HDR_OPT_LEN_CB) {
+		/* (Reserves no option space: no WRITE_HDR_OPT_CB follows.)
+		 * Until the first send's verdict, segments (the handshake's
+		 * last ACK) pass by. */
 		if (st->proxy == DE_PROXY_DONE && st->cookie) {
 			cookie = st->cookie;
 			bpf_map_delete_elem(&de_proxy_socks, &cookie);
 			st->cookie = 0;
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags &
-								 ~BPF_SOCK_OPS_RTT_CB_FLAG);
+								 ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 		}
 		return 1;
 	}
@@ -257,7 +268,8 @@ int de_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	st->cookie = cookie;
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 	return 1;
 }
 
@@ -283,6 +295,6 @@ int de_proxy_header(struct sk_msg_md *msg)
 		return DE_SK_DROP;
 	}
 	de_count(DE_CNT_PROXY_SENT);
-	/* sockops takes the socket out of de_proxy_socks on the next ACK. */
+	/* sockops takes the socket out of de_proxy_socks as this send goes out. */
 	return DE_SK_PASS;
 }

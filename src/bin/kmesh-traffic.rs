@@ -97,6 +97,14 @@ enum Command {
         /// --echo` backend); a difference counts as the error `echo-mismatch`.
         #[arg(long, requires = "send_bytes")]
         expect_echo: bool,
+        /// With --expect-echo: start a blocking read of the answer right
+        /// after connect, and send from another thread SEND_DELAY_MS later,
+        /// so the read is already waiting when the first bytes go out.
+        #[arg(long, requires = "expect_echo")]
+        read_while_send: bool,
+        /// With --read-while-send: how long the sending thread waits first.
+        #[arg(long, default_value_t = 2, requires = "read_while_send")]
+        send_delay_ms: u64,
         /// Send `GET / HTTP/1.1` (with each --header) and take the backend
         /// name from the response body; a status other than 200 is the
         /// error `http-STATUS`.
@@ -105,6 +113,9 @@ enum Command {
         /// An HTTP request header, `Name: value` (repeatable; with --http).
         #[arg(long = "header", requires = "http")]
         headers: Vec<String>,
+        /// The request path (with --http).
+        #[arg(long, default_value = "/", requires = "http")]
+        path: String,
         /// Set this SO_MARK on each socket before connect (needs
         /// CAP_NET_ADMIN); decimal or 0x-hex.
         #[arg(long, value_parser = parse_mark)]
@@ -178,8 +189,11 @@ fn main() -> Result<()> {
             keep_open_ms,
             send_bytes,
             expect_echo,
+            read_while_send,
+            send_delay_ms,
             http,
             headers,
+            path,
             mark,
             target,
         } => {
@@ -198,7 +212,8 @@ fn main() -> Result<()> {
                 keep_open: Duration::from_millis(keep_open_ms),
                 send_bytes,
                 expect_echo,
-                http: http.then_some(headers),
+                read_while_send: read_while_send.then(|| Duration::from_millis(send_delay_ms)),
+                http: http.then_some(HttpRequest { path, headers }),
                 mark,
             };
             let report = dial(target, &opts);
@@ -382,6 +397,12 @@ fn read_http_head(conn: &mut TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+struct HttpRequest {
+    path: String,
+    /// `Name: value` each.
+    headers: Vec<String>,
+}
+
 struct DialOptions {
     count: u32,
     interval: Duration,
@@ -390,8 +411,10 @@ struct DialOptions {
     keep_open: Duration,
     send_bytes: u64,
     expect_echo: bool,
-    /// `Some(headers)`: one HTTP request per connection.
-    http: Option<Vec<String>>,
+    /// `Some(delay)`: read while another thread sends, `delay` after connect.
+    read_while_send: Option<Duration>,
+    /// One HTTP request per connection.
+    http: Option<HttpRequest>,
     mark: Option<u32>,
 }
 
@@ -413,9 +436,11 @@ struct DialReport {
     /// Connections whose echo came back identical (`--expect-echo`).
     echoed: u64,
     /// Reads of a blocking socket that failed with EAGAIN long before the
-    /// read timeout, and were retried. Linux returns that for a socket in a
-    /// BPF socket map (tcp_bpf) woken without data; an event-loop client
-    /// never notices (it polls again), a blocking one gets an error.
+    /// read timeout. Each one is also the connection's error
+    /// (`spurious-eagain`): a blocking read must wait for data, EOF, an
+    /// error or its timeout. (Linux's sockmap receive path, tcp_bpf_recvmsg,
+    /// returns EAGAIN when woken without data; kmesh keeps sockets out of
+    /// socket maps whenever a read can wait, see docs/waypoint-l7.md.)
     spurious_eagain: u64,
 }
 
@@ -456,32 +481,37 @@ fn dial_once(
         .set_read_timeout(Some(opts.timeout))
         .map_err(|e| error_key(&e))?;
     let sent = pattern(opts.send_bytes);
-    if let Some(headers) = &opts.http {
-        let mut request = format!("GET / HTTP/1.1\r\nHost: {target}\r\n");
-        for h in headers {
+    if let Some(http) = &opts.http {
+        let mut request = format!("GET {} HTTP/1.1\r\nHost: {target}\r\n", http.path);
+        for h in &http.headers {
             request.push_str(&format!("{h}\r\n"));
         }
         request.push_str("Connection: close\r\n\r\n");
         (&stream)
             .write_all(request.as_bytes())
             .map_err(|e| error_key(&e))?;
-    } else if opts.expect_echo && sent.len() <= ECHO_INLINE_MAX {
+    } else if opts.expect_echo && opts.read_while_send.is_none() && sent.len() <= ECHO_INLINE_MAX {
         // Send, then read: what a request/response client does. No
         // half-close: a proxy may not pass one on before its upstream
         // connection is up (Envoy's tcp_proxy then closes both sides).
         (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
     } else if opts.expect_echo {
         // From another thread: the echo comes back while we send, and a
-        // large one would otherwise fill both buffers and stall.
+        // large one would otherwise fill both buffers and stall. With
+        // --read-while-send the read below starts first.
         let mut writer = stream.try_clone().map_err(|e| error_key(&e))?;
         let data = sent.clone();
+        let delay = opts.read_while_send.unwrap_or_default();
         thread::spawn(move || {
+            if !delay.is_zero() {
+                thread::sleep(delay);
+            }
             let _ = writer.write_all(&data);
         });
     } else if !sent.is_empty() {
         (&stream).write_all(&sent).map_err(|e| error_key(&e))?;
     }
-    let mut reader = BufReader::new(PatientReader {
+    let mut reader = BufReader::new(StrictReader {
         stream: &stream,
         timeout: opts.timeout,
         spurious: &mut report.spurious_eagain,
@@ -527,30 +557,32 @@ fn dial_once(
     Ok(stream)
 }
 
-/// Reads a blocking stream, retrying an EAGAIN that comes long before the
-/// read timeout (see `DialReport::spurious_eagain`) and counting it.
-struct PatientReader<'a> {
+/// Reads a blocking stream; an EAGAIN that comes long before the read
+/// timeout is not a timeout but a broken blocking read: counted in
+/// `DialReport::spurious_eagain` and returned as the error `spurious-eagain`.
+struct StrictReader<'a> {
     stream: &'a TcpStream,
     timeout: Duration,
     spurious: &'a mut u64,
 }
 
-impl Read for PatientReader<'_> {
+impl Read for StrictReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let start = std::time::Instant::now();
-        loop {
-            match (&*self.stream).read(buf) {
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        && start.elapsed() < self.timeout / 2 =>
-                {
-                    *self.spurious += 1;
-                }
-                other => return other,
+        match (&*self.stream).read(buf) {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < self.timeout / 2 =>
+            {
+                *self.spurious += 1;
+                Err(io::Error::other(SPURIOUS_EAGAIN))
             }
+            other => other,
         }
     }
 }
+
+/// The error key of a blocking read that failed with EAGAIN before its timeout.
+const SPURIOUS_EAGAIN: &str = "spurious-eagain";
 
 /// Echo payloads up to this size are sent before reading (they fit in the
 /// socket buffers of both ends); larger ones are sent while reading.
@@ -607,6 +639,11 @@ fn read_http_status(reader: &mut impl BufRead) -> Result<(), String> {
 /// `timeout` for our own deadlines (which std reports without an errno, or as
 /// EAGAIN from a socket read timeout).
 fn error_key(e: &io::Error) -> String {
+    if e.get_ref()
+        .is_some_and(|inner| inner.to_string() == SPURIOUS_EAGAIN)
+    {
+        return SPURIOUS_EAGAIN.to_string();
+    }
     match e.raw_os_error() {
         Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => "timeout".to_string(),
         Some(code) => format!("{:?}", Errno::from_raw(code)),

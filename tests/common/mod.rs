@@ -506,7 +506,8 @@ pub struct DialReport {
     /// Connections whose echo came back identical (`--expect-echo`).
     #[serde(default)]
     pub echoed: u64,
-    /// Blocking reads that failed with EAGAIN early and were retried.
+    /// Blocking reads that failed with EAGAIN long before their timeout
+    /// (each is also an error `spurious-eagain`).
     #[serde(default)]
     pub spurious_eagain: u64,
 }
