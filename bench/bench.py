@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 VIP = ("10.96.0.10", 80)          # kmesh listener; unreachable unless steered
+VIP_DE = ("10.96.1.10", 80)       # dual-engine service VIP -> the backend
 BACKEND = ("127.0.0.2", 8080)      # nginx, keep-alive, small static body
 BACKEND2 = ("127.0.0.2", 8081)     # nginx, answers "b2" (endpoint-change probe)
 ENVOY1 = ("127.0.0.3", 10000)      # one hop: envoy -> backend
@@ -34,9 +35,11 @@ def track(pid):
 
 def ns_argv(argv, cpu, in_cgroup=False):
     """argv run inside the bench netns, pinned to `cpu`, optionally moved into
-    the managed cgroup first. nsenter/sh/taskset all exec, so the PID that
-    Popen returns is the final program's."""
-    pre = f"echo $$ > {A.cgroup}/cgroup.procs; " if in_cgroup else ""
+    a managed cgroup first (True: the kernel-native one, "de": the
+    dual-engine one). nsenter/sh/taskset all exec, so the PID that Popen
+    returns is the final program's."""
+    cgroup = A.cgroup_de if in_cgroup == "de" else A.cgroup
+    pre = f"echo $$ > {cgroup}/cgroup.procs; " if in_cgroup else ""
     return ["nsenter", f"--net=/var/run/netns/{A.ns}", "sh", "-c",
             pre + f'exec taskset -c {cpu} "$@"', "sh", *argv]
 
@@ -160,16 +163,35 @@ def xds_config(n_services, endpoints_each, vip_backend=BACKEND):
     return "".join(parts)
 
 
+DE_CONFIG = f"""resources:
+- "@type": type.googleapis.com/istio.workload.Address
+  service:
+    name: bench
+    namespace: default
+    hostname: bench.default.svc.cluster.local
+    addresses: [{{ address: {VIP_DE[0]} }}]
+    ports: [{{ service_port: {VIP_DE[1]}, target_port: {BACKEND[1]} }}]
+- "@type": type.googleapis.com/istio.workload.Address
+  workload:
+    uid: bench/backend
+    addresses: [{BACKEND[0]}]
+    services: {{ "default/bench.default.svc.cluster.local": {{ ports: [] }} }}
+"""
+
+
 class Daemon:
-    def __init__(self, xds_path):
+    def __init__(self, xds_path, mode="kernel-native"):
         self.xds = xds_path
         self.admin = ("127.0.0.1", free_port())
+        de = mode == "dual-engine"
         argv = ["taskset", "-c", str(CPU_SERVER), os.path.join(A.bin_dir, "kmesh-daemon"),
-                "--mode", "kernel-native", "--xds-file", xds_path,
-                "--bpf-fs-path", A.bpffs, "--cgroup2-path", A.cgroup,
+                "--mode", mode, "--xds-file", xds_path,
+                "--bpf-fs-path", A.bpffs_de if de else A.bpffs,
+                "--cgroup2-path", A.cgroup_de if de else A.cgroup,
                 "--admin-address", f"{self.admin[0]}:{self.admin[1]}",
+                "--metrics-address", f"127.0.0.1:{free_port()}",
                 "--xds-file-poll-ms", "10", "--log-level", "info"]
-        self.proc = start(argv, "daemon")
+        self.proc = start(argv, "daemon-de" if de else "daemon")
 
     def get(self, path, timeout=10):
         url = f"http://{self.admin[0]}:{self.admin[1]}{path}"
@@ -281,9 +303,10 @@ def wrk(target, conns, secs, close=False, in_cgroup=False):
     return parse_wrk(out.stdout)
 
 
-VARIANTS = [  # (name, target, client in the kmesh cgroup)
+VARIANTS = [  # (name, target, client in a kmesh cgroup)
     ("direct", BACKEND, False),
     ("kmesh", VIP, True),
+    ("kmesh-dual-engine", VIP_DE, "de"),
     ("envoy-1hop", ENVOY1, False),
     ("envoy-2hop", ENVOY2, False),
 ]
@@ -402,6 +425,19 @@ def main():
     us, _, fails = connect_loop(VIP, 10, True)
     if fails:
         raise SystemExit("connects to the VIP fail: is the redirect working?\n" + tail("daemon.log"))
+    # The same backend behind a dual-engine service VIP, for the data plane.
+    xds_de = os.path.join(A.tmp, "xds-de.yaml")
+    with open(xds_de, "w") as f:
+        f.write(DE_CONFIG)
+    d_de = Daemon(xds_de, mode="dual-engine")
+    deadline = time.time() + 60
+    while d_de.get("/debug/ready")[0] != 200:
+        if time.time() > deadline or d_de.proc.poll() is not None:
+            raise SystemExit("dual-engine daemon not ready\n" + tail("daemon-de.log"))
+        time.sleep(0.1)
+    us, _, fails = connect_loop(VIP_DE, 10, "de")
+    if fails:
+        raise SystemExit("connects to the dual-engine VIP fail\n" + tail("daemon-de.log"))
 
     results = {"keepalive": {}, "close": {}}
     for mode, conns_list, close, variants in (("keepalive", conns_ka, False, VARIANTS),

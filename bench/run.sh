@@ -77,6 +77,9 @@ NS="$ID"
 CG="/sys/fs/cgroup/unified/$ID"
 [ -d /sys/fs/cgroup/unified ] || CG="/sys/fs/cgroup/$ID"
 BPFD="/sys/fs/bpf/$ID"
+# The dual-engine daemon of the data-plane runs: its own cgroup and pins.
+CG_DE="$CG-de"
+BPFD_DE="$BPFD-de"
 TMP="$(mktemp -d "/tmp/$ID.XXXXXX")"
 
 cleanup() {
@@ -101,14 +104,17 @@ cleanup() {
             [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
         done <"$TMP/pids"
     fi
-    if [ -d "$BPFD" ]; then
-        "$KMESH_BIN_DIR/kmesh-daemon" uninstall --bpf-fs-path "$BPFD" --cgroup2-path "$CG" \
-            >/dev/null 2>&1
-        rm -rf "$BPFD"
-    fi
-    if [ -d "$CG" ]; then
-        for _ in $(seq 50); do rmdir "$CG" 2>/dev/null && break; sleep 0.1; done
-    fi
+    for pair in "$BPFD:$CG" "$BPFD_DE:$CG_DE"; do
+        local pins="${pair%%:*}" cgroup="${pair#*:}"
+        if [ -d "$pins" ]; then
+            "$KMESH_BIN_DIR/kmesh-daemon" uninstall --bpf-fs-path "$pins" --cgroup2-path "$cgroup" \
+                >/dev/null 2>&1
+            rm -rf "$pins"
+        fi
+        if [ -d "$cgroup" ]; then
+            for _ in $(seq 50); do rmdir "$cgroup" 2>/dev/null && break; sleep 0.1; done
+        fi
+    done
     ip netns delete "$NS" 2>/dev/null
     rm -rf "$TMP"
     exit $rc
@@ -122,14 +128,14 @@ ip -n "$NS" link set lo up
 # Per-netns sysctls (only this namespace): room for connection-per-request runs.
 nsenter --net="/var/run/netns/$NS" sysctl -q -w net.ipv4.ip_local_port_range="1024 65000" \
     net.ipv4.tcp_tw_reuse=1 net.core.somaxconn=4096 >/dev/null
-mkdir "$CG"
-mkdir "$BPFD"
+mkdir "$CG" "$CG_DE"
+mkdir "$BPFD" "$BPFD_DE"
 : >"$TMP/pids"
 
 dual_engine_bench "$TMP/dual_engine"
 
 python3 "$ROOT/bench/bench.py" \
-    --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --tmp "$TMP" \
+    --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --cgroup-de "$CG_DE" --bpffs-de "$BPFD_DE" --tmp "$TMP" \
     --bin-dir "$KMESH_BIN_DIR" --envoy "$ENVOY_BIN" \
     --dual-engine-md "$TMP/dual_engine.md" --dual-engine-json "$TMP/dual_engine.json" \
     --out "$ROOT/docs/benchmarks.md" $([ $QUICK = 1 ] && echo --quick)
