@@ -388,7 +388,7 @@ def main():
     global A
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    for k in ("ns", "cgroup", "bpffs", "tmp", "bin-dir", "envoy"):
+    for k in ("ns", "cgroup", "bpffs", "cgroup-de", "bpffs-de", "tmp", "bin-dir", "envoy"):
         ap.add_argument(f"--{k}")
     ap.add_argument("--quick", action="store_true")
     # The section written by benches/dual_engine_control_plane.rs (--markdown)
