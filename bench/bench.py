@@ -656,7 +656,9 @@ rewrites this file (and `docs/benchmarks.json`).
   CPU 1, the client (wrk / python loop) on CPU 0 (`taskset`).
 - Variants: **direct** (client → 127.0.0.2:8080); **kmesh** (client in the
   managed cgroup dials the VIP 10.96.0.10:80; `cgroup/connect4` rewrites the
-  destination to the backend, no proxy on the path); **envoy-1hop** (Envoy
+  destination to the backend, no proxy on the path); **kmesh-dual-engine**
+  (the same backend behind a dual-engine service VIP 10.96.1.10:80, the
+  client in that daemon's own cgroup); **envoy-1hop** (Envoy
   1.40 `tcp_proxy` on 127.0.0.3:10000 → backend, `--concurrency 1`);
   **envoy-2hop** (client-side Envoy 127.0.0.4:10001 → server-side Envoy →
   backend).
