@@ -9,6 +9,10 @@ mod pinning;
 
 pub use pinning::StartKind;
 
+/// Switches the data plane to the programs that read the maps being written
+/// (a mode's loader `activate`); the runners call it after their first write.
+pub type Activation = Box<dyn FnMut() -> Result<(), String> + Send>;
+
 /// The generated libbpf skeletons (see build.rs). Their `types` modules are
 /// the one Rust definition of the C layouts in `include/`.
 pub mod skel {

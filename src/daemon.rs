@@ -154,6 +154,23 @@ fn start_dns(config: &Config) -> (Option<DnsResolver>, Option<UnboundedReceiver<
     }
 }
 
+/// Hands every change of DNS answers to `apply`, with the hostnames that
+/// changed (sorted, once each); a burst of changes is applied as one.
+async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, mut apply: impl FnMut(&[String])) {
+    while let Some(first) = changes.recv().await {
+        let mut hosts = Vec::new();
+        let mut change = Some(first);
+        while let Some(c) = change {
+            tracing::info!(host = %c.host, addresses = ?c.addresses, "DNS answer changed");
+            hosts.push(c.host);
+            change = changes.try_recv().ok();
+        }
+        hosts.sort();
+        hosts.dedup();
+        apply(&hosts);
+    }
+}
+
 /// Polls the xDS file until the caller drops this future. A changed file
 /// that parses goes to `apply`; one that cannot be read (reported once per
 /// distinct error) or parsed goes to `refuse`, and the config in force stays.

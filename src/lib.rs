@@ -14,6 +14,7 @@ pub mod kernel_native;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod sync;
 pub mod telemetry;
 pub mod workload;
 pub mod xds;

@@ -311,10 +311,7 @@ impl Metrics {
 
     /// Refresh what the kernel keeps, then render the text format.
     pub fn render(&self) -> String {
-        let _one_at_a_time = self
-            .scrape
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = crate::sync::lock(&self.scrape);
         self.refresh_kernel_values();
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {

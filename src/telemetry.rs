@@ -255,10 +255,7 @@ impl Telemetry {
     }
 
     fn set(&self, bit: u32, enable: bool) -> Result<(), TelemetryError> {
-        let config = self
-            .config
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let config = crate::sync::lock(&self.config);
         let old = self.flags.load(Ordering::Acquire);
         let new = if enable { old | bit } else { old & !bit };
         config

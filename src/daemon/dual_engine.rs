@@ -5,20 +5,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
-use super::{follow_file, start_dns, DaemonError, Shutdown, Source};
+use super::{follow_dns, follow_file, start_dns, DaemonError, Shutdown, Source};
 use crate::admin::AdminState;
 use crate::bpf::dual_engine::{DualEngineBpf, DualEngineCapacity, DualEngineMaps};
 use crate::config::Config;
-use crate::dns::HostChanged;
 use crate::metrics::{self, KernelReadout, Metrics};
+use crate::sync::lock;
 use crate::workload::bpf_dump;
 use crate::workload::compiler::{CompilerSettings, Limits, WorkloadCompiler};
 use crate::workload::plan::{Plan, PlanChanges};
 use crate::workload::runner::{DualEngineRunner, PlanSink};
 use crate::workload::writer::DualEngineWriter;
-use crate::workload::xds_delta::{lock, DualEngineXds, SharedRunner};
+use crate::workload::xds_delta::{DualEngineXds, SharedRunner};
 use crate::xds::delta;
 
 /// The kernel's endpoint map holds the plan's endpoints plus the spare slot
@@ -142,15 +140,18 @@ pub(super) async fn run(
     );
     let (activation_bpf, ready) = (bpf.clone(), admin_state.clone());
     lock(&runner).on_first_write(Box::new(move || {
-        activation_bpf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&activation_bpf)
             .activate()
             .map_err(|e| e.to_string())?;
         ready.set_ready();
         Ok(())
     }));
-    let dns_task = dns_changes.map(|rx| tokio::spawn(follow_dns(rx, runner.clone())));
+    let dns_runner = runner.clone();
+    let dns_task = dns_changes.map(|rx| {
+        tokio::spawn(follow_dns(rx, move |hosts| {
+            lock(&dns_runner).hosts_changed(hosts);
+        }))
+    });
     match source {
         Source::File(file) => {
             let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
@@ -175,18 +176,4 @@ pub(super) async fn run(
         task.abort();
     }
     Ok(())
-}
-
-/// New DNS answers for ServiceEntry hostnames; a burst is applied as one.
-async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, runner: SharedRunner) {
-    while let Some(change) = changes.recv().await {
-        let mut hosts = vec![change.host];
-        while let Ok(more) = changes.try_recv() {
-            hosts.push(more.host);
-        }
-        hosts.sort();
-        hosts.dedup();
-        tracing::info!(?hosts, "DNS answers changed");
-        lock(&runner).hosts_changed(&hosts);
-    }
 }

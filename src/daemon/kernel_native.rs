@@ -4,18 +4,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
-use super::{follow_file, start_dns, DaemonError, Shutdown, Source};
+use super::{follow_dns, follow_file, start_dns, DaemonError, Shutdown, Source};
 use crate::admin::AdminState;
 use crate::bpf::kernel_native::{KernelNativeBpf, MapCapacity};
 use crate::config::Config;
-use crate::dns::HostChanged;
 use crate::kernel_native::compiler::Limits;
 use crate::kernel_native::runner::KernelNativeRunner;
 use crate::kernel_native::writer::MapWriter;
 use crate::kernel_native::xds_sotw::KernelNativeXds;
 use crate::metrics::{self, KernelNativeReadout, Metrics};
+use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::xds::ads;
 
@@ -77,13 +75,14 @@ pub(super) async fn run(
     admin_state.set_kernel_native_dump(Arc::new(move || lock(&dump_runner).dump_json()));
     let activation_bpf = bpf.clone();
     lock(&runner).on_first_write(Box::new(move || {
-        activation_bpf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .activate()
-            .map_err(|e| e.to_string())
+        lock(&activation_bpf).activate().map_err(|e| e.to_string())
     }));
-    let dns_task = dns_changes.map(|rx| tokio::spawn(follow_dns(rx, runner.clone())));
+    let dns_runner = runner.clone();
+    let dns_task = dns_changes.map(|rx| {
+        tokio::spawn(follow_dns(rx, move |_| {
+            lock(&dns_runner).reapply();
+        }))
+    });
     match source {
         Source::File(file) => {
             let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
@@ -107,26 +106,4 @@ pub(super) async fn run(
         task.abort();
     }
     Ok(())
-}
-
-type SharedRunner = Arc<Mutex<KernelNativeRunner>>;
-
-/// The runner's state stays consistent across a panic in another holder
-/// (every apply is all-or-nothing), so a poisoned lock is still usable.
-fn lock(runner: &SharedRunner) -> std::sync::MutexGuard<'_, KernelNativeRunner> {
-    runner
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Re-apply the configuration whenever a hostname's addresses change. A burst
-/// of changes is folded into one apply.
-async fn follow_dns(mut changes: UnboundedReceiver<HostChanged>, runner: SharedRunner) {
-    while let Some(change) = changes.recv().await {
-        tracing::info!(host = %change.host, addresses = ?change.addresses, "DNS answer changed");
-        while let Ok(more) = changes.try_recv() {
-            tracing::info!(host = %more.host, addresses = ?more.addresses, "DNS answer changed");
-        }
-        lock(&runner).reapply();
-    }
 }

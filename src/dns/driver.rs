@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
@@ -31,10 +31,8 @@ struct Shared {
 }
 
 impl Shared {
-    /// The queue never panics while locked, so a poisoned lock (a panic
-    /// elsewhere in the holder) still guards a consistent queue.
     fn queue(&self) -> MutexGuard<'_, RefreshQueue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.queue)
     }
 }
 

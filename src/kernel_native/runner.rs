@@ -16,8 +16,7 @@ use crate::admin::AdminState;
 use crate::dns::DnsResolver;
 use crate::metrics::Metrics;
 
-/// Switches the data plane to the programs that read the maps being written.
-pub type Activation = Box<dyn FnMut() -> Result<(), String> + Send>;
+use crate::bpf::Activation;
 
 /// What became of a snapshot.
 #[derive(Debug, Clone)]

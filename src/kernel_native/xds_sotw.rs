@@ -66,12 +66,9 @@ impl KernelNativeXds {
         self
     }
 
-    /// The runner is shared with the DNS follower; a poisoned lock is still
-    /// consistent (every apply is all-or-nothing).
+    /// The runner is shared with the DNS follower.
     fn runner(&self) -> std::sync::MutexGuard<'_, KernelNativeRunner> {
-        self.runner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.runner)
     }
 
     /// Store the resources of one response by name. Returns the NACK text for

@@ -24,8 +24,7 @@ pub trait PlanSink: Send {
     fn write(&mut self, plan: &Plan, changes: &PlanChanges) -> Result<(), String>;
 }
 
-/// Switches the data plane to the programs that read the maps being written.
-pub type Activation = Box<dyn FnMut() -> Result<(), String> + Send>;
+use crate::bpf::Activation;
 
 /// The resolver owner name of every dual-engine hostname.
 const DNS_OWNER: &str = "dual-engine";

@@ -13,6 +13,7 @@ use super::runner::DualEngineRunner;
 use crate::admin::AdminState;
 use crate::memory::release_freed_memory;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 use crate::xds::delta::{DeltaHandler, DeltaStatus};
 
 pub type SharedRunner = Arc<Mutex<DualEngineRunner>>;
@@ -20,14 +21,6 @@ pub type SharedRunner = Arc<Mutex<DualEngineRunner>>;
 /// Responses with at least this many resources are followed by returning
 /// freed heap to the system.
 const LARGE_RESPONSE: usize = 1000;
-
-/// The runner's state stays consistent across a panic in another holder
-/// (every update is all-or-nothing), so a poisoned lock is still usable.
-pub fn lock(runner: &SharedRunner) -> std::sync::MutexGuard<'_, DualEngineRunner> {
-    runner
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 pub struct DualEngineXds {
     runner: SharedRunner,
