@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use common::dnsmasq::{dnsmasq_or_skip, Dnsmasq};
@@ -60,9 +59,7 @@ impl Mesh {
 
     /// Replace the xDS file atomically (write + rename, as editors do).
     fn rewrite(&self, yaml: &str) {
-        let tmp = self.xds.path().with_extension("new");
-        fs::write(&tmp, yaml).unwrap();
-        fs::rename(&tmp, self.xds.path()).unwrap();
+        replace_file(self.xds.path(), yaml);
     }
 
     fn dial_until(

@@ -286,9 +286,7 @@ fn a_restart_while_dns_is_down_keeps_the_last_good_endpoints() {
         dns_cluster("keep", "STRICT_DNS", "keep.test", "V4_ONLY", "5s"),
         listener("keep2", "10.96.2.5", 80, "keep"),
     ]);
-    let staging = mesh._xds.path().with_extension("new");
-    std::fs::write(&staging, more).unwrap();
-    std::fs::rename(&staging, mesh._xds.path()).unwrap();
+    replace_file(mesh._xds.path(), &more);
     let deadline = Instant::now() + Duration::from_secs(10);
     while next.config_dump()["version"].as_u64().unwrap_or(0) < 2 {
         assert!(

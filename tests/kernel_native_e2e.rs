@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -77,9 +76,7 @@ impl Mesh {
 
     /// Replace the xDS file atomically (write + rename, as editors do).
     fn rewrite(&self, yaml: &str) {
-        let tmp = self.xds.path().with_extension("new");
-        fs::write(&tmp, yaml).unwrap();
-        fs::rename(&tmp, self.xds.path()).unwrap();
+        replace_file(self.xds.path(), yaml);
     }
 
     /// Dial until `pred` holds for a report of `count` connections, or time out.

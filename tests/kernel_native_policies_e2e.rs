@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::fs;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -73,9 +72,7 @@ impl Mesh {
     }
 
     fn rewrite(&self, yaml: &str) {
-        let tmp = self.xds.path().with_extension("new");
-        fs::write(&tmp, yaml).unwrap();
-        fs::rename(&tmp, self.xds.path()).unwrap();
+        replace_file(self.xds.path(), yaml);
     }
 
     fn wait_version(&self, version: u64) -> serde_json::Value {

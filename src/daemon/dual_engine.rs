@@ -28,7 +28,7 @@ const ENDPOINT_HEADROOM: u32 = 1 << 16;
 /// pipeline counters from the kernel, for `/status/metric`.
 struct DualEngineReadout {
     runner: SharedRunner,
-    maps: DualEngineMaps,
+    maps: Arc<DualEngineMaps>,
     limits: Limits,
 }
 
@@ -98,8 +98,9 @@ pub(super) async fn run(
     })
     .await??;
     let writer = DualEngineWriter::new(bpf.maps()?, capacity);
-    let dump_maps = bpf.maps()?;
-    let bpf_maps_for_metrics = bpf.maps()?;
+    // Read back by the bpf dump and the metrics scrape alike.
+    let read_maps = Arc::new(bpf.maps()?);
+    let dump_maps = read_maps.clone();
     admin_state.set_dual_engine_bpf_dump(Arc::new(move || {
         bpf_dump::dump(&dump_maps).map_err(|e| e.to_string())
     }));
@@ -128,7 +129,7 @@ pub(super) async fn run(
     )));
     let metrics = Metrics::new(Box::new(DualEngineReadout {
         runner: runner.clone(),
-        maps: bpf_maps_for_metrics,
+        maps: read_maps,
         limits,
     }));
     metrics::serve(config.metrics_address, metrics.clone()).await;

@@ -78,11 +78,11 @@ impl DeltaHandler for DualEngineXds {
             payloads.push((resource.name, any));
         }
         let large = payloads.len() >= LARGE_RESPONSE;
-        let outcome = lock(&self.runner).apply_delta(type_url, payloads, removed.clone());
         let held = self.versions.entry(type_url.to_owned()).or_default();
         for name in &removed {
             held.remove(name);
         }
+        let outcome = lock(&self.runner).apply_delta(type_url, payloads, removed);
         let refused = outcome
             .as_ref()
             .err()

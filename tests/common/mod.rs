@@ -363,6 +363,14 @@ pub fn temp_file(suffix: &str, contents: &str) -> NamedTempFile {
     file
 }
 
+/// Replaces `path`'s contents atomically (write a sibling, rename it over),
+/// as editors do: a watcher never reads a half-written file.
+pub fn replace_file(path: &Path, contents: &str) {
+    let staging = path.with_extension("new");
+    fs::write(&staging, contents).expect("writing the staging file");
+    fs::rename(&staging, path).expect("renaming the staging file into place");
+}
+
 /// Runs a command to completion, panicking with its output if it fails.
 pub fn run_checked(cmd: &mut Command) -> Output {
     let out = cmd
