@@ -305,19 +305,6 @@ impl DualEngineBpf {
     }
 }
 
-/// Open the pinned dual-engine maps (for the dump of a running daemon).
-pub fn open_pinned_maps(bpf_fs_path: &Path) -> Result<DualEngineMaps, BpfError> {
-    let dir = pin_dir(bpf_fs_path);
-    let open = |name: &str| pinning::open_pinned(&dir, name);
-    Ok(DualEngineMaps {
-        frontends: open(MAP_FRONTENDS)?,
-        services: open(MAP_SERVICES)?,
-        endpoints: open(MAP_ENDPOINTS)?,
-        backends: open(MAP_BACKENDS)?,
-        counters: open(MAP_COUNTERS)?,
-    })
-}
-
 /// `kmesh-daemon uninstall`: remove the dual-engine pins (see
 /// [`pinning::uninstall_mode`]). True if anything was pinned.
 pub fn uninstall(bpf_fs_path: &Path) -> Result<bool, BpfError> {

@@ -3,7 +3,6 @@
 //! by name), so it can be compared with the plan.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::{json, Value};
 
@@ -11,8 +10,7 @@ use super::plan::{FrontendTarget, MAX_PORTS, MAX_PRIORITIES};
 use super::records::{self as rec, EndpointKey};
 use crate::bpf::batch;
 use crate::bpf::dual_engine::{
-    open_pinned_maps, DualEngineMaps, MAP_BACKENDS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_FRONTENDS,
-    MAP_SERVICES,
+    DualEngineMaps, MAP_BACKENDS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_FRONTENDS, MAP_SERVICES,
 };
 use crate::bpf::BpfError;
 
@@ -20,11 +18,6 @@ const FAMILY_NAMES: [&str; 2] = ["v4", "v6"];
 
 fn read(map: &libbpf_rs::MapHandle, name: &str) -> Result<Vec<batch::Entry>, BpfError> {
     batch::read_all(map).map_err(BpfError::libbpf(format!("reading {name}")))
-}
-
-/// The dump of the pinned maps below `bpf_fs_path` (a running daemon's).
-pub fn dump_pinned(bpf_fs_path: &Path) -> Result<Value, BpfError> {
-    dump(&open_pinned_maps(bpf_fs_path)?)
 }
 
 /// Every entry of the four lookup maps, and the counters summed over CPUs.

@@ -198,10 +198,6 @@ impl WorkloadCompiler {
             .collect()
     }
 
-    pub fn counts(&self) -> (usize, usize) {
-        (self.services.len(), self.workloads.len())
-    }
-
     /// Applies a push. On success the plan holds the result and the returned
     /// changes say which kernel keys to write; on a capacity error nothing
     /// changed.
