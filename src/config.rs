@@ -208,7 +208,7 @@ fn parse_locality(text: &str) -> Result<crate::workload::resource::LocalityField
             "{text:?}: expected region/zone/subzone (zone and subzone optional, none empty)"
         ));
     }
-    let part = |i: usize| parts.get(i).map_or(String::new(), |p| (*p).to_owned());
+    let part = |i: usize| parts.get(i).map_or_else(Default::default, |p| (*p).into());
     Ok(crate::workload::resource::LocalityFields {
         region: part(0),
         zone: part(1),
@@ -269,7 +269,7 @@ mod tests {
             Config::try_parse_from(["kmesh-daemon", "--locality", "eu-west/eu-west-1a"]).unwrap();
         let locality = config.locality.unwrap();
         assert_eq!(
-            (locality.region.as_str(), locality.zone.as_str()),
+            (&*locality.region, &*locality.zone),
             ("eu-west", "eu-west-1a")
         );
         assert!(locality.subzone.is_empty());

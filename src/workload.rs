@@ -10,6 +10,7 @@ pub mod authorization;
 pub mod bpf_dump;
 pub mod compiler;
 pub mod ids;
+pub mod key;
 pub mod locality;
 pub mod plan;
 pub mod proto;

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 fn backend(v4: Option<&str>, v6: Option<&str>) -> BackendRecord {
     BackendRecord {
-        name: format!("{v4:?}/{v6:?}"),
+        name: format!("{v4:?}/{v6:?}").into(),
         v4: v4.map(|a| a.parse().unwrap()),
         v6: v6.map(|a| a.parse().unwrap()),
         waypoint: None,
@@ -46,7 +46,7 @@ fn levels(levels: Levels) -> Vec<Vec<EndpointRecord>> {
                 .iter()
                 .map(|(backend, ports)| EndpointRecord {
                     backend: *backend,
-                    target_ports: ports.to_vec(),
+                    target_ports: ports.iter().copied().collect(),
                 })
                 .collect()
         })
@@ -446,7 +446,7 @@ fn a_restarted_loader_adopts_the_maps_and_a_full_reconcile_drops_stale_keys() {
     });
     let value = kmesh::workload::records::endpoint_value(&EndpointRecord {
         backend: 2,
-        target_ports: vec![8080],
+        target_ports: [8080].into_iter().collect(),
     });
     libbpf_rs::MapCore::update(&maps.endpoints, &stray, &value, libbpf_rs::MapFlags::ANY).unwrap();
 
@@ -672,7 +672,7 @@ fn ten_thousand_services_of_ten_endpoints_are_written_in_one_apply() {
         plan.backends.insert(
             id,
             BackendRecord {
-                name: format!("w{id}"),
+                name: format!("w{id}").into(),
                 v4: Some(addr),
                 v6: None,
                 waypoint: None,
@@ -682,7 +682,7 @@ fn ten_thousand_services_of_ten_endpoints_are_written_in_one_apply() {
             .insert(addr.to_ipv6_mapped(), FrontendTarget::Workload(id));
     }
     let service_of = |s: u32, shift: u32| ServiceRecord {
-        name: format!("ns/svc{s}"),
+        name: format!("ns/svc{s}").into(),
         policy: LbPolicy::Random,
         ports: vec![80, 443],
         waypoint: None,
@@ -690,7 +690,7 @@ fn ten_thousand_services_of_ten_endpoints_are_written_in_one_apply() {
             vec![(0..PER_SERVICE)
                 .map(|i| EndpointRecord {
                     backend: (s * PER_SERVICE + i + shift) % backends,
-                    target_ports: vec![8080, 8443],
+                    target_ports: [8080, 8443].into_iter().collect(),
                 })
                 .collect()],
             vec![],

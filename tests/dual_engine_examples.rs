@@ -78,7 +78,7 @@ fn web_has_one_service_two_backends_and_one_authorization() {
 fn locality_buckets_the_four_workloads_by_zone_and_region_from_node_a() {
     let (compiler, _) = compile("locality.yaml");
     assert_eq!(only_policy(&compiler), LbPolicy::Failover);
-    assert_eq!(compiler.local_locality().zone, "zone-a");
+    assert_eq!(&*compiler.local_locality().zone, "zone-a");
     let svc = compiler.plan().services.values().next().unwrap();
     let sizes: Vec<usize> = (0..3).map(|p| svc.level(0, p).len()).collect();
     assert_eq!(sizes, vec![2, 1, 1]);

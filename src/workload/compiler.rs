@@ -15,12 +15,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::ids::IdTable;
+use super::key::{Interner, Key};
 use super::locality::{depends_on_locality, LocalLocality};
 use super::plan::{
     frontend_addr, BackendId, BackendRecord, EndpointRecord, FrontendAddr, FrontendTarget,
-    LbPolicy, Plan, PlanChanges, ServiceId, ServiceRecord, FAMILIES, MAX_PRIORITIES,
+    LbPolicy, Plan, PlanChanges, ServiceId, ServiceRecord, TargetPorts, FAMILIES, MAX_PRIORITIES,
 };
 use super::resource::{
     AddressResource, LbMode, LocalityFields, ServiceSpec, WaypointRef, WorkloadSpec,
@@ -68,15 +70,15 @@ pub struct CompilerSettings {
 #[derive(Debug, Clone, Default)]
 pub struct Update {
     /// `(xDS name if any, resource)`.
-    pub upserts: Vec<(Option<String>, AddressResource)>,
+    pub upserts: Vec<(Option<Key>, AddressResource)>,
     pub removals: Vec<String>,
 }
 
 /// What is dirty in one recompile.
 #[derive(Debug, Default)]
 struct Dirty {
-    services: BTreeSet<String>,
-    workloads: BTreeSet<String>,
+    services: BTreeSet<Key>,
+    workloads: BTreeSet<Key>,
     addrs: BTreeSet<FrontendAddr>,
     relocalize: bool,
 }
@@ -84,8 +86,8 @@ struct Dirty {
 /// Who names one waypoint service.
 #[derive(Debug, Default)]
 struct WaypointUsers {
-    services: BTreeSet<String>,
-    workloads: BTreeSet<String>,
+    services: BTreeSet<Key>,
+    workloads: BTreeSet<Key>,
 }
 
 impl WaypointUsers {
@@ -95,7 +97,7 @@ impl WaypointUsers {
 }
 
 /// The waypoint service a resource names by hostname, if it does.
-fn waypoint_service(waypoint: Option<&WaypointRef>) -> Option<&str> {
+fn waypoint_service(waypoint: Option<&WaypointRef>) -> Option<&Key> {
     match waypoint? {
         WaypointRef::Service(key) => Some(key),
         WaypointRef::Address(_) => None,
@@ -104,36 +106,47 @@ fn waypoint_service(waypoint: Option<&WaypointRef>) -> Option<&str> {
 
 /// A change to the store, kept to undo an update that does not fit.
 enum Undo {
-    Workload(String, Option<WorkloadSpec>),
-    Service(String, Option<ServiceSpec>),
+    Workload(Key, Option<Box<WorkloadSpec>>),
+    Service(Key, Option<ServiceSpec>),
 }
+
+/// Keys a workload stands for in the backend map: its uid, or `uid#ip` per
+/// DNS answer. Almost always one, kept inline.
+type BackendKeys = SmallVec<[Key; 1]>;
+
+/// Keys claiming one address, sorted: almost always one, kept inline.
+type Claimants = SmallVec<[Key; 1]>;
 
 #[derive(Default)]
 pub struct WorkloadCompiler {
     settings: CompilerSettings,
     local: LocalLocality,
-    services: Map<String, ServiceSpec>,
-    workloads: Map<String, WorkloadSpec>,
-    /// xDS resource name -> store key (they are the same for Istiod).
-    names: Map<String, String>,
+    services: Map<Key, ServiceSpec>,
+    /// Boxed: the table is sized for growth, and a spec is a few hundred
+    /// bytes; empty slots then cost a pointer, not a spec.
+    workloads: Map<Key, Box<WorkloadSpec>>,
+    /// xDS resource name -> store key, only where they differ (Istiod uses
+    /// the key as the name, so this is normally empty).
+    names: Map<Key, Key>,
+    /// One shared copy of the strings workloads repeat.
+    strings: Interner,
     /// Service key -> uids of workloads that list it.
-    members: Map<String, BTreeSet<String>>,
-    /// Address -> keys claiming it, sorted (almost always one: a sorted Vec
-    /// costs a fraction of a BTreeSet node).
-    addr_services: Map<FrontendAddr, Vec<String>>,
-    addr_workloads: Map<FrontendAddr, Vec<String>>,
+    members: Map<Key, BTreeSet<Key>>,
+    /// Address -> keys claiming it, sorted.
+    addr_services: Map<FrontendAddr, Claimants>,
+    addr_workloads: Map<FrontendAddr, Claimants>,
     /// Hostname -> uids of DNS workloads resolving it.
-    hosts: Map<String, BTreeSet<String>>,
+    hosts: Map<Key, BTreeSet<Key>>,
     /// Uids of the workloads on this node (they tell its locality).
-    on_node: BTreeSet<String>,
+    on_node: BTreeSet<Key>,
     /// Endpoint entries of the plan (kept, not recounted per update).
     endpoint_entries: usize,
     /// Waypoint service key -> services and workloads that name it as their
     /// waypoint by hostname: their records hold its VIP, so they are
     /// recompiled when it changes (or comes, or goes).
-    waypoint_users: Map<String, WaypointUsers>,
+    waypoint_users: Map<Key, WaypointUsers>,
     /// Uid -> backend keys it produced (uid, or `uid#ip` for DNS answers).
-    backend_keys: Map<String, Vec<String>>,
+    backend_keys: Map<Key, BackendKeys>,
     service_ids: IdTable,
     backend_ids: IdTable,
     plan: Plan,
@@ -148,13 +161,13 @@ struct Staged {
     /// Workload uid -> its backend keys as staged. Looked up once per
     /// endpoint of every service staged, so a map, not a list: a list made
     /// a 100k-workload push quadratic (minutes instead of seconds).
-    backend_keys: Map<String, Vec<String>>,
+    backend_keys: Map<Key, BackendKeys>,
     /// Ids allocated while staging (released if the update is undone).
-    new_service_keys: Vec<String>,
-    new_backend_keys: Vec<String>,
+    new_service_keys: Vec<Key>,
+    new_backend_keys: Vec<Key>,
     /// Keys whose ids go once the update is committed.
-    dead_service_keys: Vec<String>,
-    dead_backend_keys: Vec<String>,
+    dead_service_keys: Vec<Key>,
+    dead_backend_keys: Vec<Key>,
 }
 
 impl WorkloadCompiler {
@@ -178,14 +191,14 @@ impl WorkloadCompiler {
     /// Hostnames of DNS workloads (ServiceEntry `resolution: DNS`): what the
     /// resolver must keep answered.
     pub fn hostnames(&self) -> Vec<String> {
-        let mut hosts: Vec<_> = self.hosts.keys().cloned().collect();
+        let mut hosts: Vec<String> = self.hosts.keys().map(|h| h.to_string()).collect();
         hosts.sort();
         hosts
     }
 
     /// Whether a resource with this xDS name (or key) is held.
     pub fn holds(&self, name: &str) -> bool {
-        let key = self.names.get(name).map_or(name, String::as_str);
+        let key = self.names.get(name).map_or(name, |k| &**k);
         self.workloads.contains_key(key) || self.services.contains_key(key)
     }
 
@@ -194,7 +207,7 @@ impl WorkloadCompiler {
         self.services
             .keys()
             .chain(self.workloads.keys())
-            .cloned()
+            .map(|k| k.to_string())
             .collect()
     }
 
@@ -210,7 +223,10 @@ impl WorkloadCompiler {
         let mut dirty = Dirty::default();
         let mut undo = Vec::new();
         for name in &update.removals {
-            let key = self.names.remove(name).unwrap_or_else(|| name.clone());
+            let key = self
+                .names
+                .remove(name.as_str())
+                .unwrap_or_else(|| Key::from(name.as_str()));
             if let Some(old) = self.remove_workload(&key, &mut dirty) {
                 undo.push(Undo::Workload(key.clone(), Some(old)));
             }
@@ -218,29 +234,40 @@ impl WorkloadCompiler {
                 undo.push(Undo::Service(key, Some(old)));
             }
         }
-        for (name, resource) in update.upserts {
-            let key = resource.key().to_owned();
+        for (name, mut resource) in update.upserts {
+            let key = match &name {
+                // The usual case: one string for the xDS name and the key.
+                Some(name) if name == resource.key() => {
+                    resource.share_key(name);
+                    name.clone()
+                }
+                _ => resource.key().clone(),
+            };
             if let Some(name) = name {
                 // Renamed in place (same xDS name, other key): the old key goes.
-                if let Some(previous) = self.names.insert(name, key.clone()) {
-                    if previous != key {
-                        if let Some(old) = self.remove_workload(&previous, &mut dirty) {
-                            undo.push(Undo::Workload(previous.clone(), Some(old)));
-                        }
-                        if let Some(old) = self.remove_service(&previous, &mut dirty) {
-                            undo.push(Undo::Service(previous, Some(old)));
-                        }
+                let previous = self.names.get(&name).unwrap_or(&name).clone();
+                if previous != key {
+                    if let Some(old) = self.remove_workload(&previous, &mut dirty) {
+                        undo.push(Undo::Workload(previous.clone(), Some(old)));
                     }
+                    if let Some(old) = self.remove_service(&previous, &mut dirty) {
+                        undo.push(Undo::Service(previous, Some(old)));
+                    }
+                }
+                if name == key {
+                    self.names.remove(&name);
+                } else {
+                    self.names.insert(name, key.clone());
                 }
             }
             match resource {
                 AddressResource::Workload(w) => {
-                    if self.workloads.get(&key) == Some(&w) {
+                    if self.workloads.get(&key).is_some_and(|held| **held == w) {
                         continue; // resent unchanged
                     }
                     let old = self.remove_workload(&key, &mut dirty);
                     undo.push(Undo::Workload(key, old));
-                    self.insert_workload(w, &mut dirty);
+                    self.insert_workload(Box::new(w), &mut dirty);
                 }
                 AddressResource::Service(s) => {
                     if self.services.get(&key) == Some(&s) {
@@ -272,7 +299,7 @@ impl WorkloadCompiler {
     ) -> Result<PlanChanges, CapacityError> {
         let mut dirty = Dirty::default();
         for host in hosts {
-            for uid in self.hosts.get(host).into_iter().flatten() {
+            for uid in self.hosts.get(host.as_str()).into_iter().flatten() {
                 dirty.workloads.insert(uid.clone());
                 if let Some(w) = self.workloads.get(uid) {
                     dirty.services.extend(w.services.keys().cloned());
@@ -302,7 +329,8 @@ impl WorkloadCompiler {
         }
     }
 
-    fn insert_workload(&mut self, w: WorkloadSpec, dirty: &mut Dirty) {
+    fn insert_workload(&mut self, mut w: Box<WorkloadSpec>, dirty: &mut Dirty) {
+        self.share_strings(&mut w);
         dirty.workloads.insert(w.uid.clone());
         dirty.services.extend(w.services.keys().cloned());
         for service in w.services.keys() {
@@ -326,7 +354,7 @@ impl WorkloadCompiler {
         }
         if let Some(waypoint) = waypoint_service(w.waypoint.as_ref()) {
             self.waypoint_users
-                .entry(waypoint.to_owned())
+                .entry(waypoint.clone())
                 .or_default()
                 .workloads
                 .insert(w.uid.clone());
@@ -338,7 +366,29 @@ impl WorkloadCompiler {
         self.workloads.insert(w.uid.clone(), w);
     }
 
-    fn remove_workload(&mut self, uid: &str, dirty: &mut Dirty) -> Option<WorkloadSpec> {
+    /// Points the strings workloads repeat at one shared copy each.
+    fn share_strings(&mut self, w: &mut WorkloadSpec) {
+        let strings = &mut self.strings;
+        for s in [
+            &mut w.namespace,
+            &mut w.network,
+            &mut w.node,
+            &mut w.cluster_id,
+            &mut w.locality.region,
+            &mut w.locality.zone,
+            &mut w.locality.subzone,
+        ] {
+            strings.share(s);
+        }
+        for key in w.services.keys_mut() {
+            strings.share(key);
+        }
+        if let Some(WaypointRef::Service(key)) = &mut w.waypoint {
+            strings.share(key);
+        }
+    }
+
+    fn remove_workload(&mut self, uid: &str, dirty: &mut Dirty) -> Option<Box<WorkloadSpec>> {
         let w = self.workloads.remove(uid)?;
         dirty.workloads.insert(w.uid.clone());
         dirty.services.extend(w.services.keys().cloned());
@@ -362,7 +412,9 @@ impl WorkloadCompiler {
         Some(w)
     }
 
-    fn insert_service(&mut self, s: ServiceSpec, dirty: &mut Dirty) {
+    fn insert_service(&mut self, mut s: ServiceSpec, dirty: &mut Dirty) {
+        // Shared with the workloads that name this service.
+        self.strings.share(&mut s.key);
         dirty.services.insert(s.key.clone());
         for ip in &s.addresses {
             let addr = frontend_addr(*ip);
@@ -371,7 +423,7 @@ impl WorkloadCompiler {
         }
         if let Some(waypoint) = waypoint_service(s.waypoint.as_ref()) {
             self.waypoint_users
-                .entry(waypoint.to_owned())
+                .entry(waypoint.clone())
                 .or_default()
                 .services
                 .insert(s.key.clone());
@@ -407,15 +459,15 @@ impl WorkloadCompiler {
     }
 
     fn is_on_node(&self, w: &WorkloadSpec) -> bool {
-        !self.settings.node_name.is_empty() && w.node == self.settings.node_name
+        !self.settings.node_name.is_empty() && *w.node == *self.settings.node_name
     }
 
     /// This node's locality: the flag, else the first workload (by uid) on
     /// this node that has one.
     fn effective_locality(&self) -> LocalLocality {
         let mut local = LocalLocality {
-            node: self.settings.node_name.clone(),
-            cluster: self.settings.cluster_id.clone(),
+            node: self.settings.node_name.as_str().into(),
+            cluster: self.settings.cluster_id.as_str().into(),
             ..LocalLocality::default()
         };
         let on_node = self
@@ -459,7 +511,7 @@ impl WorkloadCompiler {
             }
         }
         // Whoever names a changed service as waypoint holds its VIP.
-        let waypoints: Vec<String> = dirty
+        let waypoints: Vec<Key> = dirty
             .services
             .iter()
             .filter(|key| self.waypoint_users.contains_key(*key))
@@ -493,7 +545,7 @@ impl WorkloadCompiler {
         &self,
         w: &WorkloadSpec,
         dns: &dyn ResolvedHosts,
-    ) -> Vec<(String, BackendRecord)> {
+    ) -> Vec<(Key, BackendRecord)> {
         let waypoint = self.waypoint_addr(w.waypoint.as_ref());
         if !w.addresses.is_empty() {
             let v4 = w.addresses.iter().find_map(|ip| match ip {
@@ -521,7 +573,7 @@ impl WorkloadCompiler {
             .unwrap_or_default()
             .into_iter()
             .map(|ip| {
-                let key = format!("{}#{ip}", w.uid);
+                let key = Key::from(format!("{}#{ip}", w.uid));
                 let (v4, v6) = match ip {
                     IpAddr::V4(v4) => (Some(v4), None),
                     IpAddr::V6(v6) => (None, Some(v6)),
@@ -559,7 +611,7 @@ impl WorkloadCompiler {
                 .get(uid)
                 .map(|w| self.backends_of(w, dns))
                 .unwrap_or_default();
-            let new_keys: Vec<String> = new.iter().map(|(k, _)| k.clone()).collect();
+            let new_keys: BackendKeys = new.iter().map(|(k, _)| k.clone()).collect();
             for (key, record) in new {
                 let (id, fresh) = self.backend_ids.allocate(&key);
                 if fresh {
@@ -640,8 +692,8 @@ impl WorkloadCompiler {
                 let Some(priority) = self.local.priority(lb, w) else {
                     continue;
                 };
-                let own_ports = w.services.get(&s.key).map(Vec::as_slice).unwrap_or(&[]);
-                let target_ports: Vec<u16> = s
+                let own_ports = w.services.get(&s.key).unwrap_or(&[]);
+                let target_ports: TargetPorts = s
                     .ports
                     .iter()
                     .map(|p| {
@@ -879,26 +931,22 @@ fn put<K: Copy + Ord + std::hash::Hash, V: PartialEq>(
     }
 }
 
-fn add_sorted(keys: &mut Vec<String>, key: &str) {
-    if let Err(at) = keys.binary_search_by(|k| k.as_str().cmp(key)) {
-        keys.insert(at, key.to_owned());
+fn add_sorted(keys: &mut Claimants, key: &Key) {
+    if let Err(at) = keys.binary_search(key) {
+        keys.insert(at, key.clone());
     }
 }
 
-fn remove_sorted(index: &mut Map<FrontendAddr, Vec<String>>, addr: &FrontendAddr, key: &str) {
+fn remove_sorted(index: &mut Map<FrontendAddr, Claimants>, addr: &FrontendAddr, key: &str) {
     if let Some(keys) = index.get_mut(addr) {
-        keys.retain(|k| k != key);
+        keys.retain(|k| **k != *key);
         if keys.is_empty() {
             index.remove(addr);
         }
     }
 }
 
-fn remove_from_index<K: std::hash::Hash + Eq + Clone>(
-    index: &mut Map<K, BTreeSet<String>>,
-    key: &K,
-    value: &str,
-) {
+fn remove_from_index(index: &mut Map<Key, BTreeSet<Key>>, key: &str, value: &str) {
     if let Some(set) = index.get_mut(key) {
         set.remove(value);
         if set.is_empty() {

@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 
+use super::key::Key;
+
 #[derive(Debug, Default, Clone)]
 pub struct IdTable {
-    by_key: HashMap<String, u32, foldhash::fast::RandomState>,
+    by_key: HashMap<Key, u32, foldhash::fast::RandomState>,
     free: Vec<u32>,
     next: u32,
 }
@@ -18,7 +20,7 @@ impl IdTable {
     }
 
     /// The key's id, allocated if it has none. The bool says "new".
-    pub fn allocate(&mut self, key: &str) -> (u32, bool) {
+    pub fn allocate(&mut self, key: &Key) -> (u32, bool) {
         if let Some(id) = self.by_key.get(key) {
             return (*id, false);
         }
@@ -27,7 +29,7 @@ impl IdTable {
             self.next += 1;
             id
         });
-        self.by_key.insert(key.to_owned(), id);
+        self.by_key.insert(key.clone(), id);
         (id, true)
     }
 
@@ -53,11 +55,12 @@ mod tests {
     #[test]
     fn ids_are_stable_and_reused_after_release() {
         let mut ids = IdTable::default();
-        assert_eq!(ids.allocate("a"), (0, true));
-        assert_eq!(ids.allocate("b"), (1, true));
-        assert_eq!(ids.allocate("a"), (0, false));
+        let key = |s: &str| Key::from(s);
+        assert_eq!(ids.allocate(&key("a")), (0, true));
+        assert_eq!(ids.allocate(&key("b")), (1, true));
+        assert_eq!(ids.allocate(&key("a")), (0, false));
         assert_eq!(ids.release("a"), Some(0));
-        assert_eq!(ids.allocate("c"), (0, true));
+        assert_eq!(ids.allocate(&key("c")), (0, true));
         assert_eq!(ids.get("b"), Some(1));
         assert_eq!(ids.len(), 2);
     }

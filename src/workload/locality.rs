@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use super::key::Key;
 use super::plan::MAX_PRIORITIES;
 use super::resource::{LbMode, LoadBalancingSpec, Scope, WorkloadSpec};
 
@@ -15,12 +16,12 @@ use super::resource::{LbMode, LoadBalancingSpec, Scope, WorkloadSpec};
 /// the workload(s) running on `NODE_NAME`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LocalLocality {
-    pub region: String,
-    pub zone: String,
-    pub subzone: String,
-    pub node: String,
-    pub cluster: String,
-    pub network: String,
+    pub region: Key,
+    pub zone: Key,
+    pub subzone: Key,
+    pub node: Key,
+    pub cluster: Key,
+    pub network: Key,
 }
 
 impl LocalLocality {
@@ -72,24 +73,24 @@ mod tests {
             subzone: "s1".into(),
             node: "node-a".into(),
             cluster: "c1".into(),
-            network: String::new(),
+            network: Default::default(),
         }
     }
 
     fn endpoint(region: &str, zone: &str, node: &str) -> WorkloadSpec {
         WorkloadSpec {
-            uid: format!("{region}/{zone}/{node}"),
-            name: String::new(),
-            namespace: String::new(),
-            addresses: vec![],
+            uid: format!("{region}/{zone}/{node}").into(),
+            name: Default::default(),
+            namespace: Default::default(),
+            addresses: Default::default(),
             hostname: None,
-            network: String::new(),
+            network: Default::default(),
             node: node.into(),
             cluster_id: "c1".into(),
             locality: LocalityFields {
                 region: region.into(),
                 zone: zone.into(),
-                subzone: String::new(),
+                subzone: Default::default(),
             },
             healthy: true,
             services: Default::default(),
@@ -148,7 +149,7 @@ mod tests {
         assert_eq!(here().priority(&policy, &e), Some(0));
         e.cluster_id = "c2".into();
         assert_eq!(here().priority(&policy, &e), None);
-        e.cluster_id = String::new();
+        e.cluster_id = Default::default();
         assert_eq!(
             here().priority(&policy, &e),
             Some(0),

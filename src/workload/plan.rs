@@ -10,6 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
 
+use super::key::Key;
+
 /// Ports one service exposes (`DE_MAX_PORTS`).
 pub const MAX_PORTS: usize = 10;
 /// Locality priority levels (`DE_MAX_PRIORITIES`).
@@ -70,13 +72,17 @@ pub struct EndpointRecord {
     pub backend: BackendId,
     /// Target port for each of the service's ports, same order as
     /// [`ServiceRecord::ports`] (the workload's own mapping applied).
-    pub target_ports: Vec<u16>,
+    pub target_ports: TargetPorts,
 }
+
+/// Target ports of one endpoint: services rarely have more than a few ports,
+/// and an endpoint list is the plan's largest part, so they are kept inline.
+pub type TargetPorts = smallvec::SmallVec<[u16; 4]>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceRecord {
     /// `namespace/hostname`, for dumps and errors (not written to the kernel).
-    pub name: String,
+    pub name: Key,
     pub policy: LbPolicy,
     /// Service ports (frontend side), at most [`MAX_PORTS`].
     pub ports: Vec<u16>,
@@ -106,7 +112,7 @@ impl ServiceRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendRecord {
     /// Workload uid (plus `#address` for a DNS-resolved address), for dumps.
-    pub name: String,
+    pub name: Key,
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
     pub waypoint: Option<SocketAddr>,

@@ -401,7 +401,7 @@ mod tests {
     fn service_values_hold_host_order_ports_and_counts_per_family_and_priority() {
         let ep = |backend| EndpointRecord {
             backend,
-            target_ports: vec![8080, 0],
+            target_ports: [8080, 0].into_iter().collect(),
         };
         let svc = service(vec![80, 443], vec![vec![ep(1), ep(2)], vec![], vec![ep(3)]]);
         let b = service_value(&svc, 1);
@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(decode_endpoint_key(&b), Some(key));
         let v = endpoint_value(&EndpointRecord {
             backend: 5,
-            target_ports: vec![9090, 0, 7],
+            target_ports: [9090, 0, 7].into_iter().collect(),
         });
         let (backend, ports) = decode_endpoint_value(&v).unwrap();
         assert_eq!(backend, 5);

@@ -3,12 +3,13 @@
 //! the wrong length, a port over 65535, an unknown enum value) is an error
 //! naming the resource and the field, so the push can be NACKed precisely.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use prost::Message;
 use serde::Serialize;
+use smallvec::SmallVec;
 
+use super::key::Key;
 use super::plan::MAX_PORTS;
 use super::proto::workload::{
     address, gateway_address, load_balancing, Address, GatewayAddress, LoadBalancing, Port,
@@ -71,13 +72,13 @@ pub struct LoadBalancingSpec {
 #[serde(rename_all = "snake_case")]
 pub enum WaypointRef {
     Address(IpAddr),
-    Service(String),
+    Service(Key),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceSpec {
     /// `namespace/hostname`: the xDS name and what workloads refer to.
-    pub key: String,
+    pub key: Key,
     pub addresses: Vec<IpAddr>,
     /// The first [`MAX_PORTS`] ports; the rest are in `unrouted_ports`.
     pub ports: Vec<PortPair>,
@@ -90,27 +91,78 @@ pub struct ServiceSpec {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LocalityFields {
-    pub region: String,
-    pub zone: String,
-    pub subzone: String,
+    pub region: Key,
+    pub zone: Key,
+    pub subzone: Key,
+}
+
+/// A workload's addresses: almost always one, kept inline.
+pub type Addresses = SmallVec<[IpAddr; 1]>;
+
+/// A workload's own port mapping for one service: usually one or two pairs.
+pub type PortList = SmallVec<[PortPair; 2]>;
+
+/// The services a workload belongs to, each with the workload's own port
+/// mapping, sorted by service key. Almost always one service, so the list is
+/// kept inline: a map here cost more than the rest of the workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadServices(SmallVec<[(Key, PortList); 1]>);
+
+impl WorkloadServices {
+    /// Adds or replaces the mapping for `key`.
+    pub fn insert(&mut self, key: Key, ports: PortList) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(at) => self.0[at].1 = ports,
+            Err(at) => self.0.insert(at, (key, ports)),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[PortPair]> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|at| self.0[at].1.as_slice())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn keys_mut(&mut self) -> impl Iterator<Item = &mut Key> {
+        self.0.iter_mut().map(|(k, _)| k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for WorkloadServices {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, ports)| (k, ports.as_slice())))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkloadSpec {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
-    pub addresses: Vec<IpAddr>,
+    pub uid: Key,
+    pub name: Key,
+    pub namespace: Key,
+    pub addresses: Addresses,
     /// Set for ServiceEntry `resolution: DNS` endpoints that have no address:
     /// the data plane resolves it, each address found is a backend.
-    pub hostname: Option<String>,
-    pub network: String,
-    pub node: String,
-    pub cluster_id: String,
+    pub hostname: Option<Key>,
+    pub network: Key,
+    pub node: Key,
+    pub cluster_id: Key,
     pub locality: LocalityFields,
     pub healthy: bool,
     /// Service key -> this workload's own port mapping for that service.
-    pub services: BTreeMap<String, Vec<PortPair>>,
+    pub services: WorkloadServices,
     pub waypoint: Option<WaypointRef>,
     /// Copies in an endpoint list (weight), 1..=[`MAX_CAPACITY_COPIES`].
     pub weight: u32,
@@ -126,10 +178,19 @@ pub enum AddressResource {
 impl AddressResource {
     /// The key the store files it under: a workload's uid, a service's
     /// `namespace/hostname` (Istiod uses the same strings as xDS names).
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> &Key {
         match self {
             AddressResource::Workload(w) => &w.uid,
             AddressResource::Service(s) => &s.key,
+        }
+    }
+
+    /// Replaces the key by `shared` (an equal string held elsewhere).
+    pub fn share_key(&mut self, shared: &Key) {
+        debug_assert_eq!(self.key(), shared);
+        match self {
+            AddressResource::Workload(w) => w.uid = shared.clone(),
+            AddressResource::Service(s) => s.key = shared.clone(),
         }
     }
 }
@@ -176,13 +237,15 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// An error builder bound to one resource.
-struct Fields(String);
+/// An error builder bound to one resource (`kind name`, formatted only
+/// when there is an error: decoding a large push should not allocate a label
+/// per resource).
+struct Fields<'a>(&'static str, &'a str);
 
-impl Fields {
+impl Fields<'_> {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ResourceError {
         ResourceError {
-            resource: self.0.clone(),
+            resource: format!("{} {}", self.0, self.1),
             field: field.into(),
             message: message.into(),
         }
@@ -208,7 +271,11 @@ impl Fields {
         }
     }
 
-    fn ports(&self, field: &str, ports: &[Port]) -> Result<Vec<PortPair>, ResourceError> {
+    fn ports<C: FromIterator<PortPair>>(
+        &self,
+        field: &str,
+        ports: &[Port],
+    ) -> Result<C, ResourceError> {
         ports
             .iter()
             .enumerate()
@@ -244,10 +311,9 @@ impl Fields {
                 if h.hostname.is_empty() {
                     return Err(self.err("waypoint.hostname.hostname", "empty"));
                 }
-                Ok(Some(WaypointRef::Service(format!(
-                    "{}/{}",
-                    h.namespace, h.hostname
-                ))))
+                Ok(Some(WaypointRef::Service(
+                    format!("{}/{}", h.namespace, h.hostname).into(),
+                )))
             }
             None => Err(self.err("waypoint", "neither address nor hostname is set")),
         }
@@ -255,8 +321,8 @@ impl Fields {
 }
 
 fn validate_service(s: Service) -> Result<ServiceSpec, ResourceError> {
-    let key = format!("{}/{}", s.namespace, s.hostname);
-    let fields = Fields(format!("service {key}"));
+    let key: Key = format!("{}/{}", s.namespace, s.hostname).into();
+    let fields = Fields("service", &key);
     if s.hostname.is_empty() {
         return Err(fields.err(
             "hostname",
@@ -269,14 +335,14 @@ fn validate_service(s: Service) -> Result<ServiceSpec, ResourceError> {
         .enumerate()
         .map(|(i, a)| fields.ip(format!("addresses[{i}].address"), &a.address))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut ports = fields.ports("ports", &s.ports)?;
+    let mut ports: Vec<PortPair> = fields.ports("ports", &s.ports)?;
     let unrouted_ports = ports
         .split_off(ports.len().min(MAX_PORTS))
         .into_iter()
         .map(|p| p.service_port)
         .collect();
     Ok(ServiceSpec {
-        key,
+        key: key.clone(),
         addresses,
         ports,
         unrouted_ports,
@@ -348,7 +414,7 @@ fn load_balancing(
 }
 
 fn validate_workload(w: Workload) -> Result<WorkloadSpec, ResourceError> {
-    let fields = Fields(format!("workload {}", w.uid));
+    let fields = Fields("workload", &w.uid);
     if w.uid.is_empty() {
         return Err(ResourceError {
             resource: format!("workload {}/{}", w.namespace, w.name),
@@ -361,12 +427,12 @@ fn validate_workload(w: Workload) -> Result<WorkloadSpec, ResourceError> {
         .iter()
         .enumerate()
         .map(|(i, a)| fields.ip(format!("addresses[{i}]"), a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let hostname = (!w.hostname.is_empty()).then(|| w.hostname.clone());
+        .collect::<Result<Addresses, _>>()?;
+    let hostname = (!w.hostname.is_empty()).then(|| Key::from(w.hostname.as_str()));
     if addresses.is_empty() && hostname.is_none() {
         return Err(fields.err("addresses", "no address and no hostname"));
     }
-    let mut services = BTreeMap::new();
+    let mut services = WorkloadServices::default();
     for (key, list) in &w.services {
         if !key.contains('/') {
             return Err(fields.err(
@@ -375,7 +441,7 @@ fn validate_workload(w: Workload) -> Result<WorkloadSpec, ResourceError> {
             ));
         }
         services.insert(
-            key.clone(),
+            Key::from(key.as_str()),
             fields.ports(&format!("services[{key:?}].ports"), &list.ports)?,
         );
     }
@@ -388,21 +454,21 @@ fn validate_workload(w: Workload) -> Result<WorkloadSpec, ResourceError> {
         .locality
         .as_ref()
         .map_or_else(LocalityFields::default, |l| LocalityFields {
-            region: l.region.clone(),
-            zone: l.zone.clone(),
-            subzone: l.subzone.clone(),
+            region: l.region.as_str().into(),
+            zone: l.zone.as_str().into(),
+            subzone: l.subzone.as_str().into(),
         });
     Ok(WorkloadSpec {
         weight: w.capacity.unwrap_or(1).clamp(1, MAX_CAPACITY_COPIES),
         waypoint: fields.waypoint(w.waypoint.as_ref())?,
-        uid: w.uid,
-        name: w.name,
-        namespace: w.namespace,
+        uid: w.uid.into(),
+        name: w.name.into(),
+        namespace: w.namespace.into(),
         addresses,
         hostname,
-        network: w.network,
-        node: w.node,
-        cluster_id: w.cluster_id,
+        network: w.network.into(),
+        node: w.node.into(),
+        cluster_id: w.cluster_id.into(),
         locality,
         healthy,
         services,
@@ -476,7 +542,7 @@ pub(crate) mod tests {
         else {
             panic!("not a service")
         };
-        assert_eq!(spec.key, "default/web.default.svc.cluster.local");
+        assert_eq!(&*spec.key, "default/web.default.svc.cluster.local");
         assert_eq!(spec.addresses, vec!["10.96.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             spec.ports,
@@ -508,10 +574,10 @@ pub(crate) mod tests {
         else {
             panic!("not a workload")
         };
-        assert_eq!(spec.locality.zone, "z");
+        assert_eq!(&*spec.locality.zone, "z");
         assert!(!spec.healthy);
         assert_eq!(spec.weight, MAX_CAPACITY_COPIES);
-        assert_eq!(spec.services["default/web"][0].target_port, 8080);
+        assert_eq!(spec.services.get("default/web").unwrap()[0].target_port, 8080);
     }
 
     #[test]

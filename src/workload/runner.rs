@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::authorization::{decode_authorization, AuthorizationStore};
 use super::compiler::{Limits, Update, WorkloadCompiler};
+use super::key::Key;
 use super::plan::{Plan, PlanChanges};
 use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use super::resource::{decode_address, ResourceError};
@@ -128,7 +129,7 @@ impl DualEngineRunner {
             match any.type_url.as_str() {
                 ADDRESS_TYPE_URL => match decode_address(any, None) {
                     Ok(resource) => {
-                        seen.insert(resource.key().to_owned());
+                        seen.insert(resource.key().clone());
                         update.upserts.push((None, resource));
                     }
                     Err(e) => errors.push(e),
@@ -151,7 +152,7 @@ impl DualEngineRunner {
             .compiler
             .keys()
             .into_iter()
-            .filter(|k| !seen.contains(k) && !kept.contains(k))
+            .filter(|k| !seen.contains(k.as_str()) && !kept.contains(k))
             .collect();
         // Policies follow the file like addresses do: a refused one keeps its
         // previous version, and nothing changes if the update does not fit.
@@ -182,7 +183,7 @@ impl DualEngineRunner {
     pub fn apply_delta(
         &mut self,
         type_url: &str,
-        added: Vec<(String, Any)>,
+        added: Vec<(Key, Any)>,
         removed: Vec<String>,
     ) -> Result<(), DeltaRefusal> {
         let mut refused_names = BTreeSet::new();
@@ -197,7 +198,7 @@ impl DualEngineRunner {
                     match decode_address(&any, Some(&name)) {
                         Ok(resource) => update.upserts.push((Some(name), resource)),
                         Err(e) => {
-                            refused_names.insert(name);
+                            refused_names.insert(name.to_string());
                             errors.push(e);
                         }
                     }
@@ -205,7 +206,7 @@ impl DualEngineRunner {
                 let applying: Vec<String> = update
                     .upserts
                     .iter()
-                    .filter_map(|(name, _)| name.clone())
+                    .filter_map(|(name, _)| name.as_ref().map(|n| n.to_string()))
                     .collect();
                 let result = self.run_update(update, errors);
                 if self.last_refused_whole {
@@ -220,9 +221,9 @@ impl DualEngineRunner {
                 }
                 for (name, any) in added {
                     match decode_authorization(&any, Some(&name)) {
-                        Ok(policy) => self.authorizations.upsert(Some(name), policy),
+                        Ok(policy) => self.authorizations.upsert(Some(name.to_string()), policy),
                         Err(e) => {
-                            refused_names.insert(name);
+                            refused_names.insert(name.to_string());
                             errors.push(e);
                         }
                     }
@@ -275,10 +276,12 @@ impl DualEngineRunner {
             Some(r) => r,
             None => &NoDns,
         };
-        for (_, resource) in &update.upserts {
-            let key = resource.key();
-            self.rejected.remove(&format!("workload {key}"));
-            self.rejected.remove(&format!("service {key}"));
+        if !self.rejected.is_empty() {
+            for (_, resource) in &update.upserts {
+                let key = resource.key();
+                self.rejected.remove(&format!("workload {key}"));
+                self.rejected.remove(&format!("service {key}"));
+            }
         }
         self.last_refused_whole = false;
         let outcome = match self.compiler.apply(update, &self.limits, resolved) {

@@ -703,7 +703,7 @@ mod tests {
 
     fn backend(last: u8) -> BackendRecord {
         BackendRecord {
-            name: format!("w{last}"),
+            name: format!("w{last}").into(),
             v4: Some(Ipv4Addr::new(10, 0, 0, last)),
             v6: None,
             waypoint: None,
@@ -721,7 +721,7 @@ mod tests {
                     .iter()
                     .map(|b| EndpointRecord {
                         backend: *b,
-                        target_ports: vec![8080],
+                        target_ports: [8080].into_iter().collect(),
                     })
                     .collect()],
                 vec![],
@@ -855,7 +855,7 @@ mod tests {
         assert!(err.contains("11 ports"), "{err}");
 
         let mut plan = self::plan();
-        plan.services.get_mut(&7).unwrap().endpoints[0][0][0].target_ports = vec![];
+        plan.services.get_mut(&7).unwrap().endpoints[0][0][0].target_ports = Default::default();
         let err = validate(&plan, &ops).unwrap_err().to_string();
         assert!(err.contains("0 target ports for 1"), "{err}");
 

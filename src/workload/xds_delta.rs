@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
 
+use super::key::{Interner, Key};
 use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use super::runner::DualEngineRunner;
 use crate::admin::AdminState;
@@ -25,8 +26,11 @@ const LARGE_RESPONSE: usize = 1000;
 pub struct DualEngineXds {
     runner: SharedRunner,
     admin: Arc<AdminState>,
-    /// type URL -> resource name -> version held.
-    versions: HashMap<String, HashMap<String, String>>,
+    /// type URL -> resource name -> version held. The names are the strings
+    /// the store keys by (shared, not copied); versions repeat across
+    /// resources (one per push is common), so they are shared too.
+    versions: HashMap<String, HashMap<Key, Key>>,
+    version_strings: Interner,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -36,6 +40,7 @@ impl DualEngineXds {
             runner,
             admin,
             versions: HashMap::new(),
+            version_strings: Interner::default(),
             metrics: None,
         }
     }
@@ -53,7 +58,12 @@ impl DeltaHandler for DualEngineXds {
     }
 
     fn initial_resource_versions(&self, type_url: &str) -> HashMap<String, String> {
-        self.versions.get(type_url).cloned().unwrap_or_default()
+        self.versions
+            .get(type_url)
+            .into_iter()
+            .flatten()
+            .map(|(name, version)| (name.to_string(), version.to_string()))
+            .collect()
     }
 
     fn on_response(
@@ -69,18 +79,20 @@ impl DeltaHandler for DualEngineXds {
             let Some(any) = resource.resource else {
                 continue;
             };
-            sent_versions.push((resource.name.clone(), resource.version));
+            let name = Key::from(resource.name);
+            let version = self.version_strings.intern(&Key::from(resource.version));
+            sent_versions.push((name.clone(), version));
             // envoy-types has its own Any; the compiler takes prost's.
             let any = prost_types::Any {
                 type_url: any.type_url,
                 value: any.value,
             };
-            payloads.push((resource.name, any));
+            payloads.push((name, any));
         }
         let large = payloads.len() >= LARGE_RESPONSE;
         let held = self.versions.entry(type_url.to_owned()).or_default();
         for name in &removed {
-            held.remove(name);
+            held.remove(name.as_str());
         }
         let outcome = lock(&self.runner).apply_delta(type_url, payloads, removed);
         let refused = outcome
@@ -89,7 +101,7 @@ impl DeltaHandler for DualEngineXds {
             .map(|r| r.refused_names.clone())
             .unwrap_or_default();
         for (name, version) in sent_versions {
-            if !refused.contains(&name) {
+            if !refused.contains(&*name) {
                 held.insert(name, version);
             }
         }

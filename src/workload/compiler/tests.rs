@@ -101,7 +101,7 @@ fn a_service_and_its_workloads_become_frontends_records_and_backends() {
     assert!(record
         .level(0, 0)
         .iter()
-        .all(|e| e.target_ports == vec![8080]));
+        .all(|e| e.target_ports.as_slice() == [8080]));
     assert!(matches!(
         c.plan().frontends.get(&fa([10, 0, 0, 1])),
         Some(FrontendTarget::Workload(_))
@@ -235,7 +235,7 @@ fn a_workload_port_mapping_overrides_the_service_target_port() {
         .map(|e| {
             (
                 c.plan().backends[&e.backend].v4.unwrap(),
-                e.target_ports.clone(),
+                e.target_ports.to_vec(),
             )
         })
         .collect();
@@ -260,7 +260,7 @@ fn zoned(uid: &str, ip: [u8; 4], zone: &str, node: &str) -> Workload {
     wl.locality = Some(Locality {
         region: "r1".into(),
         zone: zone.into(),
-        subzone: String::new(),
+        subzone: Default::default(),
     });
     wl
 }
@@ -291,7 +291,7 @@ fn failover_buckets_by_zone_seen_from_the_node_and_rebuckets_when_the_node_moves
         &NoDns,
     )
     .unwrap();
-    assert_eq!(c.local_locality().zone, "zone-a");
+    assert_eq!(&*c.local_locality().zone, "zone-a");
     // a1 (zone A, like the node) is priority 0, b1 priority 1.
     let record = c.plan().services.values().next().unwrap();
     assert_eq!(record.policy, LbPolicy::Failover);
@@ -346,7 +346,7 @@ fn strict_keeps_only_the_local_zone_and_the_flag_overrides_workloads() {
         locality: Some(LocalityFields {
             region: "r1".into(),
             zone: "zone-a".into(),
-            subzone: String::new(),
+            subzone: Default::default(),
         }),
         waypoint_port: 15019,
     });
@@ -486,7 +486,7 @@ fn dns_workloads_become_one_backend_per_resolved_address() {
     assert!(record
         .level(0, 0)
         .iter()
-        .all(|e| e.target_ports == vec![5432]));
+        .all(|e| e.target_ports.as_slice() == [5432]));
 
     answers
         .0
@@ -673,7 +673,7 @@ fn a_waypoint_named_by_hostname_follows_that_service_vip() {
         c.plan()
             .backends
             .values()
-            .find(|b| b.name == "c1/pod/a")
+            .find(|b| &*b.name == "c1/pod/a")
             .unwrap()
             .waypoint
     };

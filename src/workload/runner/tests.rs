@@ -1,3 +1,4 @@
+use crate::workload::key::Key;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
@@ -52,7 +53,7 @@ fn limits() -> Limits {
     }
 }
 
-fn wl(uid: &str, last: u8) -> (String, Any) {
+fn wl(uid: &str, last: u8) -> (Key, Any) {
     (
         uid.into(),
         any(address::Type::Workload(workload(
@@ -63,7 +64,7 @@ fn wl(uid: &str, last: u8) -> (String, Any) {
     )
 }
 
-fn svc() -> (String, Any) {
+fn svc() -> (Key, Any) {
     (
         SVC.into(),
         any(address::Type::Service(service(SVC, [10, 96, 0, 1]))),
