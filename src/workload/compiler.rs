@@ -22,7 +22,8 @@ use super::key::{Interner, Key};
 use super::locality::{depends_on_locality, LocalLocality};
 use super::plan::{
     frontend_addr, BackendId, BackendRecord, EndpointRecord, FrontendAddr, FrontendTarget,
-    LbPolicy, Plan, PlanChanges, ServiceId, ServiceRecord, TargetPorts, FAMILIES, MAX_PRIORITIES,
+    LbPolicy, Plan, PlanChanges, PlanMap, ServiceId, ServiceRecord, TargetPorts, FAMILIES,
+    MAX_PRIORITIES,
 };
 use super::resource::{
     AddressResource, LbMode, LocalityFields, ServiceSpec, WaypointRef, WorkloadSpec,
@@ -77,10 +78,53 @@ pub struct Update {
 /// What is dirty in one recompile.
 #[derive(Debug, Default)]
 struct Dirty {
-    services: BTreeSet<Key>,
-    workloads: BTreeSet<Key>,
-    addrs: BTreeSet<FrontendAddr>,
+    services: Marks<Key>,
+    workloads: Marks<Key>,
+    addrs: Marks<FrontendAddr>,
     relocalize: bool,
+}
+
+/// Keys marked dirty during an update, in any order and possibly repeated:
+/// a whole-mesh push marks 100k+ keys, and a B-tree insert per mark cost
+/// more than compiling them. [`Marks::settle`] sorts and deduplicates once
+/// before staging, so ids are still handed out in key order.
+#[derive(Debug)]
+struct Marks<K>(Vec<K>);
+
+impl<K> Default for Marks<K> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Ord> Marks<K> {
+    fn insert(&mut self, key: K) {
+        self.0.push(key);
+    }
+
+    fn settle(&mut self) {
+        self.0.sort_unstable();
+        self.0.dedup();
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, K> {
+        self.0.iter()
+    }
+}
+
+impl<K> Extend<K> for Marks<K> {
+    fn extend<I: IntoIterator<Item = K>>(&mut self, keys: I) {
+        self.0.extend(keys);
+    }
+}
+
+impl<'a, K> IntoIterator for &'a Marks<K> {
+    type Item = &'a K;
+    type IntoIter = std::slice::Iter<'a, K>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// Who names one waypoint service.
@@ -155,9 +199,9 @@ pub struct WorkloadCompiler {
 /// New records for the dirty keys (`None` = delete), not yet in the plan.
 #[derive(Default)]
 struct Staged {
-    frontends: BTreeMap<FrontendAddr, Option<FrontendTarget>>,
-    services: BTreeMap<ServiceId, Option<ServiceRecord>>,
-    backends: BTreeMap<BackendId, Option<BackendRecord>>,
+    frontends: Map<FrontendAddr, Option<FrontendTarget>>,
+    services: Map<ServiceId, Option<ServiceRecord>>,
+    backends: Map<BackendId, Option<BackendRecord>>,
     /// Workload uid -> its backend keys as staged. Looked up once per
     /// endpoint of every service staged, so a map, not a list: a list made
     /// a 100k-workload push quadratic (minutes instead of seconds).
@@ -510,6 +554,7 @@ impl WorkloadCompiler {
                 );
             }
         }
+        dirty.services.settle();
         // Whoever names a changed service as waypoint holds its VIP.
         let waypoints: Vec<Key> = dirty
             .services
@@ -523,6 +568,9 @@ impl WorkloadCompiler {
                 dirty.workloads.extend(users.workloads.iter().cloned());
             }
         }
+        dirty.services.settle();
+        dirty.workloads.settle();
+        dirty.addrs.settle();
         let mut staged = Staged::default();
         self.stage_backends(&dirty, dns, &mut staged);
         self.stage_services(&dirty, &mut staged);
@@ -541,11 +589,7 @@ impl WorkloadCompiler {
 
     /// The backends a workload stands for: itself (by uid) when it has
     /// addresses, else one per address its hostname resolved to.
-    fn backends_of(
-        &self,
-        w: &WorkloadSpec,
-        dns: &dyn ResolvedHosts,
-    ) -> Vec<(Key, BackendRecord)> {
+    fn backends_of(&self, w: &WorkloadSpec, dns: &dyn ResolvedHosts) -> Vec<(Key, BackendRecord)> {
         let waypoint = self.waypoint_addr(w.waypoint.as_ref());
         if !w.addresses.is_empty() {
             let v4 = w.addresses.iter().find_map(|ip| match ip {
@@ -775,9 +819,9 @@ impl WorkloadCompiler {
     }
 
     fn check_capacity(&self, staged: &Staged, limits: &Limits) -> Result<(), CapacityError> {
-        fn after<K: Ord + std::hash::Hash, V, S: std::hash::BuildHasher>(
-            current: &HashMap<K, V, S>,
-            staged: &BTreeMap<K, Option<impl Sized>>,
+        fn after<K: Eq + std::hash::Hash, V>(
+            current: &PlanMap<K, V>,
+            staged: &Map<K, Option<impl Sized>>,
         ) -> usize {
             let mut count = current.len();
             for (key, record) in staged {
@@ -909,8 +953,8 @@ impl WorkloadCompiler {
 
 /// Writes staged records into the plan, noting only real changes.
 fn put<K: Copy + Ord + std::hash::Hash, V: PartialEq>(
-    plan: &mut HashMap<K, V>,
-    staged: BTreeMap<K, Option<V>>,
+    plan: &mut PlanMap<K, V>,
+    staged: Map<K, Option<V>>,
     upsert: &mut BTreeSet<K>,
     delete: &mut BTreeSet<K>,
 ) {

@@ -118,12 +118,17 @@ pub struct BackendRecord {
     pub waypoint: Option<SocketAddr>,
 }
 
+/// The plan's maps: keyed by small ids and addresses, hashed on every
+/// lookup of a large push; foldhash rather than SipHash (nothing here is a
+/// hash-flooding target that bulk data could not hit anyway).
+pub type PlanMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Everything the kernel should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub frontends: HashMap<FrontendAddr, FrontendTarget>,
-    pub services: HashMap<ServiceId, ServiceRecord>,
-    pub backends: HashMap<BackendId, BackendRecord>,
+    pub frontends: PlanMap<FrontendAddr, FrontendTarget>,
+    pub services: PlanMap<ServiceId, ServiceRecord>,
+    pub backends: PlanMap<BackendId, BackendRecord>,
 }
 
 impl Plan {
@@ -195,8 +200,8 @@ impl PlanChanges {
 }
 
 fn diff_into<K, V>(
-    old: &HashMap<K, V>,
-    new: &HashMap<K, V>,
+    old: &PlanMap<K, V>,
+    new: &PlanMap<K, V>,
     upsert: &mut BTreeSet<K>,
     delete: &mut BTreeSet<K>,
 ) where

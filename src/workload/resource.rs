@@ -577,7 +577,10 @@ pub(crate) mod tests {
         assert_eq!(&*spec.locality.zone, "z");
         assert!(!spec.healthy);
         assert_eq!(spec.weight, MAX_CAPACITY_COPIES);
-        assert_eq!(spec.services.get("default/web").unwrap()[0].target_port, 8080);
+        assert_eq!(
+            spec.services.get("default/web").unwrap()[0].target_port,
+            8080
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost_types::Any;
 use serde::Serialize;
@@ -194,6 +194,7 @@ impl DualEngineRunner {
                     removals: removed,
                 };
                 let mut errors = Vec::new();
+                let started = Instant::now();
                 for (name, any) in added {
                     match decode_address(&any, Some(&name)) {
                         Ok(resource) => update.upserts.push((Some(name), resource)),
@@ -208,7 +209,9 @@ impl DualEngineRunner {
                     .iter()
                     .filter_map(|(name, _)| name.as_ref().map(|n| n.to_string()))
                     .collect();
+                let decoded = started.elapsed();
                 let result = self.run_update(update, errors);
+                log_slow_update("delta", decoded, started.elapsed());
                 if self.last_refused_whole {
                     refused_names.extend(applying);
                 }
@@ -284,9 +287,17 @@ impl DualEngineRunner {
             }
         }
         self.last_refused_whole = false;
-        let outcome = match self.compiler.apply(update, &self.limits, resolved) {
+        let started = Instant::now();
+        let compiled = self.compiler.apply(update, &self.limits, resolved);
+        let compile_time = started.elapsed();
+        let outcome = match compiled {
             Ok(changes) => {
                 let written = self.write(&changes);
+                tracing::debug!(
+                    compile_ms = compile_time.as_secs_f64() * 1e3,
+                    write_ms = (started.elapsed() - compile_time).as_secs_f64() * 1e3,
+                    "update compiled and written"
+                );
                 self.follow_hostnames();
                 written
             }
@@ -433,6 +444,21 @@ fn key_of(e: &ResourceError) -> Option<String> {
         .strip_prefix("workload ")
         .or_else(|| e.resource.strip_prefix("service "))
         .map(str::to_owned)
+}
+
+/// Updates slower than this are logged at info level with where the time
+/// went (decode vs compile + write), so a slow push can be told apart.
+const SLOW_UPDATE: Duration = Duration::from_millis(100);
+
+fn log_slow_update(source: &str, decoded: Duration, total: Duration) {
+    if total >= SLOW_UPDATE {
+        tracing::info!(
+            source,
+            decode_ms = decoded.as_millis() as u64,
+            compile_and_write_ms = (total - decoded).as_millis() as u64,
+            "large update applied"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use budget::{EndpointDelta, EndpointSchedule};
 use state::{in_range, KernelState, LiveService};
 
 use super::plan::{
-    BackendId, FrontendAddr, FrontendTarget, Plan, PlanChanges, ServiceId, ServiceRecord, FAMILIES,
-    MAX_PORTS, MAX_PRIORITIES,
+    BackendId, FrontendAddr, FrontendTarget, Plan, PlanChanges, PlanMap, ServiceId, ServiceRecord,
+    FAMILIES, MAX_PORTS, MAX_PRIORITIES,
 };
 use super::records::{self as rec, Counts, EndpointKey};
 use crate::bpf::batch;
@@ -142,7 +142,7 @@ impl Ops {
         fn upserts<K: Copy + std::fmt::Debug + std::hash::Hash + Eq, V>(
             what: &str,
             keys: &std::collections::BTreeSet<K>,
-            plan: &std::collections::HashMap<K, V>,
+            plan: &PlanMap<K, V>,
         ) -> Result<Vec<K>, WriteError> {
             keys.iter()
                 .map(|k| {
@@ -157,7 +157,7 @@ impl Ops {
         fn deletes<K: Copy + std::fmt::Debug + std::hash::Hash + Eq, V>(
             what: &str,
             keys: &std::collections::BTreeSet<K>,
-            plan: &std::collections::HashMap<K, V>,
+            plan: &PlanMap<K, V>,
             present: impl Fn(&K) -> bool,
         ) -> Result<Vec<K>, WriteError> {
             if let Some(k) = keys.iter().find(|k| plan.contains_key(k)) {
