@@ -812,6 +812,8 @@ def update_dual_engine_section():
     data["dual_engine_control_plane"] = dual_engine_json(data)
     with open(A.out.replace(".md", ".json"), "w") as f:
         json.dump(data, f, indent=1)
+    # The control-plane plot shows these figures too (the doc links it already).
+    write_plots(data, os.path.join(os.path.dirname(os.path.abspath(A.out)), "benchmarks"))
     log(f"updated the dual-engine section of {A.out}")
 
 

@@ -16,8 +16,10 @@
 #
 # The dual-engine control plane is benches/dual_engine_control_plane.rs (its
 # own daemons, bpffs dirs and cgroups, removed by it): 1k/10k/50k services
-# (--quick: 1k/10k; BENCH_DE_SIZES overrides). --dual-engine-only runs just
-# that and replaces only its section of docs/benchmarks.md.
+# (--quick: 1k/10k; BENCH_DE_SIZES overrides; BENCH_SKIP_DE_CP=1 skips it).
+# --dual-engine-only runs just that and replaces only its section of
+# docs/benchmarks.md. BENCH_CP_SIZES (default 1000,10000): the kernel-native
+# control-plane sizes; the largest is also the connect-cost "many services".
 set -euo pipefail
 
 QUICK=0
@@ -28,7 +30,7 @@ for a in "$@"; do
         --quick) QUICK=1 ;;
         --dual-engine-only) DE_ONLY=1 ;;
         --render-only) RENDER_ONLY=1 ;;
-        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
@@ -148,7 +150,8 @@ mkdir "$CG" "$CG_DE"
 mkdir "$BPFD" "$BPFD_DE"
 : >"$TMP/pids"
 
-dual_engine_bench "$TMP/dual_engine"
+# BENCH_SKIP_DE_CP=1 skips it (the doc keeps its previous dual-engine section).
+[ "${BENCH_SKIP_DE_CP:-0}" = 1 ] || dual_engine_bench "$TMP/dual_engine"
 
 python3 "$ROOT/bench/bench.py" \
     --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --cgroup-de "$CG_DE" --bpffs-de "$BPFD_DE" --tmp "$TMP" \
