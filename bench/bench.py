@@ -895,6 +895,7 @@ def render_dataplane(data, lines):
         for c, name, r in rows:
             b = base.get(c, {})
             err = f" (socket errors: {r['sock_errors']})" if r.get("sock_errors") else ""
+            err += f" ({r['non2xx']} non-2xx)" if r.get("non2xx") else ""
             lines.append(f"| {c} | {name}{err} | {r['rps']:.0f} | {fmt(r['p50'], 3)} | {fmt(r['p99'], 3)} | "
                          f"{ratio(r['rps'], b.get('rps'))} | {ratio(r['p50'], b.get('p50'))} | {ratio(r['p99'], b.get('p99'))} |")
         lines.append("")
