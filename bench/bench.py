@@ -542,7 +542,7 @@ def measure_connect(n_connect, rounds):
                                                               if calls else None)
                 res[name].append(rep)
                 log(f"  round {r + 1} {name}: {rep['mean_ns'] / 1000:.2f} µs"
-                    + (f", connect4 {rep['bpf']['connect4']['ns_per_connect']:.0f} ns" if owner else ""))
+                    + (f", connect4 {fmt(rep['bpf']['connect4']['ns_per_connect'], 0)} ns" if owner else ""))
     return res
 
 
@@ -864,7 +864,7 @@ def connect_summary(data):
         for name, rounds in variants.items():
             diffs = [r["mean_ns"] - b["mean_ns"] for r, b in zip(rounds, direct)]
             mdiffs = [r["median_ns"] - b["median_ns"] for r, b in zip(rounds, direct)]
-            bpf = [r.get("bpf") for r in rounds if r.get("bpf")]
+            bpf = [r["bpf"] for r in rounds if r.get("bpf") and r["bpf"]["connect4"]["ns_per_connect"] is not None]
             out[int(n)][name] = {
                 "mean_ns": median(r["mean_ns"] for r in rounds),
                 "median_ns": median(r["median_ns"] for r in rounds),
