@@ -507,12 +507,13 @@ class BpfStats:
 
 
 def connect_pipeline_ids(cgroup):
-    """The connect4 program(s) and every program on the cgroup."""
+    """The connect4 program(s), every program on the cgroup ("all"), and the
+    programs of each attach type (kept in the JSON as a breakdown)."""
     progs = BpfStats.cgroup_progs(cgroup)
     connect = [i for t, ids in progs.items() if t in ("cgroup_inet4_connect", "connect4") for i in ids]
     if not connect:
         raise SystemExit(f"no connect4 program attached to {cgroup}: {progs}")
-    return {"connect4": connect, "all": sorted({i for ids in progs.values() for i in ids})}
+    return {**progs, "connect4": connect, "all": sorted({i for ids in progs.values() for i in ids})}
 
 
 def measure_connect(n_connect, rounds):
