@@ -171,7 +171,15 @@ fn connect_loop_times_connects_and_counts_failures() {
     let _backends = Backends::start(Some(&ns), &["127.0.0.2:8080=b1"]);
     let run = |target: &str| -> serde_json::Value {
         let out = std::process::Command::new(common::TRAFFIC_BIN)
-            .args(["connect-loop", "--netns", ns.name(), "--count", "300", "--warmup", "20"])
+            .args([
+                "connect-loop",
+                "--netns",
+                ns.name(),
+                "--count",
+                "300",
+                "--warmup",
+                "20",
+            ])
             .arg(target)
             .output()
             .expect("running kmesh-traffic connect-loop");
