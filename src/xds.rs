@@ -5,5 +5,6 @@ pub mod ads;
 pub mod delta;
 pub mod file;
 pub mod file_watch;
+pub mod grpc_stream;
 pub mod identity;
 pub mod transport;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::grpc_stream;
 use super::transport::{self, nack_status};
 // The client settings and helpers moved to `transport` (shared with delta
 // ADS); these paths stay for the callers of the SotW client.
@@ -99,7 +100,7 @@ async fn run_stream<H: SotwHandler>(
     status: &mut AdsStatus,
     got_response: &mut bool,
 ) -> Result<(), AdsError> {
-    let mut client = transport::client(config).await?;
+    let mut channel = transport::connect(config).await?;
 
     // A new stream has no nonces yet; versions carry over (the server may
     // then skip resending what we already have).
@@ -117,7 +118,13 @@ async fn run_stream<H: SotwHandler>(
     }
 
     let req = transport::stream_request(config, ReceiverStream::new(rx))?;
-    let mut responses = client.stream_aggregated_resources(req).await?.into_inner();
+    let mut responses = grpc_stream::open::<DiscoveryRequest, DiscoveryResponse, _>(
+        &mut channel,
+        transport::SOTW_ADS_PATH,
+        req,
+        transport::MAX_MESSAGE_BYTES,
+    )
+    .await?;
     status.connected = true;
     status.last_stream_error = None;
     handler.on_status(status);

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::grpc_stream;
 use super::transport::{self, nack_status, AdsConfig, AdsError};
 
 /// The mode-specific side of a delta stream.
@@ -149,7 +150,7 @@ async fn run_stream<H: DeltaHandler>(
     status: &mut DeltaStatus,
     got_response: &mut bool,
 ) -> Result<(), AdsError> {
-    let mut client = transport::client(config).await?;
+    let mut channel = transport::connect(config).await?;
 
     // A new stream has no nonces yet; what the handler holds is announced in
     // the first request of each type.
@@ -168,7 +169,13 @@ async fn run_stream<H: DeltaHandler>(
     }
 
     let req = transport::stream_request(config, ReceiverStream::new(rx))?;
-    let mut responses = client.delta_aggregated_resources(req).await?.into_inner();
+    let mut responses = grpc_stream::open::<DeltaDiscoveryRequest, DeltaDiscoveryResponse, _>(
+        &mut channel,
+        transport::DELTA_ADS_PATH,
+        req,
+        transport::MAX_MESSAGE_BYTES,
+    )
+    .await?;
     status.connected = true;
     status.last_stream_error = None;
     handler.on_status(status);

@@ -8,13 +8,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Istiod's config pushes can be tens of MB; tonic's default limit is 4 MB.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The ADS methods (envoy.service.discovery.v3.AggregatedDiscoveryService).
+pub(crate) const SOTW_ADS_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+pub(crate) const DELTA_ADS_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// gRPC status code for "the config was invalid" in a NACK's error_detail.
 pub(crate) const INVALID_ARGUMENT: i32 = 3;
@@ -133,16 +138,8 @@ pub(crate) fn nack_status(message: String) -> RpcStatus {
 
 /// An ADS client on a fresh channel, with the message size limits raised
 /// both ways.
-pub(crate) async fn client(
-    config: &AdsConfig,
-) -> Result<AggregatedDiscoveryServiceClient<Channel>, AdsError> {
-    let channel = connect(config).await?;
-    Ok(AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
-}
-
-async fn connect(config: &AdsConfig) -> Result<Channel, AdsError> {
+/// The channel the ADS stream runs on (TLS and keepalives per `config`).
+pub(crate) async fn connect(config: &AdsConfig) -> Result<Channel, AdsError> {
     let address_error = |message: String| AdsError::Address {
         uri: config.uri.clone(),
         message,
