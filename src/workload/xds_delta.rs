@@ -29,7 +29,7 @@ pub struct DualEngineXds {
     /// type URL -> resource name -> version held. The names are the strings
     /// the store keys by (shared, not copied); versions repeat across
     /// resources (one per push is common), so they are shared too.
-    versions: HashMap<String, HashMap<Key, Key>>,
+    versions: HashMap<String, HashMap<Key, Key, foldhash::fast::RandomState>>,
     version_strings: Interner,
     metrics: Option<Arc<Metrics>>,
 }
@@ -123,6 +123,6 @@ impl DeltaHandler for DualEngineXds {
     }
 
     fn resource_count(&self, type_url: &str) -> usize {
-        self.versions.get(type_url).map_or(0, HashMap::len)
+        self.versions.get(type_url).map_or(0, |held| held.len())
     }
 }

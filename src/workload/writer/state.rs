@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use foldhash::fast::RandomState as Fast;
+
 use super::super::plan::{BackendId, FrontendAddr, ServiceId, FAMILIES, MAX_PRIORITIES};
 use super::super::records::{self, Counts, EndpointKey, ServiceValue};
 use super::WriteError;
@@ -67,9 +69,9 @@ pub fn in_range(key: &EndpointKey, slot: u8, counts: &Counts) -> bool {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
-    pub frontends: HashSet<FrontendAddr>,
-    pub services: HashMap<ServiceId, LiveService>,
-    pub backends: HashSet<BackendId>,
+    pub frontends: HashSet<FrontendAddr, Fast>,
+    pub services: HashMap<ServiceId, LiveService, Fast>,
+    pub backends: HashSet<BackendId, Fast>,
     /// Entries in de_endpoints (live and stray, all services).
     pub endpoint_entries: usize,
 }
