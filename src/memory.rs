@@ -11,3 +11,16 @@ pub fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Heap bytes in use and held free by the allocator (glibc `mallinfo2`),
+/// for the logs: VmRSS alone does not tell live data from fragmentation.
+pub fn heap_usage() -> Option<(usize, usize)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let info = unsafe { libc::mallinfo2() };
+        Some((info.uordblks + info.hblkhd, info.fordblks))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}

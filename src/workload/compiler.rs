@@ -278,6 +278,7 @@ impl WorkloadCompiler {
                 undo.push(Undo::Service(key, Some(old)));
             }
         }
+        self.reserve_for(&update);
         for (name, mut resource) in update.upserts {
             let key = match &name {
                 // The usual case: one string for the xDS name and the key.
@@ -332,6 +333,27 @@ impl WorkloadCompiler {
                 Err(e)
             }
         }
+    }
+
+    /// Grows the big tables once for a large update (a whole-mesh push)
+    /// instead of rehashing them several times while it is inserted.
+    fn reserve_for(&mut self, update: &Update) {
+        let workloads = update
+            .upserts
+            .iter()
+            .filter(|(_, r)| matches!(r, AddressResource::Workload(_)))
+            .count();
+        let services = update.upserts.len() - workloads;
+        self.workloads.reserve(workloads);
+        self.addr_workloads.reserve(workloads);
+        self.backend_keys.reserve(workloads);
+        self.backend_ids.reserve(workloads);
+        self.plan.backends.reserve(workloads);
+        self.plan.frontends.reserve(workloads + services);
+        self.services.reserve(services);
+        self.members.reserve(services);
+        self.service_ids.reserve(services);
+        self.plan.services.reserve(services);
     }
 
     /// New DNS answers for `hosts`: recompiles the workloads resolving them.
@@ -572,6 +594,10 @@ impl WorkloadCompiler {
         dirty.workloads.settle();
         dirty.addrs.settle();
         let mut staged = Staged::default();
+        staged.backends.reserve(dirty.workloads.iter().len());
+        staged.backend_keys.reserve(dirty.workloads.iter().len());
+        staged.services.reserve(dirty.services.iter().len());
+        staged.frontends.reserve(dirty.addrs.iter().len());
         self.stage_backends(&dirty, dns, &mut staged);
         self.stage_services(&dirty, &mut staged);
         self.stage_frontends(&dirty, &mut staged);

@@ -33,6 +33,11 @@ impl IdTable {
         (id, true)
     }
 
+    /// Room for `more` keys, so a large update grows the table once.
+    pub fn reserve(&mut self, more: usize) {
+        self.by_key.reserve(more);
+    }
+
     pub fn release(&mut self, key: &str) -> Option<u32> {
         let id = self.by_key.remove(key)?;
         self.free.push(id);

@@ -12,7 +12,7 @@ use super::key::{Interner, Key};
 use super::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use super::runner::DualEngineRunner;
 use crate::admin::AdminState;
-use crate::memory::release_freed_memory;
+use crate::memory::{heap_usage, release_freed_memory};
 use crate::metrics::Metrics;
 use crate::sync::lock;
 use crate::xds::delta::{DeltaHandler, DeltaStatus};
@@ -110,6 +110,13 @@ impl DeltaHandler for DualEngineXds {
             // mesh) are freed now; give the pages back rather than keep them
             // as RSS for good.
             release_freed_memory();
+            if let Some((in_use, free)) = heap_usage() {
+                tracing::debug!(
+                    in_use_mib = in_use >> 20,
+                    free_mib = free >> 20,
+                    "heap after a large response"
+                );
+            }
         }
         outcome.map_err(|r| r.detail)
     }
