@@ -3,7 +3,7 @@
 # connection-per-request), connect cost vs config size, control plane
 # (kernel-native over the xDS file; dual-engine over delta ADS).
 #
-#   sudo bench/run.sh [--quick] [--dual-engine-only]
+#   sudo bench/run.sh [--quick] [--dual-engine-only] [--kernel-native-only]
 #
 # Everything runs inside a network namespace this script creates (only `lo`
 # up); the kmesh programs attach to a cgroup this script creates. A trap
@@ -13,16 +13,20 @@
 # The dual-engine control plane is benches/dual_engine_control_plane.rs (its
 # own daemons, bpffs dirs and cgroups, removed by it): 1k/10k/50k services
 # (--quick: 1k/10k; BENCH_DE_SIZES overrides). --dual-engine-only runs just
-# that and replaces only its section of docs/benchmarks.md.
+# that and replaces only its section of docs/benchmarks.md. The kernel-native
+# control plane over SotW ADS (benches/kernel_native_control_plane.rs) runs
+# the same sizes the same way; --kernel-native-only runs just that.
 set -euo pipefail
 
 QUICK=0
 DE_ONLY=0
+KN_ONLY=0
 for a in "$@"; do
     case "$a" in
         --quick) QUICK=1 ;;
         --dual-engine-only) DE_ONLY=1 ;;
-        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+        --kernel-native-only) KN_ONLY=1 ;;
+        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
@@ -46,6 +50,22 @@ dual_engine_bench() {
         --sizes "$DE_SIZES" --daemon "$KMESH_BIN_DIR/kmesh-daemon" \
         --json "$1.json" --markdown "$1.md") | tee "$1.txt"
 }
+
+# The kernel-native control plane over SotW ADS, the same way.
+kernel_native_bench() {
+    (cd "$ROOT" && cargo bench --bench kernel_native_control_plane -- \
+        --sizes "$DE_SIZES" --daemon "$KMESH_BIN_DIR/kmesh-daemon" \
+        --json "$1.json" --markdown "$1.md") | tee "$1.txt"
+}
+
+if [ $KN_ONLY = 1 ]; then
+    KN_TMP="$(mktemp -d "/tmp/kmbench-kn-$$.XXXXXX")"
+    trap 'rm -rf "$KN_TMP"' EXIT
+    kernel_native_bench "$KN_TMP/kernel_native"
+    python3 "$ROOT/bench/bench.py" --kernel-native-only --out "$ROOT/docs/benchmarks.md" \
+        --kernel-native-md "$KN_TMP/kernel_native.md" --kernel-native-json "$KN_TMP/kernel_native.json"
+    exit 0
+fi
 
 if [ $DE_ONLY = 1 ]; then
     DE_TMP="$(mktemp -d "/tmp/kmbench-de-$$.XXXXXX")"
@@ -133,9 +153,11 @@ mkdir "$BPFD" "$BPFD_DE"
 : >"$TMP/pids"
 
 dual_engine_bench "$TMP/dual_engine"
+kernel_native_bench "$TMP/kernel_native"
 
 python3 "$ROOT/bench/bench.py" \
     --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --cgroup-de "$CG_DE" --bpffs-de "$BPFD_DE" --tmp "$TMP" \
     --bin-dir "$KMESH_BIN_DIR" --envoy "$ENVOY_BIN" \
     --dual-engine-md "$TMP/dual_engine.md" --dual-engine-json "$TMP/dual_engine.json" \
+    --kernel-native-md "$TMP/kernel_native.md" --kernel-native-json "$TMP/kernel_native.json" \
     --out "$ROOT/docs/benchmarks.md" $([ $QUICK = 1 ] && echo --quick)
