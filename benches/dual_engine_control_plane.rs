@@ -141,7 +141,9 @@ impl Server {
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(TcpIncoming::from(listener))
+                // TCP_NODELAY, as real control planes set it: without it a
+                // small response can wait for a delayed ACK (40 ms on loopback).
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
                 .await;
             if let Err(e) = served {
                 eprintln!("delta ADS server: {e}");

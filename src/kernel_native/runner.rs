@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::compiler::{dns_subscriptions, Limits, NoDns, ResolvedHosts};
+use super::compiler::{Limits, NoDns, ResolvedHosts};
 use super::dump::{self, LastUpdate};
 use super::input::Snapshot;
 use super::plan::{Changed, FilterAction, Plan};
@@ -201,9 +201,8 @@ impl KernelNativeRunner {
             return;
         };
         let mut owners = BTreeSet::new();
-        for (name, cluster) in self.state.dns_clusters() {
-            let subs = dns_subscriptions(cluster);
-            if let Err(e) = resolver.set_owner(name, &subs) {
+        for (name, subs) in self.state.dns_clusters() {
+            if let Err(e) = resolver.set_owner(name, subs) {
                 tracing::error!(cluster = %name, error = %e, "cannot resolve the cluster's hostnames");
             }
             owners.insert(name.to_string());

@@ -38,6 +38,7 @@ use super::compiler::{
 use super::input::{KindMap, Snapshot};
 use super::plan::{Changed, CompiledListener, CompiledRouteConfig, ListenerKey, Plan, PlanDelta};
 use super::resources::{self, Resource, ResourceError, ResourceKind};
+use crate::dns::Subscription;
 use merge::{diff_names, overlay, overlay_get};
 
 /// One version of a resource: its bytes and what they gave.
@@ -98,6 +99,102 @@ impl<T> Slot<T> {
     }
 }
 
+/// What is kept of a cluster: what the indexes need. The decoded cluster
+/// (kilobytes each) is kept only while its stage runs; a later recompile
+/// (its assignment or DNS answers changed) decodes the bytes again.
+#[derive(Debug)]
+struct ClusterSpec {
+    service: String,
+    subscriptions: Vec<Subscription>,
+    decoded: Option<Arc<Cluster>>,
+}
+
+/// What is kept of a ClusterLoadAssignment that checked: nothing but its
+/// bytes once staged (see [`ClusterSpec`]).
+#[derive(Debug)]
+struct AssignmentSpec {
+    decoded: Option<Arc<ClusterLoadAssignment>>,
+}
+
+impl ClusterSpec {
+    fn new(c: Cluster) -> Self {
+        Self {
+            service: eds_service_name(&c).to_string(),
+            subscriptions: dns_subscriptions(&c),
+            decoded: Some(Arc::new(c)),
+        }
+    }
+
+    /// The cluster, decoded again when only its bytes are kept.
+    fn cluster(&self, any: &Any) -> Option<Arc<Cluster>> {
+        self.decoded
+            .clone()
+            .or_else(|| match resources::decode(any) {
+                Ok(Resource::Cluster(c)) => Some(Arc::new(*c)),
+                _ => None,
+            })
+    }
+}
+
+impl AssignmentSpec {
+    /// The assignment, decoded again when only its bytes are kept.
+    fn assignment(&self, any: &Any) -> Option<Arc<ClusterLoadAssignment>> {
+        self.decoded
+            .clone()
+            .or_else(|| match resources::decode(any) {
+                Ok(Resource::ClusterLoadAssignment(c)) => Some(Arc::new(*c)),
+                _ => None,
+            })
+    }
+}
+
+/// Values that can drop their decoded form once committed (see [`ClusterSpec`]).
+trait Thin: Sized {
+    /// The value without its decoded form; `None` when it has none.
+    fn thin(&self) -> Option<Self>;
+}
+
+impl Thin for ClusterSpec {
+    fn thin(&self) -> Option<Self> {
+        self.decoded.as_ref()?;
+        Some(Self {
+            service: self.service.clone(),
+            subscriptions: self.subscriptions.clone(),
+            decoded: None,
+        })
+    }
+}
+
+impl Thin for AssignmentSpec {
+    fn thin(&self) -> Option<Self> {
+        self.decoded.as_ref()?;
+        Some(Self { decoded: None })
+    }
+}
+
+impl<T: Thin> Slot<T> {
+    /// The slot as kept in the state: offered and accepted values thinned,
+    /// still one shared value when they were one.
+    fn thin(mut self) -> Self {
+        let thin = |v: &Arc<T>| v.thin().map(Arc::new);
+        let offered = self.outcome.as_ref().ok().map(|v| (v.clone(), thin(v)));
+        if let Some(a) = &mut self.accepted {
+            match &offered {
+                Some((v, Some(t))) if Arc::ptr_eq(&a.value, v) => a.value = t.clone(),
+                _ => {
+                    if let Some(t) = thin(&a.value) {
+                        a.value = t;
+                    }
+                }
+            }
+        }
+        if let Some((_, Some(t))) = offered {
+            self.outcome = Ok(t);
+        }
+        self
+    }
+}
+
 type Slots<T> = BTreeMap<String, Slot<T>>;
 /// Staged slot changes: `None` removes the name.
 type SlotUpdates<T> = BTreeMap<String, Option<Slot<T>>>;
@@ -110,8 +207,8 @@ pub struct ConfigState {
     /// Generation of each kind's map walked last (see [`KindMap`]).
     generations: [u64; 4],
     listeners: Slots<ListenerEntries>,
-    clusters: Slots<Cluster>,
-    load_assignments: Slots<ClusterLoadAssignment>,
+    clusters: Slots<ClusterSpec>,
+    load_assignments: Slots<AssignmentSpec>,
     route_configs: Slots<CompiledRouteConfig>,
     /// ClusterLoadAssignment name → the clusters (in force) that read it.
     readers: BTreeMap<String, BTreeSet<String>>,
@@ -128,8 +225,8 @@ pub struct ConfigState {
 pub struct Staged {
     generations: [u64; 4],
     listeners: SlotUpdates<ListenerEntries>,
-    clusters: SlotUpdates<Cluster>,
-    load_assignments: SlotUpdates<ClusterLoadAssignment>,
+    clusters: SlotUpdates<ClusterSpec>,
+    load_assignments: SlotUpdates<AssignmentSpec>,
     route_configs: SlotUpdates<CompiledRouteConfig>,
     rejected_updates: BTreeMap<(ResourceKind, String), Option<ResourceError>>,
     /// What changes in the plan.
@@ -191,10 +288,10 @@ impl ConfigState {
     }
 
     /// Clusters in force that have hostnames to resolve, with their hostnames.
-    pub fn dns_clusters(&self) -> impl Iterator<Item = (&str, &Cluster)> + '_ {
+    pub fn dns_clusters(&self) -> impl Iterator<Item = (&str, &[Subscription])> + '_ {
         self.dns_clusters.iter().filter_map(|name| {
             let accepted = self.clusters.get(name)?.accepted.as_ref()?;
-            Some((name.as_str(), accepted.value.as_ref()))
+            Some((name.as_str(), accepted.value.subscriptions.as_slice()))
         })
     }
 
@@ -230,13 +327,13 @@ impl ConfigState {
             let old = self.clusters.get(&name).and_then(|s| s.accepted.clone());
             let new = update.as_ref().and_then(|s| s.accepted.clone());
             self.index_cluster(&name, old.as_ref(), new.as_ref());
-            put(&mut self.clusters, name, update);
+            put(&mut self.clusters, name, update.map(Slot::thin));
         }
         for (name, update) in staged.listeners {
             put(&mut self.listeners, name, update);
         }
         for (name, update) in staged.load_assignments {
-            put(&mut self.load_assignments, name, update);
+            put(&mut self.load_assignments, name, update.map(Slot::thin));
         }
         for (name, update) in staged.route_configs {
             put(&mut self.route_configs, name, update);
@@ -253,11 +350,11 @@ impl ConfigState {
     fn index_cluster(
         &mut self,
         name: &str,
-        old: Option<&Version<Cluster>>,
-        new: Option<&Version<Cluster>>,
+        old: Option<&Version<ClusterSpec>>,
+        new: Option<&Version<ClusterSpec>>,
     ) {
         if let Some(old) = old {
-            let service = eds_service_name(&old.value);
+            let service = old.value.service.as_str();
             if let Some(readers) = self.readers.get_mut(service) {
                 readers.remove(name);
                 if readers.is_empty() {
@@ -268,10 +365,10 @@ impl ConfigState {
         self.dns_clusters.remove(name);
         if let Some(new) = new {
             self.readers
-                .entry(eds_service_name(&new.value).to_string())
+                .entry(new.value.service.clone())
                 .or_default()
                 .insert(name.to_string());
-            if !dns_subscriptions(&new.value).is_empty() {
+            if !new.value.subscriptions.is_empty() {
                 self.dns_clusters.insert(name.to_string());
             }
         }
@@ -391,7 +488,7 @@ impl<'a> Staging<'a> {
                         map,
                         changes,
                         |any| match resources::decode(any) {
-                            Ok(Resource::Cluster(c)) => Ok(*c),
+                            Ok(Resource::Cluster(c)) => Ok(ClusterSpec::new(*c)),
                             Ok(_) => unreachable_kind(kind),
                             Err(e) => Err(decode_error(kind, any, e)),
                         },
@@ -411,7 +508,9 @@ impl<'a> Staging<'a> {
                         changes,
                         |any| match resources::decode(any) {
                             Ok(Resource::ClusterLoadAssignment(cla)) => {
-                                compiler::check_load_assignment(&cla).map(|()| *cla)
+                                compiler::check_load_assignment(&cla).map(|()| AssignmentSpec {
+                                    decoded: Some(Arc::new(*cla)),
+                                })
                             }
                             Ok(_) => unreachable_kind(kind),
                             Err(e) => Err(decode_error(kind, any, e)),
@@ -539,11 +638,14 @@ impl<'a> Staging<'a> {
                 let cla = overlay_get(
                     &self.state.load_assignments,
                     &self.out.load_assignments,
-                    eds_service_name(&version.value),
+                    &version.value.service,
                 )
                 .and_then(|s| s.accepted.as_ref())
-                .map(|a| a.value.as_ref());
-                match compile_cluster(&version.value, cla, self.dns) {
+                .and_then(|a| a.value.assignment(&a.any));
+                let Some(cluster) = version.value.cluster(&version.any) else {
+                    continue;
+                };
+                match compile_cluster(&cluster, cla.as_deref(), self.dns) {
                     Ok(compiled) => {
                         placed = Some((version, compiled));
                         break;
@@ -557,7 +659,7 @@ impl<'a> Staging<'a> {
             self.out.rejected_updates.insert(key, error);
             match placed {
                 Some((version, compiled)) => {
-                    let unresolved = dns_subscriptions(&version.value).iter().any(|s| {
+                    let unresolved = version.value.subscriptions.iter().any(|s| {
                         self.dns
                             .addresses(&s.host, s.family)
                             .is_none_or(|a| a.is_empty())

@@ -21,8 +21,12 @@ use super::plan::{FilterAction, Plan};
 use super::resources::{self, DecodeError, Resource, ResourceKind};
 use super::runner::{ApplyOutcome, KernelNativeRunner};
 use crate::admin::AdminState;
+use crate::memory::release_freed_memory;
 use crate::metrics::Metrics;
 use crate::xds::ads::{AdsStatus, SotwHandler, Subscription};
+
+/// Responses with at least this many resources are followed by a heap trim.
+const LARGE_RESPONSE: usize = 1000;
 
 pub struct KernelNativeXds {
     runner: Arc<Mutex<KernelNativeRunner>>,
@@ -222,6 +226,7 @@ impl SotwHandler for KernelNativeXds {
                 "kernel-native mode does not use resources of type {type_url:?}"
             ));
         };
+        let large = anys.len() >= LARGE_RESPONSE;
         let (names, mut errors) = self.store(kind, anys);
         match kind {
             ResourceKind::Cluster => self.cds_received = true,
@@ -250,6 +255,11 @@ impl SotwHandler for KernelNativeXds {
         }
         if kind == ResourceKind::Listener {
             self.update_rds_names();
+        }
+        if large {
+            // The response and what staging it allocated are freed now; give
+            // the pages back rather than keep them as RSS for good.
+            release_freed_memory();
         }
         if errors.is_empty() {
             Ok(())

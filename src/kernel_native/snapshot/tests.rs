@@ -253,3 +253,33 @@ fn unchanged_kinds_are_not_walked() {
     assert_eq!(staged.delta, PlanDelta::default());
     assert!(staged.clusters.is_empty() && staged.listeners.is_empty());
 }
+
+#[test]
+fn the_state_keeps_bytes_not_decoded_clusters_and_decodes_them_again_when_needed() {
+    let mut state = ConfigState::default();
+    apply(&mut state, &world(2, ""));
+    let decoded = state
+        .clusters
+        .values()
+        .filter(|s| s.accepted.as_ref().unwrap().value.decoded.is_some())
+        .count()
+        + state
+            .load_assignments
+            .values()
+            .filter(|s| s.accepted.as_ref().unwrap().value.decoded.is_some())
+            .count();
+    assert_eq!(decoded, 0, "decoded forms are dropped at commit");
+
+    // The cluster changes, its (unchanged) assignment is read from its bytes.
+    let random = world(2, "").replacen(
+        "name: svc1\n  type: EDS",
+        "name: svc1\n  type: EDS\n  lb_policy: RANDOM",
+        1,
+    );
+    assert_ne!(random, world(2, ""));
+    let (_, changed) = apply(&mut state, &random);
+    assert_eq!(changed.clusters, ["svc1"]);
+    let svc1 = &state.plan().clusters["svc1"];
+    assert_eq!(svc1.lb_policy, crate::kernel_native::plan::LbPolicy::Random);
+    assert_eq!(svc1.levels_v4[0].endpoints.len(), 2);
+}
