@@ -46,9 +46,26 @@ pub enum WriteError {
 }
 
 /// Inner maps built (each an open file descriptor) before one batch publish:
-/// large enough that the per-batch RCU wait is rare, small enough to stay
-/// well under the open-files limit.
-const PUBLISH_CHUNK: usize = 512;
+/// every publish waits for an RCU grace period (milliseconds), so a whole
+/// mesh goes in as few batches as the open-files limit allows — half of it,
+/// so the daemon's other descriptors keep room (512 at the common 1024) —
+/// within these bounds.
+const PUBLISH_CHUNK_MIN: usize = 64;
+const PUBLISH_CHUNK_MAX: usize = 4096;
+
+fn publish_chunk() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        0
+    };
+    (soft / 2).clamp(PUBLISH_CHUNK_MIN, PUBLISH_CHUNK_MAX)
+}
 
 /// What one apply changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -72,6 +89,8 @@ pub struct MapWriter {
     kept_adopted: BTreeSet<String>,
     /// Keys of the clusters in the maps at start (read by the first resync).
     adopted_clusters: BTreeSet<Vec<u8>>,
+    /// Inner maps per batch publish (see [`publish_chunk`]).
+    chunk: usize,
 }
 
 impl MapWriter {
@@ -90,6 +109,7 @@ impl MapWriter {
             resync: true,
             kept_adopted: BTreeSet::new(),
             adopted_clusters,
+            chunk: publish_chunk(),
         }
     }
 
@@ -190,7 +210,7 @@ impl MapWriter {
         clusters: &[(&String, &CompiledCluster)],
         stats: &mut WriteStats,
     ) -> Result<(), WriteError> {
-        for chunk in clusters.chunks(PUBLISH_CHUNK) {
+        for chunk in clusters.chunks(self.chunk) {
             let mut staged = Vec::with_capacity(chunk.len());
             for (name, cluster) in chunk {
                 let what = format!("cluster {name:?}");
@@ -212,7 +232,7 @@ impl MapWriter {
         listeners: &[(&ListenerKey, &CompiledListener)],
         stats: &mut WriteStats,
     ) -> Result<(), WriteError> {
-        for chunk in listeners.chunks(PUBLISH_CHUNK) {
+        for chunk in listeners.chunks(self.chunk) {
             let mut staged = Vec::with_capacity(chunk.len());
             for (key, listener) in chunk {
                 let what = format!("listener {:?} at {}", listener.name, display_key(key));

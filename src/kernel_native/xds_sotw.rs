@@ -36,11 +36,11 @@ pub struct KernelNativeXds {
     /// response: the runner compares it with what it compiled last.
     snapshot: Snapshot,
     /// ClusterLoadAssignment names the current clusters need.
-    eds_names: BTreeSet<String>,
+    eds_names: Arc<BTreeSet<String>>,
     /// EDS service name of each EDS cluster (for warming).
     eds_cluster_service: BTreeMap<String, String>,
     /// Route configuration names the current listeners need over RDS.
-    rds_names: BTreeSet<String>,
+    rds_names: Arc<BTreeSet<String>>,
     /// LDS is requested once the first CDS response has been handled.
     cds_received: bool,
     /// Nothing is written before the first LDS response (initial sync).
@@ -54,9 +54,9 @@ impl KernelNativeXds {
             runner,
             admin,
             snapshot: Snapshot::default(),
-            eds_names: BTreeSet::new(),
+            eds_names: Arc::default(),
             eds_cluster_service: BTreeMap::new(),
-            rds_names: BTreeSet::new(),
+            rds_names: Arc::default(),
             cds_received: false,
             lds_received: false,
             metrics: None,
@@ -104,7 +104,11 @@ impl KernelNativeXds {
                 }
                 self.eds_cluster_service
                     .retain(|name, _| received.contains_key(name));
-                self.eds_names = self.eds_cluster_service.values().cloned().collect();
+                let eds_names: BTreeSet<String> =
+                    self.eds_cluster_service.values().cloned().collect();
+                if *self.eds_names != eds_names {
+                    self.eds_names = Arc::new(eds_names);
+                }
                 let eds_names = &self.eds_names;
                 self.snapshot
                     .load_assignments
@@ -184,7 +188,9 @@ impl KernelNativeXds {
     /// RDS names: HTTP filters whose route configuration is not inline.
     fn update_rds_names(&mut self) {
         let names = rds_names(self.runner().plan());
-        self.rds_names = names;
+        if *self.rds_names != names {
+            self.rds_names = Arc::new(names);
+        }
         let rds_names = &self.rds_names;
         self.snapshot
             .route_configs
