@@ -19,181 +19,26 @@
 //! against the plan in force: the writer touches only those entries.
 
 mod merge;
+mod slot;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use prost_types::Any;
 use serde::Serialize;
 
 use super::compiler::{
     self, check_cluster_capacity, check_counts, compile_cluster, compile_listener,
-    compile_route_config, dns_subscriptions, eds_service_name, CapacityError, Limits,
-    ResolvedHosts,
+    compile_route_config, CapacityError, Limits, ResolvedHosts,
 };
 use super::input::{KindMap, Snapshot};
 use super::plan::{Changed, CompiledListener, CompiledRouteConfig, ListenerKey, Plan, PlanDelta};
 use super::resources::{self, Resource, ResourceError, ResourceKind};
 use crate::dns::Subscription;
 use merge::{diff_names, overlay, overlay_get};
-
-/// One version of a resource: its bytes and what they gave.
-#[derive(Debug)]
-struct Version<T> {
-    any: Arc<Any>,
-    value: Arc<T>,
-}
-
-impl<T> Clone for Version<T> {
-    fn clone(&self) -> Self {
-        Self {
-            any: self.any.clone(),
-            value: self.value.clone(),
-        }
-    }
-}
-
-/// A resource name: the version offered last, and the version in force.
-#[derive(Debug)]
-struct Slot<T> {
-    offered: Arc<Any>,
-    /// The offered version decoded (and, where a resource compiles on its
-    /// own, compiled), or why it was refused.
-    outcome: Result<Arc<T>, ResourceError>,
-    accepted: Option<Version<T>>,
-}
-
-impl<T> Clone for Slot<T> {
-    fn clone(&self) -> Self {
-        Self {
-            offered: self.offered.clone(),
-            outcome: self.outcome.clone(),
-            accepted: self.accepted.clone(),
-        }
-    }
-}
-
-impl<T> Slot<T> {
-    fn offered_version(&self) -> Option<Version<T>> {
-        let value = self.outcome.as_ref().ok()?;
-        Some(Version {
-            any: self.offered.clone(),
-            value: value.clone(),
-        })
-    }
-
-    /// Versions to try, newest first: the offered one (if it decoded), then
-    /// the one in force when it differs.
-    fn candidates(&self) -> Vec<Version<T>> {
-        let mut out: Vec<Version<T>> = self.offered_version().into_iter().collect();
-        if let Some(old) = &self.accepted {
-            if !Arc::ptr_eq(&old.any, &self.offered) || out.is_empty() {
-                out.push(old.clone());
-            }
-        }
-        out
-    }
-}
-
-/// What is kept of a cluster: what the indexes need. The decoded cluster
-/// (kilobytes each) is kept only while its stage runs; a later recompile
-/// (its assignment or DNS answers changed) decodes the bytes again.
-#[derive(Debug)]
-struct ClusterSpec {
-    service: String,
-    subscriptions: Vec<Subscription>,
-    decoded: Option<Arc<Cluster>>,
-}
-
-/// What is kept of a ClusterLoadAssignment that checked: nothing but its
-/// bytes once staged (see [`ClusterSpec`]).
-#[derive(Debug)]
-struct AssignmentSpec {
-    decoded: Option<Arc<ClusterLoadAssignment>>,
-}
-
-impl ClusterSpec {
-    fn new(c: Cluster) -> Self {
-        Self {
-            service: eds_service_name(&c).to_string(),
-            subscriptions: dns_subscriptions(&c),
-            decoded: Some(Arc::new(c)),
-        }
-    }
-
-    /// The cluster, decoded again when only its bytes are kept.
-    fn cluster(&self, any: &Any) -> Option<Arc<Cluster>> {
-        self.decoded
-            .clone()
-            .or_else(|| match resources::decode(any) {
-                Ok(Resource::Cluster(c)) => Some(Arc::new(*c)),
-                _ => None,
-            })
-    }
-}
-
-impl AssignmentSpec {
-    /// The assignment, decoded again when only its bytes are kept.
-    fn assignment(&self, any: &Any) -> Option<Arc<ClusterLoadAssignment>> {
-        self.decoded
-            .clone()
-            .or_else(|| match resources::decode(any) {
-                Ok(Resource::ClusterLoadAssignment(c)) => Some(Arc::new(*c)),
-                _ => None,
-            })
-    }
-}
-
-/// Values that can drop their decoded form once committed (see [`ClusterSpec`]).
-trait Thin: Sized {
-    /// The value without its decoded form; `None` when it has none.
-    fn thin(&self) -> Option<Self>;
-}
-
-impl Thin for ClusterSpec {
-    fn thin(&self) -> Option<Self> {
-        self.decoded.as_ref()?;
-        Some(Self {
-            service: self.service.clone(),
-            subscriptions: self.subscriptions.clone(),
-            decoded: None,
-        })
-    }
-}
-
-impl Thin for AssignmentSpec {
-    fn thin(&self) -> Option<Self> {
-        self.decoded.as_ref()?;
-        Some(Self { decoded: None })
-    }
-}
-
-impl<T: Thin> Slot<T> {
-    /// The slot as kept in the state: offered and accepted values thinned,
-    /// still one shared value when they were one.
-    fn thin(mut self) -> Self {
-        let thin = |v: &Arc<T>| v.thin().map(Arc::new);
-        let offered = self.outcome.as_ref().ok().map(|v| (v.clone(), thin(v)));
-        if let Some(a) = &mut self.accepted {
-            match &offered {
-                Some((v, Some(t))) if Arc::ptr_eq(&a.value, v) => a.value = t.clone(),
-                _ => {
-                    if let Some(t) = thin(&a.value) {
-                        a.value = t;
-                    }
-                }
-            }
-        }
-        if let Some((_, Some(t))) = offered {
-            self.outcome = Ok(t);
-        }
-        self
-    }
-}
+use slot::{AssignmentSpec, ClusterSpec, Slot, Version};
 
 type Slots<T> = BTreeMap<String, Slot<T>>;
 /// Staged slot changes: `None` removes the name.
@@ -474,7 +319,7 @@ impl<'a> Staging<'a> {
                         |any| match resources::decode(any) {
                             Ok(Resource::Listener(l)) => compile_listener(&l),
                             Ok(_) => unreachable_kind(kind),
-                            Err(e) => Err(decode_error(kind, any, e)),
+                            Err(e) => Err(decode_error(kind, e)),
                         },
                     );
                 }
@@ -490,7 +335,7 @@ impl<'a> Staging<'a> {
                         |any| match resources::decode(any) {
                             Ok(Resource::Cluster(c)) => Ok(ClusterSpec::new(*c)),
                             Ok(_) => unreachable_kind(kind),
-                            Err(e) => Err(decode_error(kind, any, e)),
+                            Err(e) => Err(decode_error(kind, e)),
                         },
                     );
                 }
@@ -513,7 +358,7 @@ impl<'a> Staging<'a> {
                                 })
                             }
                             Ok(_) => unreachable_kind(kind),
-                            Err(e) => Err(decode_error(kind, any, e)),
+                            Err(e) => Err(decode_error(kind, e)),
                         },
                     );
                 }
@@ -528,7 +373,7 @@ impl<'a> Staging<'a> {
                         |any| match resources::decode(any) {
                             Ok(Resource::RouteConfiguration(rc)) => compile_route_config(&rc),
                             Ok(_) => unreachable_kind(kind),
-                            Err(e) => Err(decode_error(kind, any, e)),
+                            Err(e) => Err(decode_error(kind, e)),
                         },
                     );
                 }
@@ -814,7 +659,7 @@ fn stage_kind<T>(
     }
 }
 
-fn decode_error(kind: ResourceKind, _any: &Any, e: resources::DecodeError) -> ResourceError {
+fn decode_error(kind: ResourceKind, e: resources::DecodeError) -> ResourceError {
     match e {
         resources::DecodeError::Malformed(e) => e,
         resources::DecodeError::UnknownType(t) => ResourceError {

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 
-use super::Slot;
+use super::slot::Slot;
 use crate::kernel_native::input::{same, KindMap};
 
 /// Names whose offered bytes changed: `(name, true)` for a new or changed
