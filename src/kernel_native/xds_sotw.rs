@@ -137,11 +137,11 @@ impl KernelNativeXds {
         (names, errors)
     }
 
-    /// Track EDS clusters and their service names; a cluster that does not
-    /// decode is the runner's to reject.
+    /// Track EDS clusters and their service names. A cluster that does not
+    /// decode is the runner's to reject; its previous version stays in
+    /// force, and so does the assignment it reads.
     fn note_cluster(&mut self, name: &str, any: &Any) {
         let Ok(Resource::Cluster(c)) = resources::decode(any) else {
-            self.eds_cluster_service.remove(name);
             return;
         };
         let is_eds = matches!(
