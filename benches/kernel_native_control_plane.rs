@@ -34,6 +34,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -427,6 +428,8 @@ struct SizeResult {
     idle_rss_kib: u64,
     map_bytes: u64,
     maps: Vec<(String, u64, u64)>,
+    /// The inner maps (one per listener address and per cluster).
+    inner_map_bytes: u64,
     change_ms: Stats,
     removal_ms: Stats,
     /// One endpoint added, the response re-sending all N assignments.
@@ -483,6 +486,7 @@ async fn measure_on(
         bail!("the kernel holds {listeners} listeners and {clusters} clusters, not {n} each");
     }
     let base_records = cluster_records(&kernel, &service_name(0))?;
+    let inner_map_bytes = inner_map_bytes(&kernel)?;
 
     // One endpoint more for one service, `repeat` times (a different
     // service each time, spread over the whole range), each checked in the
@@ -524,10 +528,37 @@ async fn measure_on(
         idle_rss_kib,
         map_bytes,
         maps,
+        inner_map_bytes,
         change_ms: stats(changes),
         removal_ms: stats(removals),
         change_all_sent_ms: stats(all_sent),
     })
+}
+
+/// Kernel memory of the inner maps the outer maps point to (created at run
+/// time, not pinned, so not in the `kn_*` figure): `memlock` from
+/// /proc/self/fdinfo of each, opened by id.
+fn inner_map_bytes(kernel: &KernelNativeMaps) -> Result<u64> {
+    let mut total = 0;
+    for outer in [&kernel.listeners, &kernel.clusters] {
+        for key in outer.keys() {
+            let Some(id) = outer.lookup(&key, MapFlags::ANY)? else {
+                continue;
+            };
+            let id = u32::from_ne_bytes(id.as_slice().try_into().context("inner map id")?);
+            let inner = MapHandle::from_map_id(id)?;
+            let fdinfo = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                inner.as_fd().as_raw_fd()
+            ))?;
+            total += fdinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .context("no memlock in fdinfo")?;
+        }
+    }
+    Ok(total)
 }
 
 fn expect_records(kernel: &KernelNativeMaps, svc: usize, want: usize) -> Result<()> {
@@ -546,11 +577,11 @@ fn expect_records(kernel: &KernelNativeMaps, svc: usize, want: usize) -> Result<
 
 fn table(results: &[SizeResult]) -> String {
     let mut t = String::new();
-    t.push_str("| services × endpoints | world MiB | push → last ACK (whole world) ms | one-endpoint add: median / p99 ms | one-endpoint removal: median / p99 ms | add, all assignments re-sent: median / max ms | daemon VmRSS / VmHWM MiB | `kn_*` map memlock MiB |\n");
-    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("| services × endpoints | world MiB | push → last ACK (whole world) ms | one-endpoint add: median / p99 ms | one-endpoint removal: median / p99 ms | add, all assignments re-sent: median / max ms | daemon VmRSS / VmHWM MiB | `kn_*` map memlock MiB | inner maps memlock MiB |\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         t.push_str(&format!(
-            "| {} × {} | {:.1} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} |\n",
+            "| {} × {} | {:.1} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |\n",
             r.services,
             r.endpoints_per_service,
             r.world_mib,
@@ -564,6 +595,7 @@ fn table(results: &[SizeResult]) -> String {
             mib(r.rss_kib),
             mib(r.hwm_kib),
             r.map_bytes as f64 / (1 << 20) as f64,
+            r.inner_map_bytes as f64 / (1 << 20) as f64,
         ));
     }
     t
@@ -632,7 +664,10 @@ rest is the transfer and decoding of the whole message.\n\
 - **VmRSS / VmHWM**: `/proc/PID/status` of the daemon right after the \
 whole-world ACK (VmHWM is the peak so far).\n\
 - **map memlock**: the sum of `bytes_memlock` (`bpftool map show pinned`) over \
-the daemon's pinned `kn_*` maps after the whole-world ACK.\n\n{}\n\
+the daemon's pinned `kn_*` maps after the whole-world ACK (their sizes are \
+the configured capacities); **inner maps**: the sum of `memlock` (fdinfo) over \
+the inner maps they point to (one per listener address and per cluster, \
+created at run time and not pinned).\n\n{}\n\
 Kernel map memory by map:\n\n{}\nTargets (issue #9):\n\n{}",
         repeat.div_ceil(5),
         table(results),
