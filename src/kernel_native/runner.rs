@@ -34,6 +34,9 @@ pub struct KernelNativeRunner {
     dns: Option<DnsResolver>,
     /// Clusters registered with the resolver as owners of hostnames.
     dns_owners: BTreeSet<String>,
+    /// The last [`Self::check`] (before the initial sync): what it decoded
+    /// is reused by the next apply rather than decoded again.
+    checked: Option<Staged>,
     /// Pending until the first configuration is written.
     activation: Option<Activation>,
     metrics: Option<Arc<Metrics>>,
@@ -58,6 +61,7 @@ impl KernelNativeRunner {
             state: ConfigState::default(),
             dns,
             dns_owners: BTreeSet::new(),
+            checked: None,
             activation: None,
             metrics: None,
             writer,
@@ -104,6 +108,7 @@ impl KernelNativeRunner {
 
     /// A DNS answer changed: compile the clusters that resolve hostnames again.
     pub fn reapply(&mut self) -> ApplyOutcome {
+        self.checked = None;
         let staged = self.state.restage(&self.limits, self.resolved_hosts());
         self.write(staged)
     }
@@ -117,23 +122,33 @@ impl KernelNativeRunner {
     }
 
     /// Validate a snapshot as [`Self::apply`] would, without writing anything.
-    pub fn check(&self, snapshot: &Snapshot) -> ApplyOutcome {
-        match self
-            .state
-            .stage(snapshot, &self.limits, self.resolved_hosts())
-        {
-            Ok(staged) => ApplyOutcome::Applied {
-                rejected: staged.rejected,
-            },
+    pub fn check(&mut self, snapshot: &Snapshot) -> ApplyOutcome {
+        let earlier = self.checked.take();
+        match self.state.stage_after(
+            snapshot,
+            &self.limits,
+            self.resolved_hosts(),
+            earlier.as_ref(),
+        ) {
+            Ok(staged) => {
+                let rejected = staged.rejected.clone();
+                self.checked = Some(staged);
+                ApplyOutcome::Applied { rejected }
+            }
             Err(e) => ApplyOutcome::Refused(e.to_string()),
         }
     }
 
     /// Apply one complete snapshot.
     pub fn apply(&mut self, snapshot: &Snapshot) -> ApplyOutcome {
-        let staged = self
-            .state
-            .stage(snapshot, &self.limits, self.resolved_hosts());
+        let earlier = self.checked.take();
+        let staged = self.state.stage_after(
+            snapshot,
+            &self.limits,
+            self.resolved_hosts(),
+            earlier.as_ref(),
+        );
+        drop(earlier);
         self.write(staged)
     }
 

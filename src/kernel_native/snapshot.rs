@@ -147,8 +147,21 @@ impl ConfigState {
         limits: &Limits,
         dns: &dyn ResolvedHosts,
     ) -> Result<Staged, SnapshotError> {
+        self.stage_after(snapshot, limits, dns, None)
+    }
+
+    /// [`Self::stage`], reusing what an earlier stage against the same
+    /// state decoded (e.g. a check before the initial sync): the same bytes
+    /// decode to the same thing.
+    pub fn stage_after(
+        &self,
+        snapshot: &Snapshot,
+        limits: &Limits,
+        dns: &dyn ResolvedHosts,
+        earlier: Option<&Staged>,
+    ) -> Result<Staged, SnapshotError> {
         let mut staging = Staging::new(self, dns);
-        staging.take_snapshot(snapshot);
+        staging.take_snapshot(snapshot, earlier);
         staging.finish(limits, &snapshot.rejected, &snapshot.unsupported)
     }
 
@@ -287,7 +300,7 @@ impl<'a> Staging<'a> {
 
     /// Compare each kind that changed since the last walk with the slots,
     /// and decode (and compile what compiles alone) the versions that differ.
-    fn take_snapshot(&mut self, snapshot: &Snapshot) {
+    fn take_snapshot(&mut self, snapshot: &Snapshot, earlier: Option<&Staged>) {
         let state = self.state;
         // Names refused before placing (repeated in one snapshot) keep the
         // version in force: they are neither changed nor removed.
@@ -314,6 +327,7 @@ impl<'a> Staging<'a> {
                     stage_kind(
                         &mut self.out.listeners,
                         &state.listeners,
+                        earlier.map(|e| &e.listeners),
                         map,
                         changes,
                         |any| match resources::decode(any) {
@@ -330,6 +344,7 @@ impl<'a> Staging<'a> {
                     stage_kind(
                         &mut self.out.clusters,
                         &state.clusters,
+                        earlier.map(|e| &e.clusters),
                         map,
                         changes,
                         |any| match resources::decode(any) {
@@ -349,6 +364,7 @@ impl<'a> Staging<'a> {
                     stage_kind(
                         &mut self.out.load_assignments,
                         &state.load_assignments,
+                        earlier.map(|e| &e.load_assignments),
                         map,
                         changes,
                         |any| match resources::decode(any) {
@@ -368,6 +384,7 @@ impl<'a> Staging<'a> {
                     stage_kind(
                         &mut self.out.route_configs,
                         &state.route_configs,
+                        earlier.map(|e| &e.route_configs),
                         map,
                         changes,
                         |any| match resources::decode(any) {
@@ -628,10 +645,12 @@ impl<'a> Staging<'a> {
 }
 
 /// Slot updates for the names that changed: the new bytes decoded with
-/// `decode`, the version in force kept for now (decided later).
+/// `decode` (or as an `earlier` stage decoded the same bytes), the version
+/// in force kept for now (decided later).
 fn stage_kind<T>(
     out: &mut SlotUpdates<T>,
     slots: &Slots<T>,
+    earlier: Option<&SlotUpdates<T>>,
     map: &KindMap,
     changes: Vec<(String, bool)>,
     decode: impl Fn(&Any) -> Result<T, ResourceError>,
@@ -642,11 +661,18 @@ fn stage_kind<T>(
             continue;
         };
         let accepted = slots.get(&name).and_then(|s| s.accepted.clone());
-        let outcome = decode(any).map(Arc::new).map_err(|mut e| {
-            if e.name.is_empty() {
-                e.name = name.clone();
-            }
-            e
+        let reused = earlier
+            .and_then(|e| e.get(&name))
+            .and_then(Option::as_ref)
+            .filter(|slot| Arc::ptr_eq(&slot.offered, any))
+            .map(|slot| slot.outcome.clone());
+        let outcome = reused.unwrap_or_else(|| {
+            decode(any).map(Arc::new).map_err(|mut e| {
+                if e.name.is_empty() {
+                    e.name = name.clone();
+                }
+                e
+            })
         });
         out.insert(
             name,

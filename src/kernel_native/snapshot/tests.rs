@@ -283,3 +283,28 @@ fn the_state_keeps_bytes_not_decoded_clusters_and_decodes_them_again_when_needed
     assert_eq!(svc1.lb_policy, crate::kernel_native::plan::LbPolicy::Random);
     assert_eq!(svc1.levels_v4[0].endpoints.len(), 2);
 }
+
+#[test]
+fn a_stage_reuses_what_an_earlier_stage_decoded() {
+    let state = ConfigState::default();
+    let s = snapshot(&world(3, ""));
+    let first = state.stage(&s, &limits(), &NoDns).unwrap();
+    let second = state
+        .stage_after(&s, &limits(), &NoDns, Some(&first))
+        .unwrap();
+    assert_eq!(first.delta, second.delta);
+    let outcome = |st: &Staged| match st.clusters["svc1"].as_ref().unwrap().outcome.as_ref() {
+        Ok(v) => v.clone(),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        Arc::ptr_eq(&outcome(&first), &outcome(&second)),
+        "decoded once"
+    );
+    // A fresh copy of the bytes (another Arc, e.g. a re-read file) is
+    // decoded anew: reuse goes by pointer, which costs nothing to check.
+    let fresh = state
+        .stage_after(&snapshot(&world(3, "")), &limits(), &NoDns, Some(&first))
+        .unwrap();
+    assert!(!Arc::ptr_eq(&outcome(&first), &outcome(&fresh)));
+}
