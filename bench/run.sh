@@ -3,7 +3,7 @@
 # connection-per-request), connect cost vs config size, control plane
 # (kernel-native over the xDS file; dual-engine over delta ADS).
 #
-#   sudo bench/run.sh [--quick] [--dual-engine-only]
+#   sudo bench/run.sh [--quick] [--dual-engine-only] [--kernel-native-only]
 #   bench/run.sh --render-only
 #
 # Everything runs inside a network namespace this script creates (only `lo`
@@ -18,19 +18,24 @@
 # own daemons, bpffs dirs and cgroups, removed by it): 1k/10k/50k services
 # (--quick: 1k/10k; BENCH_DE_SIZES overrides; BENCH_SKIP_DE_CP=1 skips it).
 # --dual-engine-only runs just that and replaces only its section of
-# docs/benchmarks.md. BENCH_CP_SIZES (default 1000,10000): the kernel-native
-# control-plane sizes; the largest is also the connect-cost "many services".
+# docs/benchmarks.md. The kernel-native control plane over SotW ADS
+# (benches/kernel_native_control_plane.rs) runs the same sizes the same way
+# (BENCH_SKIP_KN_CP=1 skips it); --kernel-native-only runs just that.
+# BENCH_CP_SIZES (default 1000,10000): the kernel-native control plane over
+# the xDS file; the largest is also the connect-cost "many services".
 set -euo pipefail
 
 QUICK=0
 DE_ONLY=0
 RENDER_ONLY=0
+KN_ONLY=0
 for a in "$@"; do
     case "$a" in
         --quick) QUICK=1 ;;
         --dual-engine-only) DE_ONLY=1 ;;
         --render-only) RENDER_ONLY=1 ;;
-        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+        --kernel-native-only) KN_ONLY=1 ;;
+        -h|--help) sed -n 2,25p "$0"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +62,31 @@ dual_engine_bench() {
         --sizes "$DE_SIZES" --daemon "$KMESH_BIN_DIR/kmesh-daemon" \
         --json "$1.json" --markdown "$1.md") | tee "$1.txt"
 }
+
+if [ $DE_ONLY = 1 ]; then
+    DE_TMP="$(mktemp -d "/tmp/kmbench-de-$$.XXXXXX")"
+    trap 'rm -rf "$DE_TMP"' EXIT
+    dual_engine_bench "$DE_TMP/dual_engine"
+    python3 "$ROOT/bench/bench.py" --dual-engine-only --out "$ROOT/docs/benchmarks.md" \
+        --dual-engine-md "$DE_TMP/dual_engine.md" --dual-engine-json "$DE_TMP/dual_engine.json"
+    exit 0
+fi
+
+# The kernel-native control plane over SotW ADS, the same way.
+kernel_native_bench() {
+    (cd "$ROOT" && cargo bench --bench kernel_native_control_plane -- \
+        --sizes "$DE_SIZES" --daemon "$KMESH_BIN_DIR/kmesh-daemon" \
+        --json "$1.json" --markdown "$1.md") | tee "$1.txt"
+}
+
+if [ $KN_ONLY = 1 ]; then
+    KN_TMP="$(mktemp -d "/tmp/kmbench-kn-$$.XXXXXX")"
+    trap 'rm -rf "$KN_TMP"' EXIT
+    kernel_native_bench "$KN_TMP/kernel_native"
+    python3 "$ROOT/bench/bench.py" --kernel-native-only --out "$ROOT/docs/benchmarks.md" \
+        --kernel-native-md "$KN_TMP/kernel_native.md" --kernel-native-json "$KN_TMP/kernel_native.json"
+    exit 0
+fi
 
 if [ $DE_ONLY = 1 ]; then
     DE_TMP="$(mktemp -d "/tmp/kmbench-de-$$.XXXXXX")"
@@ -150,11 +180,14 @@ mkdir "$CG" "$CG_DE"
 mkdir "$BPFD" "$BPFD_DE"
 : >"$TMP/pids"
 
-# BENCH_SKIP_DE_CP=1 skips it (the doc keeps its previous dual-engine section).
+# BENCH_SKIP_DE_CP=1 / BENCH_SKIP_KN_CP=1 skip them (the doc keeps its
+# previous section).
 [ "${BENCH_SKIP_DE_CP:-0}" = 1 ] || dual_engine_bench "$TMP/dual_engine"
+[ "${BENCH_SKIP_KN_CP:-0}" = 1 ] || kernel_native_bench "$TMP/kernel_native"
 
 python3 "$ROOT/bench/bench.py" \
     --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --cgroup-de "$CG_DE" --bpffs-de "$BPFD_DE" --tmp "$TMP" \
     --bin-dir "$KMESH_BIN_DIR" --envoy "$ENVOY_BIN" \
     --dual-engine-md "$TMP/dual_engine.md" --dual-engine-json "$TMP/dual_engine.json" \
+    --kernel-native-md "$TMP/kernel_native.md" --kernel-native-json "$TMP/kernel_native.json" \
     --out "$ROOT/docs/benchmarks.md" $([ $QUICK = 1 ] && echo --quick)

@@ -26,11 +26,11 @@
 //! (and the daemon it drives, `CARGO_BIN_EXE_kmesh-daemon`) with the
 //! release profile, and `clippy --all-targets` checks it.
 
+mod common;
+
 use std::collections::HashMap;
-use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,13 +53,13 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-const ENDPOINTS_PER_SERVICE: usize = 10;
-const NAMESPACE: &str = "bench";
+use common::{
+    main_with, map_breakdown, mib, stats, verdict, write_outputs, Args, Daemon, Stats,
+    APPLY_TIMEOUT, CHANGE_TIMEOUT, CONNECT_TIMEOUT, ENDPOINTS_PER_SERVICE, TARGET_APPLY_10K,
+    TARGET_CHANGE_50K, TARGET_RSS_50K_MIB,
+};
 
-/// The issue's targets.
-const TARGET_APPLY_10K: Duration = Duration::from_secs(1);
-const TARGET_CHANGE_50K: Duration = Duration::from_millis(10);
-const TARGET_RSS_50K_MIB: f64 = 100.0;
+const NAMESPACE: &str = "bench";
 
 // ---------------------------------------------------------------------------
 // The delta ADS server: one stream at a time (one daemon), every request the
@@ -141,7 +141,9 @@ impl Server {
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(TcpIncoming::from(listener))
+                // TCP_NODELAY, as real control planes set it: without it a
+                // small response can wait for a delayed ACK (40 ms on loopback).
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
                 .await;
             if let Err(e) = served {
                 eprintln!("delta ADS server: {e}");
@@ -354,195 +356,6 @@ fn world(n: usize) -> Vec<Resource> {
 }
 
 // ---------------------------------------------------------------------------
-// The daemon under test, and everything it leaves behind.
-
-struct Daemon {
-    bin: PathBuf,
-    child: Option<Child>,
-    bpffs: PathBuf,
-    cgroup: PathBuf,
-    log: PathBuf,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-impl Daemon {
-    fn start(bin: &Path, xds: SocketAddr, tag: &str) -> Result<Daemon> {
-        let unique = format!("kmbench-de-{}-{tag}", std::process::id());
-        let bpffs = PathBuf::from("/sys/fs/bpf").join(&unique);
-        let cgroup_root = if Path::new("/sys/fs/cgroup/unified").is_dir() {
-            "/sys/fs/cgroup/unified"
-        } else {
-            "/sys/fs/cgroup"
-        };
-        let cgroup = PathBuf::from(cgroup_root).join(&unique);
-        let log = std::env::temp_dir().join(format!("{unique}.log"));
-        // From here on Drop cleans up whatever exists.
-        let mut daemon = Daemon {
-            bin: bin.to_path_buf(),
-            child: None,
-            bpffs,
-            cgroup,
-            log,
-        };
-        fs::create_dir(&daemon.bpffs).with_context(|| format!("mkdir {:?}", daemon.bpffs))?;
-        fs::create_dir(&daemon.cgroup).with_context(|| format!("mkdir {:?}", daemon.cgroup))?;
-        let log = fs::File::create(&daemon.log)?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["--mode", "dual-engine", "--log-level", "warn"])
-            .arg("--xds-address")
-            .arg(format!("http://{xds}"))
-            .arg("--bpf-fs-path")
-            .arg(&daemon.bpffs)
-            .arg("--cgroup2-path")
-            .arg(&daemon.cgroup)
-            .arg("--admin-address")
-            .arg(format!("127.0.0.1:{}", free_port()?))
-            .arg("--metrics-address")
-            .arg(format!("127.0.0.1:{}", free_port()?))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        // If this benchmark dies without cleaning up, the daemon gets
-        // SIGTERM instead of living on.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        daemon.child = Some(cmd.spawn().with_context(|| format!("starting {bin:?}"))?);
-        Ok(daemon)
-    }
-
-    fn pid(&self) -> Result<u32> {
-        Ok(self.child.as_ref().context("daemon not running")?.id())
-    }
-
-    /// The daemon's log (for error messages).
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// (VmRSS, VmHWM) in KiB.
-    fn memory_kib(&self) -> Result<(u64, u64)> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
-        let field = |name: &str| -> Result<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{name} not in /proc/PID/status"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
-    }
-
-    /// `map name -> (bytes_memlock, max_entries)` of the daemon's pinned
-    /// `de_*` maps.
-    fn map_memory(&self) -> Result<Vec<(String, u64, u64)>> {
-        let dir = self.bpffs.join("kmesh/dual_engine/maps");
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir:?}"))? {
-            let path = entry?.path();
-            let shown = Command::new("bpftool")
-                .args(["-j", "map", "show", "pinned"])
-                .arg(&path)
-                .output()
-                .context("running bpftool (Debian package bpftool)")?;
-            if !shown.status.success() {
-                bail!(
-                    "bpftool map show pinned {path:?}: {}",
-                    String::from_utf8_lossy(&shown.stderr)
-                );
-            }
-            let v: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !name.starts_with("de_") {
-                continue;
-            }
-            let bytes = v["bytes_memlock"].as_u64().context("no bytes_memlock")?;
-            let max = v["max_entries"].as_u64().unwrap_or(0);
-            out.push((name, bytes, max));
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// SIGTERM, a grace period, then SIGKILL; then `kmesh-daemon uninstall`
-    /// on our bpffs dir, and the dirs removed.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        if self.bpffs.exists() {
-            let out = Command::new(&self.bin)
-                .arg("uninstall")
-                .arg("--bpf-fs-path")
-                .arg(&self.bpffs)
-                .arg("--cgroup2-path")
-                .arg(&self.cgroup)
-                .output();
-            if let Ok(out) = out {
-                if !out.status.success() {
-                    eprintln!(
-                        "kmesh-daemon uninstall: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
-            let _ = fs::remove_dir_all(&self.bpffs);
-        }
-        if self.cgroup.exists() {
-            // The cgroup is empty (nothing was moved into it); rmdir can
-            // still fail briefly while the kernel releases the detached
-            // programs.
-            for _ in 0..50 {
-                if fs::remove_dir(&self.cgroup).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        let _ = fs::remove_file(&self.log);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The measurements.
 
 #[derive(Debug, serde::Serialize)]
@@ -560,44 +373,9 @@ struct SizeResult {
     removal_ms: Stats,
 }
 
-#[derive(Debug, serde::Serialize)]
-struct Stats {
-    n: usize,
-    median: f64,
-    p99: f64,
-    min: f64,
-    max: f64,
-    /// In the order measured (to tell a one-off pause from a slow tail).
-    samples: Vec<f64>,
-}
-
-fn stats(measured: Vec<Duration>) -> Stats {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let in_order = measured.iter().copied().map(ms).collect();
-    let mut samples = measured;
-    samples.sort();
-    // Nearest rank: with fewer than 100 samples p99 is the largest.
-    let rank = |p: f64| {
-        let r = (p * samples.len() as f64).ceil() as usize;
-        samples[r.clamp(1, samples.len()) - 1]
-    };
-    Stats {
-        n: samples.len(),
-        median: ms(rank(0.5)),
-        p99: ms(rank(0.99)),
-        min: ms(samples[0]),
-        max: ms(samples[samples.len() - 1]),
-        samples: in_order,
-    }
-}
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
-
 async fn measure(bin: &Path, n: usize, repeat: usize) -> Result<SizeResult> {
     let mut server = Server::start().await?;
-    let daemon = Daemon::start(bin, server.addr, &n.to_string())?;
+    let daemon = Daemon::start(bin, "dual-engine", server.addr, &n.to_string(), &[])?;
     let result = measure_on(&mut server, &daemon, n, repeat).await;
     result.map_err(|e| anyhow!("{e:#}\n--- daemon log (tail) ---\n{}", daemon.log_tail()))
     // `daemon` drops here: stopped, uninstalled, dirs removed.
@@ -623,7 +401,7 @@ async fn measure_on(
         .push_and_wait(resources, Vec::new(), APPLY_TIMEOUT)
         .await?;
     let (rss_kib, hwm_kib) = daemon.memory_kib()?;
-    let maps = daemon.map_memory()?;
+    let maps = daemon.map_memory(&daemon.bpffs().join("kmesh/dual_engine/maps"), "de_")?;
     let map_bytes = maps.iter().map(|(_, b, _)| b).sum();
     eprintln!("  applied in {:.0} ms", apply.as_secs_f64() * 1e3);
 
@@ -668,10 +446,6 @@ async fn measure_on(
 // ---------------------------------------------------------------------------
 // Output.
 
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 fn table(results: &[SizeResult]) -> String {
     let mut t = String::new();
     t.push_str("| services × endpoints | message MiB | push → ACK (whole world) ms | one-endpoint add: median / p99 ms | one-endpoint removal: median / p99 ms | daemon VmRSS / VmHWM MiB | `de_*` map memlock MiB |\n");
@@ -693,33 +467,6 @@ fn table(results: &[SizeResult]) -> String {
         ));
     }
     t
-}
-
-/// Per map, for each size: where the kernel memory goes.
-fn map_breakdown(results: &[SizeResult]) -> String {
-    let mut t = String::new();
-    for r in results {
-        let maps: Vec<String> = r
-            .maps
-            .iter()
-            .map(|(name, bytes, max)| {
-                format!(
-                    "{name} {:.1} MiB (max_entries {max})",
-                    *bytes as f64 / (1 << 20) as f64
-                )
-            })
-            .collect();
-        t.push_str(&format!("- {} services: {}\n", r.services, maps.join(", ")));
-    }
-    t
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "**met**"
-    } else {
-        "**missed**"
-    }
 }
 
 fn targets(results: &[SizeResult]) -> String {
@@ -785,56 +532,12 @@ whole-world ACK (VmHWM is the peak so far).\n\
 the daemon's pinned `de_*` maps after the whole-world ACK.\n\n{}\n\
 Kernel map memory by map:\n\n{}\nTargets (issue #9):\n\n{}",
         table(results),
-        map_breakdown(results),
+        map_breakdown(results.iter().map(|r| (r.services, r.maps.as_slice()))),
         targets(results)
     )
 }
 
-struct Args {
-    sizes: Vec<usize>,
-    repeat: usize,
-    daemon: PathBuf,
-    json: Option<PathBuf>,
-    markdown: Option<PathBuf>,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        sizes: vec![1_000, 10_000, 50_000],
-        repeat: 50,
-        daemon: PathBuf::from(env!("CARGO_BIN_EXE_kmesh-daemon")),
-        json: None,
-        markdown: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            // `cargo bench` passes --bench to harness = false benches.
-            "--bench" => {}
-            "--sizes" => {
-                args.sizes = value()?
-                    .split(',')
-                    .map(|s| s.trim().replace('_', "").parse())
-                    .collect::<Result<_, _>>()
-                    .context("--sizes: comma-separated numbers")?
-            }
-            "--repeat" => args.repeat = value()?.parse().context("--repeat")?,
-            "--daemon" => args.daemon = value()?.into(),
-            "--json" => args.json = Some(value()?.into()),
-            "--markdown" => args.markdown = Some(value()?.into()),
-            other => bail!(
-                "unknown argument {other:?} (--sizes, --repeat, --daemon, --json, --markdown)"
-            ),
-        }
-    }
-    if args.repeat == 0 || args.sizes.contains(&0) {
-        bail!("--repeat and every size must be at least 1");
-    }
-    Ok(args)
-}
-
-async fn run(args: &Args) -> Result<Vec<SizeResult>> {
+async fn run(args: Args) -> Result<Vec<SizeResult>> {
     let mut results = Vec::new();
     for &n in &args.sizes {
         eprintln!("dual-engine control plane: {n} services (fresh daemon)");
@@ -844,37 +547,9 @@ async fn run(args: &Args) -> Result<Vec<SizeResult>> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs bench
-    // targets as smoke tests with libtest flags instead. This is a
-    // minutes-long measurement, not a test: say so and leave.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("dual_engine_control_plane: a benchmark; run it with `cargo bench --bench dual_engine_control_plane` (or bench/run.sh)");
+    let Some((args, results)) = main_with("dual_engine_control_plane", run)? else {
         return Ok(());
-    }
-    let args = parse_args()?;
-    if !nix::unistd::geteuid().is_root() {
-        bail!("run as root: the daemon loads eBPF programs (sudo -E cargo bench --bench dual_engine_control_plane)");
-    }
-    if !args.daemon.is_file() {
-        bail!(
-            "{:?} not found: cargo build --release --bin kmesh-daemon",
-            args.daemon
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let results = runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // Dropping the `run` future on a signal drops the daemon guard,
-        // which stops the daemon and removes what it made.
-        tokio::select! {
-            r = run(&args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-            _ = term.recv() => Err(anyhow!("terminated")),
-        }
-    })?;
+    };
     println!(
         "\nDual-engine control plane (delta ADS, release daemon, a fresh daemon per size; {} one-endpoint changes each)\n",
         args.repeat
@@ -882,18 +557,5 @@ fn main() -> Result<()> {
     print!("{}", table(&results));
     println!("\nTargets (issue #9):");
     print!("{}", targets(&results));
-    if let Some(path) = &args.markdown {
-        fs::write(path, markdown(&results, args.repeat))
-            .with_context(|| format!("writing {path:?}"))?;
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "repeat": args.repeat,
-            "daemon": args.daemon,
-            "results": results,
-        });
-        fs::write(path, serde_json::to_vec_pretty(&json)?)
-            .with_context(|| format!("writing {path:?}"))?;
-    }
-    Ok(())
+    write_outputs(&args, &markdown(&results, args.repeat), &results)
 }

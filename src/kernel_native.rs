@@ -4,6 +4,7 @@
 pub mod bpf_dump;
 pub mod compiler;
 pub mod dump;
+pub mod input;
 pub mod limits;
 pub mod plan;
 pub mod records;

@@ -9,6 +9,7 @@ use crate::admin::AdminState;
 use crate::bpf::kernel_native::{KernelNativeBpf, MapCapacity};
 use crate::config::Config;
 use crate::kernel_native::compiler::Limits;
+use crate::kernel_native::input::Snapshot;
 use crate::kernel_native::runner::KernelNativeRunner;
 use crate::kernel_native::writer::MapWriter;
 use crate::kernel_native::xds_sotw::KernelNativeXds;
@@ -88,7 +89,7 @@ pub(super) async fn run(
             let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
             tokio::select! {
                 _ = follow_file(&file, poll, |resources| {
-                    lock(&runner).apply(&resources);
+                    lock(&runner).apply(&Snapshot::from_anys(resources));
                 }, |error| lock(&runner).refuse(error)) => {}
                 _ = shutdown.wait() => {}
             }

@@ -27,7 +27,9 @@ pub use dns_cluster::{dns_subscriptions, NoDns, ResolvedHosts};
 pub use listener::compile_listener;
 pub use route::compile_route_config;
 
-use crate::kernel_native::plan::{CompiledListener, ListenerKey, Plan};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+
+use crate::kernel_native::plan::{CompiledCluster, CompiledListener, ListenerKey, Plan};
 use crate::kernel_native::resources::{ResourceError, ResourceKind, Resources};
 
 /// Sizes of the kernel maps (configurable; the flags are named in the errors).
@@ -83,42 +85,82 @@ pub enum CapacityError {
 
 /// Checks a whole plan against the map sizes before anything is written.
 pub fn check_capacity(plan: &Plan, limits: &Limits) -> Result<(), CapacityError> {
-    let over = |count: usize, capacity: usize| (count > capacity).then_some((count, capacity));
-    if let Some((count, capacity)) = over(plan.listeners.len(), limits.max_listeners) {
-        return Err(CapacityError::Listeners { count, capacity });
+    check_counts(
+        plan.listeners.len(),
+        plan.clusters.len(),
+        plan.route_configs.len(),
+        limits,
+    )?;
+    plan.clusters
+        .iter()
+        .try_for_each(|(name, c)| check_cluster_capacity(name, c, limits))
+}
+
+/// The entry counts of a plan against the outer maps' sizes.
+pub fn check_counts(
+    listeners: usize,
+    clusters: usize,
+    route_configs: usize,
+    limits: &Limits,
+) -> Result<(), CapacityError> {
+    if listeners > limits.max_listeners {
+        return Err(CapacityError::Listeners {
+            count: listeners,
+            capacity: limits.max_listeners,
+        });
     }
-    if let Some((count, capacity)) = over(plan.clusters.len(), limits.max_clusters) {
-        return Err(CapacityError::Clusters { count, capacity });
+    if clusters > limits.max_clusters {
+        return Err(CapacityError::Clusters {
+            count: clusters,
+            capacity: limits.max_clusters,
+        });
     }
-    for (name, c) in &plan.clusters {
-        let count = c
-            .levels_v4
-            .iter()
-            .chain(&c.levels_v6)
-            .map(|l| l.endpoints.len())
-            .sum();
-        if let Some((count, capacity)) = over(count, limits.max_endpoints_per_cluster) {
-            return Err(CapacityError::Endpoints {
-                cluster: name.clone(),
-                count,
-                capacity,
-            });
-        }
-        let table_records = super::records::hash_table_records(c);
-        if count + table_records > limits.max_endpoints_per_cluster {
-            return Err(CapacityError::HashTables {
-                cluster: name.clone(),
-                endpoints: count,
-                table_records,
-                per_record: super::limits::KN_HASH_SLOTS_PER_RECORD,
-                capacity: limits.max_endpoints_per_cluster,
-            });
-        }
-    }
-    if let Some((count, capacity)) = over(plan.route_configs.len(), limits.max_route_configs) {
-        return Err(CapacityError::RouteConfigs { count, capacity });
+    if route_configs > limits.max_route_configs {
+        return Err(CapacityError::RouteConfigs {
+            count: route_configs,
+            capacity: limits.max_route_configs,
+        });
     }
     Ok(())
+}
+
+/// One cluster's records against the size of its inner map. Checked for the
+/// clusters an update writes: the others were checked when they were written.
+pub fn check_cluster_capacity(
+    name: &str,
+    c: &CompiledCluster,
+    limits: &Limits,
+) -> Result<(), CapacityError> {
+    let count: usize = c
+        .levels_v4
+        .iter()
+        .chain(&c.levels_v6)
+        .map(|l| l.endpoints.len())
+        .sum();
+    if count > limits.max_endpoints_per_cluster {
+        return Err(CapacityError::Endpoints {
+            cluster: name.to_string(),
+            count,
+            capacity: limits.max_endpoints_per_cluster,
+        });
+    }
+    let table_records = super::records::hash_table_records(c);
+    if count + table_records > limits.max_endpoints_per_cluster {
+        return Err(CapacityError::HashTables {
+            cluster: name.to_string(),
+            endpoints: count,
+            table_records,
+            per_record: super::limits::KN_HASH_SLOTS_PER_RECORD,
+            capacity: limits.max_endpoints_per_cluster,
+        });
+    }
+    Ok(())
+}
+
+/// A ClusterLoadAssignment checked on its own, so that a bad one is
+/// rejected even when no cluster reads it.
+pub fn check_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), ResourceError> {
+    cluster::compile_load_assignment(cla).map(|_| ())
 }
 
 /// The plan of everything that compiled, and what was rejected.
@@ -128,9 +170,11 @@ pub struct Compiled {
     pub rejected: Vec<ResourceError>,
 }
 
-/// Compiles a snapshot. Resources are taken in name order, so conflicts
-/// (two listeners on one address) are settled the same way every time: the
-/// later name loses.
+/// Compiles a whole set of resources at once. Resources are taken in name
+/// order, so conflicts (two listeners on one address) are settled the same
+/// way every time: the later name loses. The daemon compiles incrementally
+/// (`snapshot::ConfigState`); this from-scratch compile is the reference its
+/// tests compare with.
 pub fn compile(resources: &Resources, dns: &dyn ResolvedHosts) -> Compiled {
     let mut out = Compiled::default();
 
@@ -197,7 +241,7 @@ pub fn compile(resources: &Resources, dns: &dyn ResolvedHosts) -> Compiled {
 /// A listener must not take an address, or an inline route configuration
 /// name, that an earlier resource holds: either would change what the
 /// earlier one routes.
-fn check_conflicts(
+pub(crate) fn check_conflicts(
     plan: &Plan,
     name: &str,
     entries: &[(ListenerKey, CompiledListener)],

@@ -43,6 +43,65 @@ pub struct Plan {
     pub awaiting_dns: std::collections::BTreeSet<String>,
 }
 
+/// What changes between two plans: `Some` adds or replaces an entry, `None`
+/// removes it. Built by the state from what changed, so its size follows
+/// the update, not the plan.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanDelta {
+    pub listeners: BTreeMap<ListenerKey, Option<CompiledListener>>,
+    pub clusters: BTreeMap<String, Option<CompiledCluster>>,
+    pub route_configs: BTreeMap<String, Option<CompiledRouteConfig>>,
+    /// `true`: the cluster joins `Plan::awaiting_dns`; `false`: it leaves.
+    pub awaiting_dns: BTreeMap<String, bool>,
+}
+
+/// The plan entries an applied delta touched: what the writer must write
+/// (when the plan has the entry) or delete (when it no longer does).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changed {
+    pub listeners: Vec<ListenerKey>,
+    pub clusters: Vec<String>,
+}
+
+impl Plan {
+    /// Applies a delta in place.
+    pub fn apply(&mut self, delta: PlanDelta) -> Changed {
+        fn put<K: Ord + Clone, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) {
+            match value {
+                Some(v) => {
+                    map.insert(key, v);
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+        }
+        let mut changed = Changed::default();
+        for (key, value) in delta.listeners {
+            changed.listeners.push(key);
+            put(&mut self.listeners, key, value);
+        }
+        let mut clusters = std::collections::BTreeSet::new();
+        for (name, value) in delta.clusters {
+            clusters.insert(name.clone());
+            put(&mut self.clusters, name, value);
+        }
+        for (name, value) in delta.route_configs {
+            put(&mut self.route_configs, name, value);
+        }
+        for (name, awaiting) in delta.awaiting_dns {
+            if awaiting {
+                self.awaiting_dns.insert(name.clone());
+            } else {
+                self.awaiting_dns.remove(&name);
+            }
+            clusters.insert(name);
+        }
+        changed.clusters = clusters.into_iter().collect();
+        changed
+    }
+}
+
 /// A listener flattened for connect-time matching.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CompiledListener {

@@ -1,16 +1,15 @@
-//! Kernel-native mode at run time: snapshots in (from the xDS file today),
+//! Kernel-native mode at run time: snapshots in (from the xDS file or ADS),
 //! staged and compiled, written to the maps, reported in the admin dump.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use prost_types::Any;
-
-use super::compiler::{dns_subscriptions, Limits, NoDns, ResolvedHosts};
+use super::compiler::{Limits, NoDns, ResolvedHosts};
 use super::dump::{self, LastUpdate};
-use super::plan::{FilterAction, Plan};
+use super::input::Snapshot;
+use super::plan::{Changed, FilterAction, Plan};
 use super::resources::ResourceError;
-use super::snapshot::ConfigState;
+use super::snapshot::{ConfigState, SnapshotError, Staged};
 use super::writer::MapWriter;
 use crate::admin::AdminState;
 use crate::dns::DnsResolver;
@@ -35,8 +34,9 @@ pub struct KernelNativeRunner {
     dns: Option<DnsResolver>,
     /// Clusters registered with the resolver as owners of hostnames.
     dns_owners: BTreeSet<String>,
-    /// The last snapshot given, re-applied when a DNS answer changes.
-    last_snapshot: Vec<Any>,
+    /// The last [`Self::check`] (before the initial sync): what it decoded
+    /// is reused by the next apply rather than decoded again.
+    checked: Option<Staged>,
     /// Pending until the first configuration is written.
     activation: Option<Activation>,
     metrics: Option<Arc<Metrics>>,
@@ -61,7 +61,7 @@ impl KernelNativeRunner {
             state: ConfigState::default(),
             dns,
             dns_owners: BTreeSet::new(),
-            last_snapshot: Vec::new(),
+            checked: None,
             activation: None,
             metrics: None,
             writer,
@@ -106,10 +106,11 @@ impl KernelNativeRunner {
         }
     }
 
-    /// A DNS answer changed: compile the last snapshot again with it.
+    /// A DNS answer changed: compile the clusters that resolve hostnames again.
     pub fn reapply(&mut self) -> ApplyOutcome {
-        let snapshot = std::mem::take(&mut self.last_snapshot);
-        self.apply(&snapshot)
+        self.checked = None;
+        let staged = self.state.restage(&self.limits, self.resolved_hosts());
+        self.write(staged)
     }
 
     /// What the compiler reads DNS answers from.
@@ -121,25 +122,41 @@ impl KernelNativeRunner {
     }
 
     /// Validate a snapshot as [`Self::apply`] would, without writing anything.
-    pub fn check(&self, snapshot: &[Any]) -> ApplyOutcome {
-        match self
-            .state
-            .stage(snapshot, &self.limits, self.resolved_hosts())
-        {
-            Ok(staged) => ApplyOutcome::Applied {
-                rejected: staged.rejected,
-            },
+    pub fn check(&mut self, snapshot: &Snapshot) -> ApplyOutcome {
+        let earlier = self.checked.take();
+        match self.state.stage_after(
+            snapshot,
+            &self.limits,
+            self.resolved_hosts(),
+            earlier.as_ref(),
+        ) {
+            Ok(staged) => {
+                let rejected = staged.rejected.clone();
+                self.checked = Some(staged);
+                ApplyOutcome::Applied { rejected }
+            }
             Err(e) => ApplyOutcome::Refused(e.to_string()),
         }
     }
 
     /// Apply one complete snapshot.
-    pub fn apply(&mut self, snapshot: &[Any]) -> ApplyOutcome {
-        self.last_snapshot = snapshot.to_vec();
-        let staged = match self
-            .state
-            .stage(snapshot, &self.limits, self.resolved_hosts())
-        {
+    pub fn apply(&mut self, snapshot: &Snapshot) -> ApplyOutcome {
+        let earlier = self.checked.take();
+        let staged = self.state.stage_after(
+            snapshot,
+            &self.limits,
+            self.resolved_hosts(),
+            earlier.as_ref(),
+        );
+        drop(earlier);
+        self.write(staged)
+    }
+
+    /// Make a staged snapshot the state in force and write what changed. A
+    /// failed write leaves the state in force as staged: the writer then
+    /// rewrites the whole plan with the next update (see `MapWriter`).
+    fn write(&mut self, staged: Result<Staged, SnapshotError>) -> ApplyOutcome {
+        let staged = match staged {
             Ok(staged) => staged,
             Err(e) => {
                 tracing::error!(error = %e, "configuration refused; the previous one stays in force");
@@ -153,43 +170,34 @@ impl KernelNativeRunner {
         for err in &staged.rejected {
             tracing::error!(error = %err, "resource rejected; its previous version (if any) stays in force");
         }
-        match self.writer.apply(&staged.plan) {
+        let rejected = staged.rejected.clone();
+        let changed = self.state.commit(staged);
+        self.follow_dns_hostnames();
+        match self.writer.apply(self.state.plan(), &changed) {
             Ok(write) => {
-                self.warn_http_only(&staged.plan);
+                self.warn_http_only(&changed);
                 self.version += 1;
-                let (listeners, clusters, rejected) = (
-                    staged.plan.listeners.len(),
-                    staged.plan.clusters.len(),
-                    staged.rejected.len(),
-                );
-                self.last = Some(LastUpdate::Applied {
-                    at_unix_ms: dump::now_unix_ms(),
-                    rejected: staged.rejected.clone(),
-                    write,
-                });
-                let rejected_resources = staged.rejected.clone();
-                if let Some(m) = &self.metrics {
-                    m.applied(rejected_resources.len());
-                }
-                self.state.commit(staged);
-                self.follow_dns_hostnames();
+                let plan = self.state.plan();
                 tracing::info!(
                     version = self.version,
-                    listeners,
-                    clusters,
-                    rejected,
+                    listeners = plan.listeners.len(),
+                    clusters = plan.clusters.len(),
+                    rejected = rejected.len(),
                     ?write,
                     "configuration applied"
                 );
-                if !self.activate() {
-                    return ApplyOutcome::Applied {
-                        rejected: rejected_resources,
-                    };
+                self.last = Some(LastUpdate::Applied {
+                    at_unix_ms: dump::now_unix_ms(),
+                    rejected: rejected.clone(),
+                    write,
+                });
+                if let Some(m) = &self.metrics {
+                    m.applied(rejected.len());
                 }
-                self.admin.set_ready();
-                ApplyOutcome::Applied {
-                    rejected: rejected_resources,
+                if self.activate() {
+                    self.admin.set_ready();
                 }
+                ApplyOutcome::Applied { rejected }
             }
             Err(e) => {
                 tracing::error!(error = %e, "writing the maps failed; will retry with the next update");
@@ -208,15 +216,11 @@ impl KernelNativeRunner {
             return;
         };
         let mut owners = BTreeSet::new();
-        for (name, cluster) in &self.state.accepted().clusters {
-            let subs = dns_subscriptions(cluster);
-            if subs.is_empty() {
-                continue;
-            }
-            if let Err(e) = resolver.set_owner(name, &subs) {
+        for (name, subs) in self.state.dns_clusters() {
+            if let Err(e) = resolver.set_owner(name, subs) {
                 tracing::error!(cluster = %name, error = %e, "cannot resolve the cluster's hostnames");
             }
-            owners.insert(name.clone());
+            owners.insert(name.to_string());
         }
         for gone in self.dns_owners.difference(&owners) {
             resolver.unsubscribe_owner(gone);
@@ -251,8 +255,13 @@ impl KernelNativeRunner {
     }
 
     /// On a stock kernel an HTTP-only listener is left alone; say so once per listener.
-    fn warn_http_only(&mut self, plan: &Plan) {
-        for listener in plan.listeners.values() {
+    fn warn_http_only(&mut self, changed: &Changed) {
+        let plan = self.state.plan();
+        for listener in changed
+            .listeners
+            .iter()
+            .filter_map(|k| plan.listeners.get(k))
+        {
             let actions: Vec<&FilterAction> = listener
                 .matches
                 .iter()

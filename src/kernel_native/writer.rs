@@ -6,12 +6,12 @@
 //! either the old resource or the new one, never a mix. Resources that left
 //! the plan are deleted from the outer maps after the new ones are in.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
-use super::plan::{CompiledCluster, CompiledListener, ListenerKey, Plan};
+use super::plan::{Changed, CompiledCluster, CompiledListener, ListenerKey, Plan};
 use super::records;
 use crate::bpf::kernel_native::KernelNativeMaps;
 
@@ -46,9 +46,26 @@ pub enum WriteError {
 }
 
 /// Inner maps built (each an open file descriptor) before one batch publish:
-/// large enough that the per-batch RCU wait is rare, small enough to stay
-/// well under the open-files limit.
-const PUBLISH_CHUNK: usize = 512;
+/// every publish waits for an RCU grace period (milliseconds), so a whole
+/// mesh goes in as few batches as the open-files limit allows — half of it,
+/// so the daemon's other descriptors keep room (512 at the common 1024) —
+/// within these bounds.
+const PUBLISH_CHUNK_MIN: usize = 64;
+const PUBLISH_CHUNK_MAX: usize = 4096;
+
+fn publish_chunk() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        0
+    };
+    (soft / 2).clamp(PUBLISH_CHUNK_MIN, PUBLISH_CHUNK_MAX)
+}
 
 /// What one apply changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,52 +76,141 @@ pub struct WriteStats {
     pub clusters_removed: usize,
 }
 
-/// Owns the maps and remembers what it last wrote, so an apply writes only the difference.
+/// Owns the maps. The state tells it which plan entries changed; it writes
+/// those (or deletes them when the plan no longer has them). When it cannot
+/// know what the maps hold — at start over an earlier daemon's maps, or after
+/// a failed write — it resyncs: writes the whole plan and deletes every key
+/// the plan does not have.
 pub struct MapWriter {
     maps: KernelNativeMaps,
-    listeners: BTreeMap<ListenerKey, CompiledListener>,
-    clusters: BTreeMap<String, CompiledCluster>,
-    /// Keys found in the maps at start (an earlier daemon's configuration):
-    /// the first apply rewrites what the plan has and deletes the rest.
-    adopted_listeners: Vec<Vec<u8>>,
-    adopted_clusters: Vec<Vec<u8>>,
+    resync: bool,
+    /// DNS clusters an earlier daemon wrote that still await their first
+    /// answers: their last good endpoints keep serving until the answers come.
+    kept_adopted: BTreeSet<String>,
+    /// Keys of the clusters in the maps at start (read by the first resync).
+    adopted_clusters: BTreeSet<Vec<u8>>,
+    /// Inner maps per batch publish (see [`publish_chunk`]).
+    chunk: usize,
 }
 
 impl MapWriter {
     pub fn new(maps: KernelNativeMaps) -> Self {
-        let adopted_listeners: Vec<Vec<u8>> = maps.listeners.keys().collect();
-        let adopted_clusters: Vec<Vec<u8>> = maps.clusters.keys().collect();
-        if !adopted_listeners.is_empty() || !adopted_clusters.is_empty() {
+        let adopted_listeners = maps.listeners.keys().count();
+        let adopted_clusters: BTreeSet<Vec<u8>> = maps.clusters.keys().collect();
+        if adopted_listeners > 0 || !adopted_clusters.is_empty() {
             tracing::info!(
-                listeners = adopted_listeners.len(),
+                listeners = adopted_listeners,
                 clusters = adopted_clusters.len(),
                 "maps hold an earlier configuration: reconciling it with the first update"
             );
         }
         Self {
             maps,
-            listeners: BTreeMap::new(),
-            clusters: BTreeMap::new(),
-            adopted_listeners,
+            resync: true,
+            kept_adopted: BTreeSet::new(),
             adopted_clusters,
+            chunk: publish_chunk(),
         }
     }
 
-    /// Bring the maps to `plan`. Clusters go in before the listeners that may
-    /// name them; removals come last. Each outer map is updated with one batch
-    /// call: the kernel waits for an RCU grace period after every update of a
-    /// map-in-map (milliseconds), so per-entry updates would make a large push
-    /// take seconds. On error the next apply rewrites what is not known to be in.
-    pub fn apply(&mut self, plan: &Plan) -> Result<WriteStats, WriteError> {
-        let mut stats = WriteStats::default();
+    /// Bring the maps to `plan`, of which `changed` are the entries that
+    /// changed since the last apply. Clusters go in before the listeners that
+    /// may name them; removals come last. Each outer map is updated with
+    /// batch calls: the kernel waits for an RCU grace period after every
+    /// update of a map-in-map (milliseconds), so per-entry updates would make
+    /// a large push take seconds.
+    pub fn apply(&mut self, plan: &Plan, changed: &Changed) -> Result<WriteStats, WriteError> {
+        let resync = self.resync;
+        // Until this apply is through, what the maps hold is unknown.
+        self.resync = true;
+        let stats = if resync {
+            self.write_all(plan)?
+        } else {
+            self.write_changed(plan, changed)?
+        };
+        self.resync = false;
+        self.adopted_clusters.clear();
+        Ok(stats)
+    }
 
+    fn write_changed(&mut self, plan: &Plan, changed: &Changed) -> Result<WriteStats, WriteError> {
+        let mut stats = WriteStats::default();
+        let (mut clusters, mut gone_clusters) = (Vec::new(), Vec::new());
+        for name in &changed.clusters {
+            match plan.clusters.get(name) {
+                Some(c) if !self.keep_adopted(plan, name) => clusters.push((name, c)),
+                Some(_) => {}
+                None => gone_clusters.push(name.clone()),
+            }
+        }
+        let (mut listeners, mut gone_listeners) = (Vec::new(), Vec::new());
+        for key in &changed.listeners {
+            match plan.listeners.get(key) {
+                Some(l) => listeners.push((key, l)),
+                None => gone_listeners.push(*key),
+            }
+        }
+        self.write_clusters(&clusters, &mut stats)?;
+        self.write_listeners(&listeners, &mut stats)?;
+        let keys: Vec<Vec<u8>> = gone_listeners.iter().map(records::listener_key).collect();
+        remove_all(&self.maps.listeners, "kn_listeners", &keys)?;
+        stats.listeners_removed = keys.len();
+        let keys: Vec<Vec<u8>> = gone_clusters.iter().map(|n| records::name_key(n)).collect();
+        for name in &gone_clusters {
+            self.kept_adopted.remove(name);
+        }
+        self.remove_clusters(&keys, &mut stats)?;
+        Ok(stats)
+    }
+
+    /// Write the whole plan and delete whatever else the maps hold.
+    fn write_all(&mut self, plan: &Plan) -> Result<WriteStats, WriteError> {
+        let mut stats = WriteStats::default();
+        let adopted = std::mem::take(&mut self.adopted_clusters);
+        self.kept_adopted = plan
+            .awaiting_dns
+            .iter()
+            .filter(|name| {
+                adopted.contains(&records::name_key(name)) || self.kept_adopted.contains(*name)
+            })
+            .cloned()
+            .collect();
         let clusters: Vec<(&String, &CompiledCluster)> = plan
             .clusters
             .iter()
-            .filter(|(name, c)| self.clusters.get(*name) != Some(*c))
-            .filter(|(name, _)| !self.keep_adopted(plan, name))
+            .filter(|(name, _)| !self.kept_adopted.contains(*name))
             .collect();
-        for chunk in clusters.chunks(PUBLISH_CHUNK) {
+        let listeners: Vec<(&ListenerKey, &CompiledListener)> = plan.listeners.iter().collect();
+        self.write_clusters(&clusters, &mut stats)?;
+        self.write_listeners(&listeners, &mut stats)?;
+
+        let wanted: BTreeSet<Vec<u8>> = plan.listeners.keys().map(records::listener_key).collect();
+        let stale: Vec<Vec<u8>> = self
+            .maps
+            .listeners
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        remove_all(&self.maps.listeners, "kn_listeners", &stale)?;
+        stats.listeners_removed = stale.len();
+        let wanted: BTreeSet<Vec<u8>> =
+            plan.clusters.keys().map(|n| records::name_key(n)).collect();
+        let stale: Vec<Vec<u8>> = self
+            .maps
+            .clusters
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        self.remove_clusters(&stale, &mut stats)?;
+        Ok(stats)
+    }
+
+    fn write_clusters(
+        &mut self,
+        clusters: &[(&String, &CompiledCluster)],
+        stats: &mut WriteStats,
+    ) -> Result<(), WriteError> {
+        for chunk in clusters.chunks(self.chunk) {
             let mut staged = Vec::with_capacity(chunk.len());
             for (name, cluster) in chunk {
                 let what = format!("cluster {name:?}");
@@ -113,18 +219,20 @@ impl MapWriter {
                 staged.push((records::name_key(name), inner));
             }
             publish_all(&self.maps.clusters, "kn_clusters", &staged)?;
-            for (name, cluster) in chunk {
-                self.clusters.insert((*name).clone(), (*cluster).clone());
+            for (name, _) in chunk {
+                self.kept_adopted.remove(*name);
             }
             stats.clusters_written += chunk.len();
         }
+        Ok(())
+    }
 
-        let listeners: Vec<(&ListenerKey, &CompiledListener)> = plan
-            .listeners
-            .iter()
-            .filter(|(key, l)| self.listeners.get(*key) != Some(*l))
-            .collect();
-        for chunk in listeners.chunks(PUBLISH_CHUNK) {
+    fn write_listeners(
+        &mut self,
+        listeners: &[(&ListenerKey, &CompiledListener)],
+        stats: &mut WriteStats,
+    ) -> Result<(), WriteError> {
+        for chunk in listeners.chunks(self.chunk) {
             let mut staged = Vec::with_capacity(chunk.len());
             for (key, listener) in chunk {
                 let what = format!("listener {:?} at {}", listener.name, display_key(key));
@@ -133,85 +241,25 @@ impl MapWriter {
                 staged.push((records::listener_key(key), inner));
             }
             publish_all(&self.maps.listeners, "kn_listeners", &staged)?;
-            for (key, listener) in chunk {
-                self.listeners.insert(**key, (*listener).clone());
-            }
             stats.listeners_written += chunk.len();
         }
+        Ok(())
+    }
 
-        let gone: Vec<ListenerKey> = self
-            .listeners
-            .keys()
-            .filter(|k| !plan.listeners.contains_key(k))
-            .copied()
-            .collect();
-        let keys: Vec<Vec<u8>> = gone.iter().map(records::listener_key).collect();
-        remove_all(&self.maps.listeners, "kn_listeners", &keys)?;
-        for key in &gone {
-            self.listeners.remove(key);
-        }
-        stats.listeners_removed = gone.len();
-
-        let gone: Vec<String> = self
-            .clusters
-            .keys()
-            .filter(|k| !plan.clusters.contains_key(*k))
-            .cloned()
-            .collect();
-        let keys: Vec<Vec<u8>> = gone.iter().map(|n| records::name_key(n)).collect();
-        remove_all(&self.maps.clusters, "kn_clusters", &keys)?;
-        for (name, key) in gone.iter().zip(&keys) {
+    fn remove_clusters(&self, keys: &[Vec<u8>], stats: &mut WriteStats) -> Result<(), WriteError> {
+        remove_all(&self.maps.clusters, "kn_clusters", keys)?;
+        for key in keys {
             // Its connection counter goes with it; a missing one is fine.
             let _ = self.maps.cluster_conns.delete(key);
-            self.clusters.remove(name);
         }
-        stats.clusters_removed = gone.len();
-        self.remove_adopted_leftovers(plan, &mut stats)?;
-        Ok(stats)
+        stats.clusters_removed += keys.len();
+        Ok(())
     }
 
     /// A DNS cluster still waiting for its first answers, that an earlier
     /// daemon left in the maps: its last good endpoints keep serving.
     fn keep_adopted(&self, plan: &Plan, name: &str) -> bool {
-        plan.awaiting_dns.contains(name)
-            && !self.clusters.contains_key(name)
-            && self.adopted_clusters.contains(&records::name_key(name))
-    }
-
-    /// After the first apply over adopted maps: delete what the earlier
-    /// daemon wrote and the current plan no longer has.
-    fn remove_adopted_leftovers(
-        &mut self,
-        plan: &Plan,
-        stats: &mut WriteStats,
-    ) -> Result<(), WriteError> {
-        let wanted: std::collections::BTreeSet<Vec<u8>> =
-            plan.listeners.keys().map(records::listener_key).collect();
-        let stale: Vec<Vec<u8>> = std::mem::take(&mut self.adopted_listeners)
-            .into_iter()
-            .filter(|k| !wanted.contains(k))
-            .collect();
-        remove_all(&self.maps.listeners, "kn_listeners", &stale)?;
-        stats.listeners_removed += stale.len();
-
-        let wanted: std::collections::BTreeSet<Vec<u8>> =
-            plan.clusters.keys().map(|n| records::name_key(n)).collect();
-        let (stale, adopted): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
-            std::mem::take(&mut self.adopted_clusters)
-                .into_iter()
-                .partition(|k| !wanted.contains(k));
-        // Clusters kept for want of DNS answers stay adopted: a later update
-        // that still has no answers must not empty them either.
-        self.adopted_clusters = adopted
-            .into_iter()
-            .filter(|k| !self.clusters.contains_key(&records::name_from(k)))
-            .collect();
-        remove_all(&self.maps.clusters, "kn_clusters", &stale)?;
-        for key in &stale {
-            let _ = self.maps.cluster_conns.delete(key);
-        }
-        stats.clusters_removed += stale.len();
-        Ok(())
+        plan.awaiting_dns.contains(name) && self.kept_adopted.contains(name)
     }
 }
 

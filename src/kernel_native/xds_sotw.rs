@@ -16,26 +16,31 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType,
 use prost_types::Any;
 
 use super::compiler::eds_service_name;
+use super::input::{resource_name, same, KindMap, Snapshot};
 use super::plan::{FilterAction, Plan};
 use super::resources::{self, DecodeError, Resource, ResourceKind};
 use super::runner::{ApplyOutcome, KernelNativeRunner};
 use crate::admin::AdminState;
+use crate::memory::release_freed_memory;
 use crate::metrics::Metrics;
 use crate::xds::ads::{AdsStatus, SotwHandler, Subscription};
+
+/// Responses with at least this many resources are followed by a heap trim.
+const LARGE_RESPONSE: usize = 1000;
 
 pub struct KernelNativeXds {
     runner: Arc<Mutex<KernelNativeRunner>>,
     admin: Arc<AdminState>,
-    clusters: BTreeMap<String, Any>,
-    listeners: BTreeMap<String, Any>,
-    load_assignments: BTreeMap<String, Any>,
-    route_configs: BTreeMap<String, Any>,
+    /// Everything known, by kind and name; warming EDS clusters are listed
+    /// in `excluded_clusters`. Handed to the runner by reference after every
+    /// response: the runner compares it with what it compiled last.
+    snapshot: Snapshot,
     /// ClusterLoadAssignment names the current clusters need.
-    eds_names: BTreeSet<String>,
+    eds_names: Arc<BTreeSet<String>>,
     /// EDS service name of each EDS cluster (for warming).
     eds_cluster_service: BTreeMap<String, String>,
     /// Route configuration names the current listeners need over RDS.
-    rds_names: BTreeSet<String>,
+    rds_names: Arc<BTreeSet<String>>,
     /// LDS is requested once the first CDS response has been handled.
     cds_received: bool,
     /// Nothing is written before the first LDS response (initial sync).
@@ -48,13 +53,10 @@ impl KernelNativeXds {
         Self {
             runner,
             admin,
-            clusters: BTreeMap::new(),
-            listeners: BTreeMap::new(),
-            load_assignments: BTreeMap::new(),
-            route_configs: BTreeMap::new(),
-            eds_names: BTreeSet::new(),
+            snapshot: Snapshot::default(),
+            eds_names: Arc::default(),
             eds_cluster_service: BTreeMap::new(),
-            rds_names: BTreeSet::new(),
+            rds_names: Arc::default(),
             cds_received: false,
             lds_received: false,
             metrics: None,
@@ -71,87 +73,136 @@ impl KernelNativeXds {
         crate::sync::lock(&self.runner)
     }
 
-    /// Store the resources of one response by name. Returns the NACK text for
-    /// resources that could not even be decoded.
+    /// Store the resources of one response by name. Returns the names it
+    /// carried and the NACK text for items that could not even be named.
+    /// Only the name of each item is read here: whether its bytes changed
+    /// (and so need decoding) is for the runner to find out.
     fn store(&mut self, kind: ResourceKind, anys: Vec<Any>) -> (BTreeSet<String>, Vec<String>) {
-        let mut names = BTreeSet::new();
         let mut errors = Vec::new();
-        let mut decoded = BTreeMap::new();
+        let mut received = BTreeMap::new();
         for (i, any) in anys.into_iter().enumerate() {
-            match resources::decode(&any) {
-                Ok(r) => {
-                    if kind == ResourceKind::Cluster {
-                        self.note_cluster(&r);
-                    }
-                    names.insert(r.name().to_string());
-                    decoded.insert(r.name().to_string(), any);
+            if ResourceKind::from_type_url(&any.type_url) != Some(kind) {
+                let e = DecodeError::UnknownType(any.type_url);
+                errors.push(format!("resources[{i}]: {e}"));
+                continue;
+            }
+            match resource_name(kind, &any) {
+                Ok(name) => {
+                    received.insert(name, Arc::new(any));
                 }
-                Err(DecodeError::Malformed(e)) => errors.push(e.to_string()),
-                Err(e @ DecodeError::UnknownType(_)) => errors.push(format!("resources[{i}]: {e}")),
+                Err(e) => errors.push(e.to_string()),
             }
         }
+        let names: BTreeSet<String> = received.keys().cloned().collect();
         match kind {
             ResourceKind::Cluster => {
+                for (name, any) in &received {
+                    let known = self.snapshot.clusters.get(name);
+                    if known.is_none_or(|old| !same(old, any)) {
+                        self.note_cluster(name, any);
+                    }
+                }
                 self.eds_cluster_service
-                    .retain(|name, _| decoded.contains_key(name));
-                self.eds_names = self.eds_cluster_service.values().cloned().collect();
-                self.load_assignments
-                    .retain(|name, _| self.eds_names.contains(name));
-                self.clusters = decoded;
+                    .retain(|name, _| received.contains_key(name));
+                let eds_names: BTreeSet<String> =
+                    self.eds_cluster_service.values().cloned().collect();
+                if *self.eds_names != eds_names {
+                    self.eds_names = Arc::new(eds_names);
+                }
+                let eds_names = &self.eds_names;
+                self.snapshot
+                    .load_assignments
+                    .retain(|name| eds_names.contains(name));
+                replace_all(&mut self.snapshot.clusters, received);
+                self.update_warming(true);
             }
-            ResourceKind::Listener => self.listeners = decoded,
+            ResourceKind::Listener => replace_all(&mut self.snapshot.listeners, received),
             ResourceKind::ClusterLoadAssignment => {
-                self.load_assignments.extend(decoded);
-                self.load_assignments
-                    .retain(|name, _| self.eds_names.contains(name));
+                // Names no longer subscribed to are not kept.
+                for (name, any) in received {
+                    if self.eds_names.contains(&name) {
+                        self.snapshot.load_assignments.insert(name, any);
+                    }
+                }
+                self.update_warming(false);
             }
             ResourceKind::RouteConfiguration => {
-                self.route_configs.extend(decoded);
-                self.route_configs
-                    .retain(|name, _| self.rds_names.contains(name));
+                for (name, any) in received {
+                    if self.rds_names.contains(&name) {
+                        self.snapshot.route_configs.insert(name, any);
+                    }
+                }
             }
         }
         (names, errors)
     }
 
-    fn note_cluster(&mut self, r: &Resource) {
-        if let Resource::Cluster(c) = r {
-            let is_eds = matches!(
-                c.cluster_discovery_type,
-                Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
-            );
-            if is_eds {
-                self.eds_cluster_service
-                    .insert(c.name.clone(), eds_service_name(c).to_string());
-            } else {
-                self.eds_cluster_service.remove(&c.name);
-            }
+    /// Track EDS clusters and their service names. A cluster that does not
+    /// decode is the runner's to reject; its previous version stays in
+    /// force, and so does the assignment it reads.
+    fn note_cluster(&mut self, name: &str, any: &Any) {
+        let Ok(Resource::Cluster(c)) = resources::decode(any) else {
+            return;
+        };
+        let is_eds = matches!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+        );
+        if is_eds {
+            self.eds_cluster_service
+                .insert(c.name.clone(), eds_service_name(&c).to_string());
+        } else {
+            self.eds_cluster_service.remove(name);
         }
     }
 
-    /// Everything known, minus EDS clusters still waiting for endpoints.
-    fn snapshot(&self) -> Vec<Any> {
-        let warm = |name: &String| match self.eds_cluster_service.get(name) {
-            Some(service) => self.load_assignments.contains_key(service),
-            None => true,
+    /// EDS clusters still waiting for their ClusterLoadAssignment are left
+    /// out of the snapshot. `all` after a CDS response (walks the EDS
+    /// clusters); after an EDS response only those still warming are looked at.
+    fn update_warming(&mut self, all: bool) {
+        let assignments = &self.snapshot.load_assignments;
+        let warming: BTreeSet<String> = if all {
+            self.eds_cluster_service
+                .iter()
+                .filter(|(_, service)| !assignments.contains(service))
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            self.snapshot
+                .excluded_clusters
+                .iter()
+                .filter(|name| {
+                    self.eds_cluster_service
+                        .get(*name)
+                        .is_some_and(|service| !assignments.contains(service))
+                })
+                .cloned()
+                .collect()
         };
-        self.clusters
-            .iter()
-            .filter(|(name, _)| warm(name))
-            .map(|(_, a)| a)
-            .chain(self.load_assignments.values())
-            .chain(self.listeners.values())
-            .chain(self.route_configs.values())
-            .cloned()
-            .collect()
+        if warming != self.snapshot.excluded_clusters {
+            self.snapshot.excluded_clusters = warming;
+            self.snapshot.clusters.touch();
+        }
     }
 
     /// RDS names: HTTP filters whose route configuration is not inline.
     fn update_rds_names(&mut self) {
         let names = rds_names(self.runner().plan());
-        self.rds_names = names;
-        self.route_configs
-            .retain(|name, _| self.rds_names.contains(name));
+        if *self.rds_names != names {
+            self.rds_names = Arc::new(names);
+        }
+        let rds_names = &self.rds_names;
+        self.snapshot
+            .route_configs
+            .retain(|name| rds_names.contains(name));
+    }
+}
+
+/// A CDS or LDS response replaces every resource of its type.
+fn replace_all(map: &mut KindMap, received: BTreeMap<String, Arc<Any>>) {
+    map.retain(|name| received.contains_key(name));
+    for (name, any) in received {
+        map.insert(name, any);
     }
 }
 
@@ -181,21 +232,21 @@ impl SotwHandler for KernelNativeXds {
                 "kernel-native mode does not use resources of type {type_url:?}"
             ));
         };
+        let large = anys.len() >= LARGE_RESPONSE;
         let (names, mut errors) = self.store(kind, anys);
         match kind {
             ResourceKind::Cluster => self.cds_received = true,
             ResourceKind::Listener => self.lds_received = true,
             _ => {}
         }
-        let snapshot = self.snapshot();
         // Until both clusters and listeners have arrived, a partial world
         // would delete what the kernel serves (e.g. listeners adopted from an
         // earlier daemon): check the resources, write nothing yet.
         let synced = self.cds_received && self.lds_received;
         let outcome = if synced {
-            self.runner().apply(&snapshot)
+            self.runner().apply(&self.snapshot)
         } else {
-            self.runner().check(&snapshot)
+            self.runner().check(&self.snapshot)
         };
         match outcome {
             ApplyOutcome::Applied { rejected } => {
@@ -210,6 +261,11 @@ impl SotwHandler for KernelNativeXds {
         }
         if kind == ResourceKind::Listener {
             self.update_rds_names();
+        }
+        if large {
+            // The response and what staging it allocated are freed now; give
+            // the pages back rather than keep them as RSS for good.
+            release_freed_memory();
         }
         if errors.is_empty() {
             Ok(())

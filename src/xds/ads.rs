@@ -7,6 +7,7 @@
 //! is touched: the configuration in force keeps serving.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use serde::Serialize;
@@ -24,8 +25,11 @@ pub use super::transport::{AdsConfig, AdsError, Backoff, TlsSettings, MAX_MESSAG
 pub enum Subscription {
     /// Every resource of the type (CDS, LDS).
     Wildcard,
-    /// These names only (EDS, RDS).
-    Names(BTreeSet<String>),
+    /// These names only (EDS, RDS). Shared: the handler hands the same set
+    /// after every response, so a large unchanged subscription (50k EDS
+    /// names) is neither copied nor compared name by name (`Arc`'s equality
+    /// checks the pointer first).
+    Names(Arc<BTreeSet<String>>),
 }
 
 /// The mode-specific side of a SotW stream.
