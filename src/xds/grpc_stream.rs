@@ -75,7 +75,8 @@ fn encode(message: &impl prost::Message) -> Bytes {
     let mut out = Vec::with_capacity(HEADER_LEN + len);
     out.push(0); // not compressed
     out.extend_from_slice(&(len as u32).to_be_bytes());
-    message.encode(&mut out).expect("a Vec grows to any length");
+    // A Vec grows as needed, so the infallible raw encoding is enough.
+    message.encode_raw(&mut out);
     out.into()
 }
 
