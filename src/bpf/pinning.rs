@@ -142,11 +142,11 @@ pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<libbpf_rs::MapHa
     )))
 }
 
-/// `kmesh-daemon uninstall` for one mode: remove its pins (which detaches the
-/// pinned links no live daemon holds and frees its maps and programs), then
-/// the kmesh pin root if nothing else is left in it. True if anything was
-/// pinned.
+/// `kmesh-daemon uninstall` for one mode: detach its pinned links, remove
+/// its pins (which frees its maps and programs), then the kmesh pin root if
+/// nothing else is left in it. True if anything was pinned.
 pub(crate) fn uninstall_mode(bpf_fs_path: &Path, pin_dir: &Path) -> Result<bool, BpfError> {
+    detach_pinned_links(&pin_dir.join("links"));
     let removed = super::mounts::remove_pins(pin_dir)?;
     let root = super::mounts::pin_root(bpf_fs_path);
     if root.exists() {
@@ -154,6 +154,23 @@ pub(crate) fn uninstall_mode(bpf_fs_path: &Path, pin_dir: &Path) -> Result<bool,
         let _ = std::fs::remove_dir(&root);
     }
     Ok(removed)
+}
+
+/// Detaches every link pinned in `links_dir` now. Removing the pin alone
+/// would too, but the kernel frees an unpinned link from a work queue, a
+/// moment later: `uninstall` must not return while programs still run.
+fn detach_pinned_links(links_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match libbpf_rs::Link::open(&path).and_then(|link| link.detach()) {
+            Ok(()) => tracing::debug!(link = %path.display(), "detached"),
+            // Removing the pin still detaches it, just not synchronously.
+            Err(e) => tracing::warn!(link = %path.display(), error = %e, "detaching the link"),
+        }
+    }
 }
 
 /// How a mode finds its pins at load: none, reusable by this build, or to
