@@ -71,13 +71,13 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use prost::{Message, Name};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
 use common::{
-    main_with, map_breakdown, mib, stats, verdict, write_outputs, Args, Daemon, Stats,
-    APPLY_TIMEOUT, CHANGE_TIMEOUT, CONNECT_TIMEOUT, ENDPOINTS_PER_SERVICE, TARGET_APPLY_10K,
-    TARGET_CHANGE_50K, TARGET_RSS_50K_MIB,
+    main_with, map_breakdown, mib, serve_on_loopback, stats, verdict, write_outputs, Args, Daemon,
+    Requests, Stats, APPLY_TIMEOUT, CHANGE_TIMEOUT, CONNECT_TIMEOUT, ENDPOINTS_PER_SERVICE,
+    TARGET_APPLY_10K, TARGET_CHANGE_50K, TARGET_RSS_50K_MIB,
 };
 
 fn cluster_type() -> String {
@@ -149,14 +149,12 @@ impl AggregatedDiscoveryService for Ads {
 struct Server {
     addr: SocketAddr,
     ads: Ads,
-    requests: mpsc::UnboundedReceiver<Received>,
+    requests: Requests<Received>,
     nonces: u64,
 }
 
 impl Server {
     async fn start() -> Result<Server> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let ads = Ads {
             stream: Arc::new(Mutex::new(None)),
@@ -165,31 +163,13 @@ impl Server {
         let service = AggregatedDiscoveryServiceServer::new(ads.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(service)
-                // TCP_NODELAY, as real control planes set it: without it a
-                // small response can wait for a delayed ACK (40 ms on loopback).
-                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
-                .await;
-            if let Err(e) = served {
-                eprintln!("SotW ADS server: {e}");
-            }
-        });
+        let addr = serve_on_loopback(Routes::new(service), "SotW ADS server").await?;
         Ok(Server {
             addr,
             ads,
-            requests,
+            requests: Requests(requests),
             nonces: 0,
         })
-    }
-
-    async fn next(&mut self, timeout: Duration) -> Result<Received> {
-        match tokio::time::timeout(timeout, self.requests.recv()).await {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => bail!("the request channel closed"),
-            Err(_) => bail!("no request from the daemon within {timeout:?}"),
-        }
     }
 
     /// Waits for the daemon's first request: its wildcard CDS subscription.
@@ -197,7 +177,7 @@ impl Server {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let r = self.next(left).await?.request;
+            let r = self.requests.next(left).await?.request;
             if r.type_url == cluster_type() && r.response_nonce.is_empty() {
                 return Ok(());
             }
@@ -236,7 +216,7 @@ impl Server {
         let mut last = start;
         while !(pending.is_empty() && eds_sent && lds_sent) {
             let left = (start + timeout).saturating_duration_since(Instant::now());
-            let Received { request: r, at } = self.next(left).await?;
+            let Received { request: r, at } = self.requests.next(left).await?;
             if pending.remove(&r.response_nonce) {
                 check_ack(&r)?;
                 last = at;
@@ -266,7 +246,7 @@ impl Server {
         let nonce = self.send(&endpoint_type(), resources)?;
         loop {
             let left = (start + timeout).saturating_duration_since(Instant::now());
-            let r = self.next(left).await?;
+            let r = self.requests.next(left).await?;
             if r.request.response_nonce == nonce {
                 check_ack(&r.request)?;
                 return Ok(r.at - start);

@@ -24,6 +24,46 @@ pub const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
+// The in-process control plane's plumbing.
+
+/// Serves `routes` (one ADS service) on an ephemeral loopback port.
+/// TCP_NODELAY, as real control planes set it: without it a small response
+/// can wait for a delayed ACK (40 ms on loopback).
+pub async fn serve_on_loopback(
+    routes: tonic::service::Routes,
+    what: &'static str,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await;
+        if let Err(e) = served {
+            eprintln!("{what}: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+/// What the daemon sent the server, in order.
+pub struct Requests<R>(pub tokio::sync::mpsc::UnboundedReceiver<R>);
+
+impl<R> Requests<R> {
+    /// The next request from the daemon, within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Result<R> {
+        match tokio::time::timeout(timeout, self.0.recv()).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => bail!("the request channel closed"),
+            Err(_) => bail!("no request from the daemon within {timeout:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The daemon under test, and everything it leaves behind.
 
 pub struct Daemon {
