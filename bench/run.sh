@@ -55,47 +55,28 @@ DE_SIZES="${BENCH_DE_SIZES:-$([ $QUICK = 1 ] && echo 1000,10000 || echo 1000,100
 command -v bpftool >/dev/null || apt-get install -y --no-install-recommends bpftool \
     || { apt-get update && apt-get install -y --no-install-recommends bpftool; }
 
-# The dual-engine control plane: stdout (its table) to the terminal and
-# $1.txt, the doc section to $1.md, the figures to $1.json.
-dual_engine_bench() {
-    (cd "$ROOT" && cargo bench --bench dual_engine_control_plane -- \
+# A control-plane bench (benches/<name>_control_plane.rs, name = dual_engine
+# or kernel_native): stdout (its table) to the terminal and $2.txt, the doc
+# section to $2.md, the figures to $2.json.
+control_plane_bench() {
+    (cd "$ROOT" && cargo bench --bench "$1_control_plane" -- \
         --sizes "$DE_SIZES" --daemon "$KMESH_BIN_DIR/kmesh-daemon" \
-        --json "$1.json" --markdown "$1.md") | tee "$1.txt"
+        --json "$2.json" --markdown "$2.md") | tee "$2.txt"
 }
 
-if [ $DE_ONLY = 1 ]; then
-    DE_TMP="$(mktemp -d "/tmp/kmbench-de-$$.XXXXXX")"
-    trap 'rm -rf "$DE_TMP"' EXIT
-    dual_engine_bench "$DE_TMP/dual_engine"
-    python3 "$ROOT/bench/bench.py" --dual-engine-only --out "$ROOT/docs/benchmarks.md" \
-        --dual-engine-md "$DE_TMP/dual_engine.md" --dual-engine-json "$DE_TMP/dual_engine.json"
+# --dual-engine-only / --kernel-native-only: that bench alone, and only its
+# section of the doc replaced.
+for only in "dual_engine:$DE_ONLY" "kernel_native:$KN_ONLY"; do
+    [ "${only#*:}" = 1 ] || continue
+    name="${only%%:*}"
+    flag="${name//_/-}"
+    ONLY_TMP="$(mktemp -d "/tmp/kmbench-$flag-$$.XXXXXX")"
+    trap 'rm -rf "$ONLY_TMP"' EXIT
+    control_plane_bench "$name" "$ONLY_TMP/$name"
+    python3 "$ROOT/bench/bench.py" "--$flag-only" --out "$ROOT/docs/benchmarks.md" \
+        "--$flag-md" "$ONLY_TMP/$name.md" "--$flag-json" "$ONLY_TMP/$name.json"
     exit 0
-fi
-
-# The kernel-native control plane over SotW ADS, the same way.
-kernel_native_bench() {
-    (cd "$ROOT" && cargo bench --bench kernel_native_control_plane -- \
-        --sizes "$DE_SIZES" --daemon "$KMESH_BIN_DIR/kmesh-daemon" \
-        --json "$1.json" --markdown "$1.md") | tee "$1.txt"
-}
-
-if [ $KN_ONLY = 1 ]; then
-    KN_TMP="$(mktemp -d "/tmp/kmbench-kn-$$.XXXXXX")"
-    trap 'rm -rf "$KN_TMP"' EXIT
-    kernel_native_bench "$KN_TMP/kernel_native"
-    python3 "$ROOT/bench/bench.py" --kernel-native-only --out "$ROOT/docs/benchmarks.md" \
-        --kernel-native-md "$KN_TMP/kernel_native.md" --kernel-native-json "$KN_TMP/kernel_native.json"
-    exit 0
-fi
-
-if [ $DE_ONLY = 1 ]; then
-    DE_TMP="$(mktemp -d "/tmp/kmbench-de-$$.XXXXXX")"
-    trap 'rm -rf "$DE_TMP"' EXIT
-    dual_engine_bench "$DE_TMP/dual_engine"
-    python3 "$ROOT/bench/bench.py" --dual-engine-only --out "$ROOT/docs/benchmarks.md" \
-        --dual-engine-md "$DE_TMP/dual_engine.md" --dual-engine-json "$DE_TMP/dual_engine.json"
-    exit 0
-fi
+done
 
 # ---- tools ---------------------------------------------------------------
 need_apt=()
@@ -182,8 +163,8 @@ mkdir "$BPFD" "$BPFD_DE"
 
 # BENCH_SKIP_DE_CP=1 / BENCH_SKIP_KN_CP=1 skip them (the doc keeps its
 # previous section).
-[ "${BENCH_SKIP_DE_CP:-0}" = 1 ] || dual_engine_bench "$TMP/dual_engine"
-[ "${BENCH_SKIP_KN_CP:-0}" = 1 ] || kernel_native_bench "$TMP/kernel_native"
+[ "${BENCH_SKIP_DE_CP:-0}" = 1 ] || control_plane_bench dual_engine "$TMP/dual_engine"
+[ "${BENCH_SKIP_KN_CP:-0}" = 1 ] || control_plane_bench kernel_native "$TMP/kernel_native"
 
 python3 "$ROOT/bench/bench.py" \
     --ns "$NS" --cgroup "$CG" --bpffs "$BPFD" --cgroup-de "$CG_DE" --bpffs-de "$BPFD_DE" --tmp "$TMP" \
