@@ -547,6 +547,59 @@ def measure_connect(n_connect, rounds):
     return res
 
 
+def program_cost(sizes, n_connect, rounds, monitoring=True):
+    """bench/prog_cost.sh: ns per connect of each kernel-native program
+    attached to the cgroup (run_time_ns ÷ connect4 run_cnt, as in
+    measure_connect) with `size` services configured, for each size in
+    turn (applied to one running daemon, as the full bench does), against
+    the bench's nginx backend; `monitoring` False
+    switches connection metrics off first. Prints one line per round and a
+    JSON summary (medians) on stdout."""
+    start_nginx()
+    xds = os.path.join(A.tmp, "xds.yaml")
+    with open(xds, "w") as f:
+        f.write(xds_config(10, 1))
+    d = Daemon(xds)
+    d.wait_version(0, within=60)
+    if connect_loop(VIP, 10, True)["failed"]:
+        raise SystemExit("connects to the VIP fail: is the redirect working?\n" + tail("daemon.log"))
+    if not monitoring:
+        d.post("/monitoring?enable=false")
+    summary = []
+    for i, n in enumerate(sizes):
+        if i > 0 or n != 10:
+            log(f"applying {n} services ...")
+            d.apply(xds_config(n, 10 if n > 10 else 1))
+        progs = connect_pipeline_ids(A.cgroup)
+        ids = set(progs["all"])
+        per_round = []
+        with BpfStats():
+            for r in range(rounds):
+                before = BpfStats.snapshot(ids)
+                rep = connect_loop(VIP, n_connect, True)
+                after = BpfStats.snapshot(ids)
+                calls = sum(after[p][1] - before[p][1] for p in progs["connect4"])
+                row = {"mean_connect_ns": rep["mean_ns"], "failed": rep["failed"]}
+                for what, prog_ids in progs.items():
+                    if what == "all":
+                        continue
+                    ns = sum(after[p][0] - before[p][0] for p in prog_ids)
+                    cnt = sum(after[p][1] - before[p][1] for p in prog_ids)
+                    row[what] = {"ns_per_connect": ns / calls if calls else None,
+                                 "ns_per_run": ns / cnt if cnt else None,
+                                 "runs_per_connect": cnt / calls if calls else None}
+                per_round.append(row)
+                log(f"  {n} services, round {r + 1}: " + ", ".join(
+                    f"{w} {v['ns_per_connect']:.0f} ns/connect ({v['runs_per_connect']:.1f} runs)"
+                    for w, v in row.items() if isinstance(v, dict) and v["ns_per_connect"] is not None))
+        med = {"services": n, "connect_mean_ns": median(r["mean_connect_ns"] for r in per_round)}
+        for what in per_round[0]:
+            if isinstance(per_round[0][what], dict):
+                med[what] = {k: median(r[what][k] for r in per_round) for k in per_round[0][what]}
+        summary.append(med)
+    print(json.dumps(summary, indent=1))
+
+
 PROBE = r"""
 import os, socket, sys, time
 addr = (sys.argv[1], int(sys.argv[2])); new_file, path, want = sys.argv[3], sys.argv[4], sys.argv[5].encode()
@@ -602,7 +655,19 @@ def main():
     ap.add_argument("--kernel-native-json")
     ap.add_argument("--kernel-native-only", action="store_true",
                     help="only replace the kernel-native ADS section of --out")
+    ap.add_argument("--prog-cost", metavar="SIZES",
+                    help="only the per-program connect cost at these service counts (bench/prog_cost.sh)")
+    ap.add_argument("--prog-cost-count", type=int, default=20000)
+    ap.add_argument("--prog-cost-rounds", type=int, default=3)
+    ap.add_argument("--prog-cost-no-monitoring", action="store_true")
     A = ap.parse_args()
+    if A.prog_cost:
+        missing = [k for k in ("ns", "cgroup", "bpffs", "tmp", "bin_dir") if getattr(A, k) is None]
+        if missing:
+            ap.error("required: " + ", ".join("--" + k.replace("_", "-") for k in missing))
+        program_cost([int(x) for x in A.prog_cost.split(",")], A.prog_cost_count, A.prog_cost_rounds,
+                     monitoring=not A.prog_cost_no_monitoring)
+        return
     if A.dual_engine_only:
         update_dual_engine_section()
         return

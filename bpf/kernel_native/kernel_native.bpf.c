@@ -221,25 +221,34 @@ int kn_sockops(struct bpf_sock_ops *skops)
 			kn_conn_started(sk);
 		}
 		return 1;
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
-		struct kn_cluster_conns fresh = {};
-
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
 		if (!st || st->counted)
 			return 1;
 		st->established = 1;
 		kn_outlier_outcome(st, false);
 		kn_conn_established(skops, sk, st);
-		bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
+		/* Look up first: the counter exists after a cluster's first
+		 * connection, and an update (even one refused with BPF_NOEXIST)
+		 * hashes the 128-byte name once more and takes the bucket lock,
+		 * on every connection. */
 		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
-		if (!conns)
-			return 1;
+		if (!conns) {
+			struct kn_cluster_conns fresh = {};
+
+			bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
+			conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
+			if (!conns)
+				return 1;
+		}
 		__sync_fetch_and_add(&conns->active, 1);
 		__sync_fetch_and_add(&conns->total, 1);
 		st->counted = 1;
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		/* Normally on since TCP_CONNECT_CB; a socket that connected
+		 * before these programs were attached gets it here. */
+		if (!(skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
-	}
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] != KN_TCP_CLOSE) {
 			kn_conn_state(sk, skops->args[1]);

@@ -72,12 +72,22 @@ static __always_inline void kn_conn_started(struct bpf_sock *sk)
 
 /* Waking the daemon for every event costs a context switch per connection.
  * Events are batched: the daemon drains the ring on a short timer, and is
- * woken early only when a batch has piled up. */
+ * woken early only when a batch has piled up.
+ *
+ * Only the event that takes the backlog over the mark wakes it. Forcing a
+ * wakeup on every event while the backlog stays above the mark (until the
+ * woken consumer gets to run) queued an irq_work, a self-IPI and a
+ * cross-CPU wakeup per event, inside the sock_ops run: that cost grew with
+ * whatever slowed the consumer (a busy daemon core) and was most of
+ * sock_ops' per-connect time under a connect storm (issue 9). */
 #define KN_CONN_EVENTS_WAKEUP_BYTES (64 * 1024)
 
-static __always_inline __u64 kn_conn_events_wakeup(void)
+static __always_inline __u64 kn_conn_events_wakeup(__u64 size)
 {
-	return bpf_ringbuf_query(&kn_conn_events, BPF_RB_AVAIL_DATA) > KN_CONN_EVENTS_WAKEUP_BYTES
+	__u64 avail = bpf_ringbuf_query(&kn_conn_events, BPF_RB_AVAIL_DATA);
+
+	/* + 8: the ring buffer's record header (BPF_RINGBUF_HDR_SZ) */
+	return avail <= KN_CONN_EVENTS_WAKEUP_BYTES && avail + size + 8 > KN_CONN_EVENTS_WAKEUP_BYTES
 		       ? BPF_RB_FORCE_WAKEUP
 		       : BPF_RB_NO_WAKEUP;
 }
@@ -139,7 +149,7 @@ static __always_inline void kn_conn_emit(struct bpf_sock_ops *skops, const struc
 	ev.total_retrans = skops->total_retrans;
 	ev.lost_out = skops->lost_out;
 	__builtin_memcpy(&ev.cluster, &st->nc.cluster, sizeof(ev.cluster));
-	if (bpf_ringbuf_output(&kn_conn_events, &ev, sizeof(ev), kn_conn_events_wakeup()))
+	if (bpf_ringbuf_output(&kn_conn_events, &ev, sizeof(ev), kn_conn_events_wakeup(sizeof(ev))))
 		kn_count(KN_STAT_CONN_EVENTS_DROPPED);
 }
 
