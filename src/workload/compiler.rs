@@ -154,9 +154,10 @@ enum Undo {
     Service(Key, Option<ServiceSpec>),
 }
 
-/// Keys a workload stands for in the backend map: its uid, or `uid#ip` per
-/// DNS answer. Almost always one, kept inline.
-type BackendKeys = SmallVec<[Key; 1]>;
+/// Keys a workload stands for in the backend map (its uid, or `uid#ip` per
+/// DNS answer) with their ids, so compiling an endpoint list looks each
+/// member up once. Almost always one, kept inline.
+type BackendKeys = SmallVec<[(Key, BackendId); 1]>;
 
 /// Keys claiming one address, sorted: almost always one, kept inline.
 type Claimants = SmallVec<[Key; 1]>;
@@ -681,17 +682,18 @@ impl WorkloadCompiler {
                 .get(uid)
                 .map(|w| self.backends_of(w, dns))
                 .unwrap_or_default();
-            let new_keys: BackendKeys = new.iter().map(|(k, _)| k.clone()).collect();
+            let mut new_keys = BackendKeys::new();
             for (key, record) in new {
                 let (id, fresh) = self.backend_ids.allocate(&key);
                 if fresh {
-                    staged.new_backend_keys.push(key);
+                    staged.new_backend_keys.push(key.clone());
                 }
                 staged.backends.insert(id, Some(record));
+                new_keys.push((key, id));
             }
-            for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
-                if let Some(id) = self.backend_ids.get(key) {
-                    staged.backends.insert(id, None);
+            for (key, id) in &old_keys {
+                if !new_keys.iter().any(|(new, _)| new == key) {
+                    staged.backends.insert(*id, None);
                     staged.dead_backend_keys.push(key.clone());
                 }
             }
@@ -700,15 +702,16 @@ impl WorkloadCompiler {
     }
 
     /// Backend ids of a workload as staged (the dirty ones) or as committed.
-    fn staged_backend_ids(&self, uid: &str, staged: &Staged) -> Vec<BackendId> {
+    fn staged_backend_ids<'a>(
+        &'a self,
+        uid: &str,
+        staged: &'a Staged,
+    ) -> impl Iterator<Item = BackendId> + 'a {
         let keys = staged
             .backend_keys
             .get(uid)
             .or_else(|| self.backend_keys.get(uid));
-        keys.into_iter()
-            .flatten()
-            .filter_map(|k| self.backend_ids.get(k))
-            .collect()
+        keys.into_iter().flatten().map(|(_, id)| *id)
     }
 
     fn backend_record<'a>(

@@ -31,6 +31,7 @@ pub struct DualEngineXds {
     /// resources (one per push is common), so they are shared too.
     versions: HashMap<String, HashMap<Key, Key, foldhash::fast::RandomState>>,
     version_strings: Interner,
+    last_version: Option<Key>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -41,6 +42,7 @@ impl DualEngineXds {
             admin,
             versions: HashMap::new(),
             version_strings: Interner::default(),
+            last_version: None,
             metrics: None,
         }
     }
@@ -48,6 +50,21 @@ impl DualEngineXds {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+}
+
+impl DualEngineXds {
+    /// One shared string per distinct version. A push usually gives all its
+    /// resources the same version: that case costs a compare, no allocation.
+    fn shared_version(&mut self, version: String) -> Key {
+        if let Some(last) = &self.last_version {
+            if **last == *version {
+                return last.clone();
+            }
+        }
+        let shared = self.version_strings.intern(&Key::from(version));
+        self.last_version = Some(shared.clone());
+        shared
     }
 }
 
@@ -80,7 +97,7 @@ impl DeltaHandler for DualEngineXds {
                 continue;
             };
             let name = Key::from(resource.name);
-            let version = self.version_strings.intern(&Key::from(resource.version));
+            let version = self.shared_version(resource.version);
             sent_versions.push((name.clone(), version));
             // envoy-types has its own Any; the compiler takes prost's.
             let any = prost_types::Any {
