@@ -75,9 +75,9 @@ use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
 use common::{
-    main_with, map_breakdown, mib, serve_on_loopback, stats, verdict, write_outputs, Args, Daemon,
-    Requests, Stats, APPLY_TIMEOUT, CHANGE_TIMEOUT, CONNECT_TIMEOUT, ENDPOINTS_PER_SERVICE,
-    TARGET_APPLY_10K, TARGET_CHANGE_50K, TARGET_RSS_50K_MIB,
+    forward_requests, main_with, map_breakdown, mib, serve_on_loopback, stats, verdict,
+    write_outputs, Args, Daemon, Requests, Stats, APPLY_TIMEOUT, CHANGE_TIMEOUT, CONNECT_TIMEOUT,
+    ENDPOINTS_PER_SERVICE, TARGET_APPLY_10K, TARGET_CHANGE_50K, TARGET_RSS_50K_MIB,
 };
 
 fn cluster_type() -> String {
@@ -96,10 +96,7 @@ fn listener_type() -> String {
 
 type ResponseTx = mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>;
 
-struct Received {
-    request: DiscoveryRequest,
-    at: Instant,
-}
+type Received = common::Received<DiscoveryRequest>;
 
 #[derive(Clone)]
 struct Ads {
@@ -118,23 +115,13 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let mut incoming = request.into_inner();
+        let incoming = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
         *self
             .stream
             .lock()
             .map_err(|_| Status::internal("poisoned"))? = Some(tx);
-        let requests = self.requests.clone();
-        tokio::spawn(async move {
-            // The time is taken as soon as the request is decoded: an ACK
-            // seen here is the end of a push → ACK measurement.
-            while let Ok(Some(request)) = incoming.message().await {
-                let at = Instant::now();
-                if requests.send(Received { request, at }).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_requests(incoming, self.requests.clone());
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
 

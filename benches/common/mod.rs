@@ -49,6 +49,28 @@ pub async fn serve_on_loopback(
     Ok(addr)
 }
 
+/// One request from the daemon and when it was decoded.
+pub struct Received<R> {
+    pub request: R,
+    pub at: Instant,
+}
+
+/// Passes a stream's requests on, timestamped as soon as each is decoded:
+/// an ACK seen here is the end of a push → ACK measurement.
+pub fn forward_requests<R: Send + 'static>(
+    mut incoming: tonic::Streaming<R>,
+    to: tokio::sync::mpsc::UnboundedSender<Received<R>>,
+) {
+    tokio::spawn(async move {
+        while let Ok(Some(request)) = incoming.message().await {
+            let at = Instant::now();
+            if to.send(Received { request, at }).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 /// What the daemon sent the server, in order.
 pub struct Requests<R>(pub tokio::sync::mpsc::UnboundedReceiver<R>);
 
