@@ -12,9 +12,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::grpc_stream;
 use super::transport::{self, nack_status};
 // The client settings and helpers moved to `transport` (shared with delta
 // ADS); these paths stay for the callers of the SotW client.
@@ -104,8 +102,6 @@ async fn run_stream<H: SotwHandler>(
     status: &mut AdsStatus,
     got_response: &mut bool,
 ) -> Result<(), AdsError> {
-    let mut channel = transport::connect(config).await?;
-
     // A new stream has no nonces yet; versions carry over (the server may
     // then skip resending what we already have).
     for t in status.types.values_mut() {
@@ -121,14 +117,9 @@ async fn run_stream<H: SotwHandler>(
         sent.insert(type_url, sub);
     }
 
-    let req = transport::stream_request(config, ReceiverStream::new(rx))?;
-    let mut responses = grpc_stream::open::<DiscoveryRequest, DiscoveryResponse, _>(
-        &mut channel,
-        transport::SOTW_ADS_PATH,
-        req,
-        transport::MAX_MESSAGE_BYTES,
-    )
-    .await?;
+    let mut responses =
+        transport::open_stream::<_, DiscoveryResponse>(config, transport::SOTW_ADS_PATH, rx)
+            .await?;
     status.connected = true;
     status.last_stream_error = None;
     handler.on_status(status);

@@ -21,9 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::grpc_stream;
 use super::transport::{self, nack_status, AdsConfig, AdsError};
 
 /// The mode-specific side of a delta stream.
@@ -150,8 +148,6 @@ async fn run_stream<H: DeltaHandler>(
     status: &mut DeltaStatus,
     got_response: &mut bool,
 ) -> Result<(), AdsError> {
-    let mut channel = transport::connect(config).await?;
-
     // A new stream has no nonces yet; what the handler holds is announced in
     // the first request of each type.
     for t in status.types.values_mut() {
@@ -168,14 +164,9 @@ async fn run_stream<H: DeltaHandler>(
             .map_err(|_| AdsError::QueueClosed)?;
     }
 
-    let req = transport::stream_request(config, ReceiverStream::new(rx))?;
-    let mut responses = grpc_stream::open::<DeltaDiscoveryRequest, DeltaDiscoveryResponse, _>(
-        &mut channel,
-        transport::DELTA_ADS_PATH,
-        req,
-        transport::MAX_MESSAGE_BYTES,
-    )
-    .await?;
+    let mut responses =
+        transport::open_stream::<_, DeltaDiscoveryResponse>(config, transport::DELTA_ADS_PATH, rx)
+            .await?;
     status.connected = true;
     status.last_stream_error = None;
     handler.on_status(status);

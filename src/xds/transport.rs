@@ -12,13 +12,15 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use super::grpc_stream;
+
 /// Istiod's config pushes can be tens of MB; tonic's default limit is 4 MB.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// The ADS methods (envoy.service.discovery.v3.AggregatedDiscoveryService).
-pub(crate) const SOTW_ADS_PATH: &str =
+pub(super) const SOTW_ADS_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-pub(crate) const DELTA_ADS_PATH: &str =
+pub(super) const DELTA_ADS_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// gRPC status code for "the config was invalid" in a NACK's error_detail.
@@ -136,10 +138,28 @@ pub(crate) fn nack_status(message: String) -> RpcStatus {
     }
 }
 
-/// An ADS client on a fresh channel, with the message size limits raised
-/// both ways.
-/// The channel the ADS stream runs on (TLS and keepalives per `config`).
-pub(crate) async fn connect(config: &AdsConfig) -> Result<Channel, AdsError> {
+/// Opens one ADS stream (`path`: SotW or delta) on a fresh channel: the
+/// requests queued on `outgoing` go out, with the stream's metadata; the
+/// responses come back framed by [`grpc_stream`] up to [`MAX_MESSAGE_BYTES`].
+pub(crate) async fn open_stream<Out, In>(
+    config: &AdsConfig,
+    path: &'static str,
+    outgoing: tokio::sync::mpsc::Receiver<Out>,
+) -> Result<grpc_stream::MessageStream<In>, AdsError>
+where
+    Out: prost::Message + Send + 'static,
+    In: prost::Message + Default,
+{
+    let mut channel = connect(config).await?;
+    let request = stream_request(
+        config,
+        tokio_stream::wrappers::ReceiverStream::new(outgoing),
+    )?;
+    Ok(grpc_stream::open(&mut channel, path, request, MAX_MESSAGE_BYTES).await?)
+}
+
+/// The channel an ADS stream runs on (TLS and keepalives per `config`).
+async fn connect(config: &AdsConfig) -> Result<Channel, AdsError> {
     let address_error = |message: String| AdsError::Address {
         uri: config.uri.clone(),
         message,
