@@ -121,6 +121,7 @@ impl DualEngineRunner {
     /// is new or changed is applied; a bad item is logged and its previous
     /// version stays.
     pub fn apply_file(&mut self, resources: &[Any]) -> Result<(), String> {
+        let started = Instant::now();
         let mut update = Update::default();
         let mut policies = Vec::new();
         let mut errors = Vec::new();
@@ -161,7 +162,7 @@ impl DualEngineRunner {
             .filter_map(|e| e.resource.strip_prefix("authorization "))
             .map(str::to_owned)
             .collect();
-        let result = self.run_update(update, errors);
+        let result = self.run_update(update, errors, started.elapsed());
         if !self.last_refused_whole {
             self.authorizations
                 .replace_keeping(policies, &kept_policies);
@@ -209,9 +210,7 @@ impl DualEngineRunner {
                     .iter()
                     .filter_map(|(name, _)| name.as_ref().map(|n| n.to_string()))
                     .collect();
-                let decoded = started.elapsed();
-                let result = self.run_update(update, errors);
-                log_slow_update("delta", decoded, started.elapsed());
+                let result = self.run_update(update, errors, started.elapsed());
                 if self.last_refused_whole {
                     refused_names.extend(applying);
                 }
@@ -273,7 +272,14 @@ impl DualEngineRunner {
         }
     }
 
-    fn run_update(&mut self, update: Update, errors: Vec<ResourceError>) -> Result<(), String> {
+    /// Compiles and writes a decoded update; `decode_time` is what decoding
+    /// it took, for the log line that says where an update's time went.
+    fn run_update(
+        &mut self,
+        update: Update,
+        errors: Vec<ResourceError>,
+        decode_time: Duration,
+    ) -> Result<(), String> {
         let dns = self.dns.clone();
         let resolved: &dyn ResolvedHosts = match &dns {
             Some(r) => r,
@@ -293,11 +299,7 @@ impl DualEngineRunner {
         let outcome = match compiled {
             Ok(changes) => {
                 let written = self.write(&changes);
-                tracing::debug!(
-                    compile_ms = compile_time.as_secs_f64() * 1e3,
-                    write_ms = (started.elapsed() - compile_time).as_secs_f64() * 1e3,
-                    "update compiled and written"
-                );
+                log_update_times(decode_time, compile_time, started.elapsed() - compile_time);
                 self.follow_hostnames();
                 written
             }
@@ -446,17 +448,25 @@ fn key_of(e: &ResourceError) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Updates slower than this are logged at info level with where the time
-/// went (decode vs compile + write), so a slow push can be told apart.
+/// Updates slower than this are logged at info level (the others at debug)
+/// with where the time went, so a slow push can be told apart.
 const SLOW_UPDATE: Duration = Duration::from_millis(100);
 
-fn log_slow_update(source: &str, decoded: Duration, total: Duration) {
-    if total >= SLOW_UPDATE {
+fn log_update_times(decode: Duration, compile: Duration, write: Duration) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    if decode + compile + write >= SLOW_UPDATE {
         tracing::info!(
-            source,
-            decode_ms = decoded.as_millis() as u64,
-            compile_and_write_ms = (total - decoded).as_millis() as u64,
+            decode_ms = ms(decode),
+            compile_ms = ms(compile),
+            write_ms = ms(write),
             "large update applied"
+        );
+    } else {
+        tracing::debug!(
+            decode_ms = ms(decode),
+            compile_ms = ms(compile),
+            write_ms = ms(write),
+            "update applied"
         );
     }
 }
