@@ -26,7 +26,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use serde::Serialize;
@@ -70,12 +70,8 @@ enum Command {
     },
     /// Make COUNT sequential TCP connections to ADDR:PORT and print a JSON report.
     Dial {
-        /// Join /var/run/netns/NAME before opening any socket.
-        #[arg(long)]
-        netns: Option<String>,
-        /// Move this process into the cgroup2 directory DIR before opening any socket.
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
+        #[command(flatten)]
+        place: Placement,
         /// Number of connections.
         #[arg(long)]
         count: u32,
@@ -129,12 +125,8 @@ enum Command {
     /// sends RST, no TIME_WAIT) to ADDR:PORT; print one JSON report with the
     /// mean, median and p99 of the connect() call alone.
     ConnectLoop {
-        /// Join /var/run/netns/NAME before opening any socket.
-        #[arg(long)]
-        netns: Option<String>,
-        /// Move this process into the cgroup2 directory DIR before opening any socket.
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
+        #[command(flatten)]
+        place: Placement,
         /// Timed connections.
         #[arg(long)]
         count: u32,
@@ -180,6 +172,29 @@ fn parse_mark(text: &str) -> Result<u32, String> {
     .map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Where a client runs: the netns and cgroup it joins before any socket.
+#[derive(Args)]
+struct Placement {
+    /// Join /var/run/netns/NAME before opening any socket.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Move this process into the cgroup2 directory DIR before opening any socket.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+}
+
+impl Placement {
+    fn enter(&self) -> Result<()> {
+        if let Some(ns) = &self.netns {
+            join_netns(ns)?;
+        }
+        if let Some(dir) = &self.cgroup {
+            join_cgroup(dir)?;
+        }
+        Ok(())
+    }
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve {
@@ -202,8 +217,7 @@ fn main() -> Result<()> {
             serve(listeners, mode)
         }
         Command::Dial {
-            netns,
-            cgroup,
+            place,
             count,
             interval_ms,
             timeout_ms,
@@ -219,12 +233,7 @@ fn main() -> Result<()> {
             mark,
             target,
         } => {
-            if let Some(ns) = &netns {
-                join_netns(ns)?;
-            }
-            if let Some(dir) = &cgroup {
-                join_cgroup(dir)?;
-            }
+            place.enter()?;
             let opts = DialOptions {
                 count,
                 interval: Duration::from_millis(interval_ms),
@@ -242,18 +251,12 @@ fn main() -> Result<()> {
             print_json(&report)
         }
         Command::ConnectLoop {
-            netns,
-            cgroup,
+            place,
             count,
             warmup,
             target,
         } => {
-            if let Some(ns) = &netns {
-                join_netns(ns)?;
-            }
-            if let Some(dir) = &cgroup {
-                join_cgroup(dir)?;
-            }
+            place.enter()?;
             if count == 0 {
                 bail!("--count must be at least 1");
             }
