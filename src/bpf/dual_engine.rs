@@ -48,15 +48,6 @@ const DURABLE_MAPS: [&str; 7] = [
     MAP_PROXY_SOCKS,
 ];
 
-/// Programs attached to the cgroup, by link pin name.
-const ATTACHED: [&str; 5] = [
-    "connect4",
-    "connect6",
-    "getpeername4",
-    "getpeername6",
-    "sockops",
-];
-
 /// Sizes of the lookup maps (`max_entries`). The maps are not preallocated:
 /// a large size costs the hash table's bucket array, not the entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -270,15 +261,17 @@ impl DualEngineBpf {
                 "attaching the PROXY header program to {MAP_PROXY_SOCKS}"
             )))?;
         let progs = &self.skel.progs;
-        for (name, prog) in ATTACHED.iter().zip([
-            &progs.de_connect4,
-            &progs.de_connect6,
-            &progs.de_getpeername4,
-            &progs.de_getpeername6,
-            &progs.de_sockops,
-        ]) {
-            pinning::attach_pinned(&links_dir, name, prog, &cgroup)?;
-        }
+        pinning::attach_cgroup_hooks(
+            &links_dir,
+            [
+                &progs.de_connect4,
+                &progs.de_connect6,
+                &progs.de_getpeername4,
+                &progs.de_getpeername6,
+                &progs.de_sockops,
+            ],
+            &cgroup,
+        )?;
         if self.start == StartKind::Rebuilt {
             self.pin_maps()?;
         }

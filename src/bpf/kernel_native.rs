@@ -85,14 +85,6 @@ const DURABLE_MAPS: [&str; 10] = [
     MAP_CONN_START,
 ];
 
-const ATTACHED: [&str; 5] = [
-    "connect4",
-    "connect6",
-    "getpeername4",
-    "getpeername6",
-    "sockops",
-];
-
 pub use super::pinning::StartKind;
 
 /// The loaded programs; attached (or switched to) by [`Self::activate`].
@@ -255,15 +247,17 @@ impl KernelNativeBpf {
             .map_err(BpfError::io("creating pin directory", &links_dir))?;
         let cgroup = CgroupTarget::open(&self.cgroup2_path)?;
         let progs = &self.skel.progs;
-        for (name, prog) in ATTACHED.iter().zip([
-            &progs.kn_connect4,
-            &progs.kn_connect6,
-            &progs.kn_getpeername4,
-            &progs.kn_getpeername6,
-            &progs.kn_sockops,
-        ]) {
-            pinning::attach_pinned(&links_dir, name, prog, &cgroup)?;
-        }
+        pinning::attach_cgroup_hooks(
+            &links_dir,
+            [
+                &progs.kn_connect4,
+                &progs.kn_connect6,
+                &progs.kn_getpeername4,
+                &progs.kn_getpeername6,
+                &progs.kn_sockops,
+            ],
+            &cgroup,
+        )?;
         if self.start == StartKind::Rebuilt {
             self.pin_maps()?;
         }

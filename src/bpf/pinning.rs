@@ -54,12 +54,34 @@ fn on_cgroup(link: &Link, cgroup_id: u64) -> bool {
     )
 }
 
+/// The cgroup hooks both modes attach, in this order, by link pin name.
+const CGROUP_HOOKS: [&str; 5] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "getpeername6",
+    "sockops",
+];
+
+/// Attaches a mode's programs for [`CGROUP_HOOKS`] (same order) to the
+/// cgroup through pinned links (see [`attach_pinned`]).
+pub(crate) fn attach_cgroup_hooks(
+    links_dir: &Path,
+    progs: [&ProgramMut<'static>; 5],
+    cgroup: &CgroupTarget,
+) -> Result<(), BpfError> {
+    for (name, prog) in CGROUP_HOOKS.iter().zip(progs) {
+        attach_pinned(links_dir, name, prog, cgroup)?;
+    }
+    Ok(())
+}
+
 /// Make `prog` the program behind the link pinned at `links_dir/name`:
 /// switch an existing link on the same cgroup to it (atomic: every hook run
 /// sees either the old program or this one), or attach it and pin the new
 /// link. A link on another cgroup (after a change of --cgroup2-path) is
 /// unpinned, which detaches it.
-pub(crate) fn attach_pinned(
+fn attach_pinned(
     links_dir: &Path,
     name: &str,
     prog: &ProgramMut<'static>,
