@@ -93,6 +93,14 @@ struct de_waypoint {
  * de_waypoint_mark in bpf/dual_engine/dual_engine.bpf.c). */
 #define DE_DEFAULT_WAYPOINT_MARK 0x539
 
+/* Which object a service or backend id belongs to: the first bytes of the
+ * SHA-256 of its store key (service `namespace/hostname`, workload uid).
+ * The programs never read it. A restarted daemon reads it back to give each
+ * key the id its records already have, and no other key an id the kernel
+ * still uses: otherwise a frontend adopted from the earlier daemon would
+ * point, for the length of the first write, at another service's records. */
+#define DE_OWNER_LEN 16
+
 struct de_service_value {
 	__u32 policy;    /* enum de_lb_policy */
 	__u32 slot;      /* 0 or 1: which endpoint slot is live */
@@ -102,6 +110,7 @@ struct de_service_value {
 	__u32 endpoint_count[DE_FAMILY_COUNT][DE_MAX_PRIORITIES];
 	__u16 service_port[DE_MAX_PORTS]; /* host byte order */
 	struct de_waypoint waypoint;
+	__u8 owner[DE_OWNER_LEN];
 };
 
 struct de_endpoint_key {
@@ -127,6 +136,7 @@ struct de_backend_value {
 	__u8 has_v6;
 	__u16 pad;
 	struct de_waypoint waypoint;
+	__u8 owner[DE_OWNER_LEN];
 };
 
 /* Per-connect outcomes, counted in de_counters (a PERCPU_ARRAY). */

@@ -36,6 +36,8 @@ pub enum DaemonError {
     Telemetry(#[from] TelemetryError),
     #[error("installing the {0} handler: {1}")]
     Signal(&'static str, #[source] std::io::Error),
+    #[error("reading the adopted dual-engine maps: {0}")]
+    Adopt(#[source] crate::workload::writer::WriteError),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

@@ -474,7 +474,11 @@ fn a_restarted_loader_adopts_the_maps_and_a_full_reconcile_drops_stale_keys() {
     let mut writer = DualEngineWriter::new(bpf.maps().unwrap(), small_capacity());
     let adopted = writer.adopt().unwrap();
     assert_eq!(
-        (adopted.frontends, adopted.services, adopted.endpoints),
+        (
+            adopted.counts.frontends,
+            adopted.counts.services,
+            adopted.counts.endpoints
+        ),
         (2, 2, 3)
     );
 

@@ -64,6 +64,13 @@ enum Command {
         /// Read one HTTP/1.1 request head and answer 200 with the line as the body.
         #[arg(long)]
         http: bool,
+        /// Answer with the address the client reached (the connection's
+        /// local address, e.g. `10.1.2.3:8080`) in place of NAME. With a
+        /// wildcard listener and a `local` route over a range, one listener
+        /// stands for every address of the range, and each one tells which
+        /// address a connection was steered to.
+        #[arg(long)]
+        answer_local_address: bool,
         /// Listeners, e.g. `127.0.0.2:8080=b1` or `[fd00::2]:8080=b1`.
         #[arg(required = true, value_parser = parse_listener)]
         listeners: Vec<Listener>,
@@ -203,6 +210,7 @@ fn main() -> Result<()> {
             proxy_protocol,
             echo,
             http,
+            answer_local_address,
             listeners,
         } => {
             if let Some(ns) = &netns {
@@ -213,6 +221,7 @@ fn main() -> Result<()> {
                 proxy_protocol,
                 echo,
                 http,
+                answer_local_address,
             };
             serve(listeners, mode)
         }
@@ -364,6 +373,7 @@ struct ServeMode {
     proxy_protocol: bool,
     echo: bool,
     http: bool,
+    answer_local_address: bool,
 }
 
 fn serve(listeners: Vec<Listener>, mode: ServeMode) -> Result<()> {
@@ -414,6 +424,11 @@ fn accept_loop(sock: &TcpListener, name: &str, mode: ServeMode) {
 /// serving others: they end this connection only.
 fn serve_one(mut conn: TcpStream, peer: SocketAddr, name: &str, mode: ServeMode) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let local = conn.local_addr().map(|a| a.to_string());
+    let name = match (&local, mode.answer_local_address) {
+        (Ok(local), true) => local.as_str(),
+        _ => name,
+    };
     let mut line = format!("{name} peer={peer}");
     if mode.proxy_protocol {
         match read_proxy_v2(&mut conn) {

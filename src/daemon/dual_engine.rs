@@ -97,7 +97,10 @@ pub(super) async fn run(
         DualEngineBpf::load_with_mark(&bpf_fs, &cgroup, capacity, mark)
     })
     .await??;
-    let writer = DualEngineWriter::new(bpf.maps()?, capacity);
+    let mut writer = DualEngineWriter::new(bpf.maps()?, capacity);
+    // Before anything is compiled: ids must keep the objects their pinned
+    // records belong to (see workload::ids).
+    let adopted = writer.adopt().map_err(DaemonError::Adopt)?;
     // Read back by the bpf dump and the metrics scrape alike.
     let read_maps = Arc::new(bpf.maps()?);
     let dump_maps = read_maps.clone();
@@ -110,12 +113,14 @@ pub(super) async fn run(
     if let Some(resolver) = &dns {
         admin_state.set_dns(resolver.clone());
     }
-    let compiler = WorkloadCompiler::new(CompilerSettings {
+    let mut compiler = WorkloadCompiler::new(CompilerSettings {
         node_name: config.node_name.clone(),
         cluster_id: config.cluster_id.clone(),
         locality: config.locality.clone(),
         waypoint_port: config.waypoint_port,
     });
+    compiler.adopt_ids(&adopted.service_ids, &adopted.backend_ids);
+    drop(adopted);
     let source_name = match &source {
         Source::File(file) => format!("file:{}", file.display()),
         Source::Ads(ads) => format!("ads:{}", ads.uri),

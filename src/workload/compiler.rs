@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use super::ids::IdTable;
+use super::ids::{AdoptedIds, IdTable};
 use super::key::{Interner, Key};
 use super::locality::{depends_on_locality, LocalLocality};
 use super::plan::{
@@ -227,6 +227,20 @@ impl WorkloadCompiler {
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Start from the ids an earlier daemon's records use in the pinned
+    /// maps, before the first update (see [`super::ids`]).
+    pub fn adopt_ids(&mut self, services: &AdoptedIds, backends: &AdoptedIds) {
+        self.service_ids.adopt(services);
+        self.backend_ids.adopt(backends);
+    }
+
+    /// The kernel holds exactly the plan now: ids whose records were
+    /// deleted may go to other keys.
+    pub fn kernel_caught_up(&mut self) {
+        self.service_ids.kernel_caught_up();
+        self.backend_ids.kernel_caught_up();
     }
 
     pub fn local_locality(&self) -> &LocalLocality {

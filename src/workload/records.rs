@@ -46,6 +46,25 @@ pub const BACKEND_VALUE_SIZE: usize = size_of::<c::de_backend_value>();
 /// Service and backend ids: `__u32` keys.
 pub const ID_KEY_SIZE: usize = size_of::<u32>();
 
+/// `DE_OWNER_LEN`: bytes of the owner tag in service and backend records.
+pub const OWNER_LEN: usize = 16;
+
+/// Which object an id's records belong to (`owner` in the service and
+/// backend records): a SHA-256 prefix of its store key. A restarted daemon
+/// reads it back so that an id keeps its object (see [`owner_tag`]).
+pub type OwnerTag = [u8; OWNER_LEN];
+
+/// The owner tag of a store key. SHA-256, not a fast hash: a key is partly
+/// chosen by whoever names a Service or ServiceEntry, and a collision would
+/// hand one object's id to another after a restart. The tag must also stay
+/// the same from one build to the next (it outlives the daemon).
+pub fn owner_tag(key: &str) -> OwnerTag {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut tag = [0; OWNER_LEN];
+    tag.copy_from_slice(&digest.as_ref()[..OWNER_LEN]);
+    tag
+}
+
 /// Per family and priority: how many endpoint entries (`endpoint_count`).
 pub type Counts = [[u32; MAX_PRIORITIES]; FAMILIES];
 
@@ -67,6 +86,7 @@ pub struct ServiceValue {
     pub ports: Vec<u16>,
     pub counts: Counts,
     pub waypoint: Option<SocketAddr>,
+    pub owner: OwnerTag,
 }
 
 /// A backend record as the kernel holds it.
@@ -75,6 +95,7 @@ pub struct BackendValue {
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
     pub waypoint: Option<SocketAddr>,
+    pub owner: OwnerTag,
 }
 
 /// Zeroed bytes with typed writes at offsets.
@@ -213,6 +234,10 @@ pub fn service_value(service: &ServiceRecord, slot: u8) -> Vec<u8> {
         offset_of!(c::de_service_value, waypoint),
         service.waypoint,
     );
+    b.bytes(
+        offset_of!(c::de_service_value, owner),
+        &owner_tag(&service.name),
+    );
     b.0
 }
 
@@ -242,6 +267,7 @@ pub fn decode_service_value(b: &[u8]) -> Option<ServiceValue> {
         ports,
         counts,
         waypoint: decode_waypoint(b, offset_of!(c::de_service_value, waypoint))?,
+        owner: rd_16(b, offset_of!(c::de_service_value, owner))?,
     })
 }
 
@@ -323,6 +349,10 @@ pub fn backend_value(backend: &BackendRecord) -> Vec<u8> {
         offset_of!(c::de_backend_value, waypoint),
         backend.waypoint,
     );
+    b.bytes(
+        offset_of!(c::de_backend_value, owner),
+        &owner_tag(&backend.name),
+    );
     b.0
 }
 
@@ -335,6 +365,7 @@ pub fn decode_backend_value(b: &[u8]) -> Option<BackendValue> {
         v4: has(offset_of!(c::de_backend_value, has_v4))?.then_some(v4),
         v6: has(offset_of!(c::de_backend_value, has_v6))?.then_some(v6),
         waypoint: decode_waypoint(b, offset_of!(c::de_backend_value, waypoint))?,
+        owner: rd_16(b, offset_of!(c::de_backend_value, owner))?,
     })
 }
 
@@ -361,12 +392,12 @@ mod tests {
         assert_eq!(size_of::<c::de_waypoint>(), 20);
         assert_eq!(
             SERVICE_VALUE_SIZE,
-            16 + 4 * FAMILIES * MAX_PRIORITIES + 2 * MAX_PORTS + 20
+            16 + 4 * FAMILIES * MAX_PRIORITIES + 2 * MAX_PORTS + 20 + OWNER_LEN
         );
         assert_eq!(ENDPOINT_KEY_SIZE, 12);
         assert_eq!(offset_of!(c::de_endpoint_key, index), 8);
         assert_eq!(ENDPOINT_VALUE_SIZE, 4 + 2 * MAX_PORTS);
-        assert_eq!(BACKEND_VALUE_SIZE, 4 + 16 + 4 + 20);
+        assert_eq!(BACKEND_VALUE_SIZE, 4 + 16 + 4 + 20 + OWNER_LEN);
         assert_eq!(size_of::<c::de_sock_state>(), 32);
     }
 
@@ -463,5 +494,21 @@ mod tests {
         let decoded = decode_backend_value(&b).unwrap();
         assert_eq!(decoded.v4, Some("10.0.0.1".parse().unwrap()));
         assert_eq!(decoded.v6, None);
+        assert_eq!(decoded.owner, owner_tag("w"));
+    }
+
+    #[test]
+    fn records_carry_the_owner_tag_of_their_key() {
+        let b = service_value(&service(vec![80], vec![]), 0);
+        assert_eq!(decode_service_value(&b).unwrap().owner, owner_tag("ns/svc"));
+        // SHA-256("ns/svc"), first 16 bytes: the tag must not change between
+        // builds, or a restarted daemon would not recognise its ids.
+        assert_eq!(
+            owner_tag("ns/svc")[..4],
+            [0x76, 0x37, 0x26, 0x07],
+            "{:02x?}",
+            owner_tag("ns/svc")
+        );
+        assert_ne!(owner_tag("ns/svc"), owner_tag("ns/svc2"));
     }
 }

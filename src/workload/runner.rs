@@ -367,6 +367,7 @@ impl DualEngineRunner {
             return Err(format!("writing the maps: {e}"));
         }
         self.resync = false;
+        self.compiler.kernel_caught_up();
         if let Some(activate) = self.activation.as_mut() {
             activate().map_err(|e| format!("activating the programs: {e}"))?;
             self.activation = None;

@@ -25,6 +25,7 @@ pub use budget::MapCounts;
 use budget::{EndpointDelta, EndpointSchedule};
 use state::{in_range, KernelState, LiveService};
 
+use super::ids::AdoptedIds;
 use super::plan::{
     BackendId, FrontendAddr, FrontendTarget, Plan, PlanChanges, PlanMap, ServiceId, ServiceRecord,
     FAMILIES, MAX_PORTS, MAX_PRIORITIES,
@@ -317,6 +318,14 @@ fn service_update(id: ServiceId, svc: &ServiceRecord, live: Option<&LiveService>
     }
 }
 
+/// What [`DualEngineWriter::adopt`] found in the maps.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    pub counts: MapCounts,
+    pub service_ids: AdoptedIds,
+    pub backend_ids: AdoptedIds,
+}
+
 /// Owns the maps and remembers what they hold.
 pub struct DualEngineWriter {
     maps: DualEngineMaps,
@@ -343,10 +352,13 @@ impl DualEngineWriter {
         }
     }
 
-    /// Read what the maps hold now (e.g. adopted pins) and return the
-    /// counts; the next apply reconciles the maps with its plan.
-    pub fn adopt(&mut self) -> Result<MapCounts, WriteError> {
-        self.state = KernelState::read(&self.maps)?;
+    /// Read what the maps hold now (e.g. adopted pins); the next apply
+    /// reconciles the maps with its plan. Returns the ids their records use,
+    /// with owners, for the compiler to start from
+    /// ([`super::compiler::WorkloadCompiler::adopt_ids`]).
+    pub fn adopt(&mut self) -> Result<Adopted, WriteError> {
+        let (state, service_ids, backend_ids) = KernelState::read_with_owners(&self.maps)?;
+        self.state = state;
         self.read_first = false;
         self.reconcile_next = true;
         let counts = self.counts();
@@ -356,7 +368,11 @@ impl DualEngineWriter {
                 "dual-engine maps hold an earlier configuration: the next update reconciles it"
             );
         }
-        Ok(counts)
+        Ok(Adopted {
+            counts,
+            service_ids,
+            backend_ids,
+        })
     }
 
     /// Entries of each map, as the writer knows them.

@@ -912,6 +912,14 @@ impl Daemon {
         Some(terminate(&mut child, STOP_GRACE))
     }
 
+    /// SIGKILL (no chance to finish anything), then reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Runs `kmesh-daemon uninstall` for this daemon's bpffs dir and cgroup.
     pub fn uninstall(&self) -> Output {
         run_uninstall(&self.bpf_fs_path, &self.cgroup2_path)

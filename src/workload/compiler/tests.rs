@@ -707,3 +707,60 @@ fn a_waypoint_named_by_hostname_follows_that_service_vip() {
     assert_eq!(service_waypoint(&c, [10, 96, 0, 1]), None);
     assert_eq!(backend_waypoint(&c), None);
 }
+
+#[test]
+fn a_restarted_compiler_gives_each_key_its_adopted_id_and_no_key_another_ones() {
+    use crate::workload::records::owner_tag;
+    const OTHER: &str = "default/other.default.svc.cluster.local";
+    // What an earlier daemon left: web at service id 7, its workloads at
+    // backends 3 and 4; a service gone from the new config at id 0; endpoint
+    // entries without a record at id 2.
+    let mut c = compiler();
+    c.adopt_ids(
+        &vec![(7, Some(owner_tag(SVC))), (0, Some(owner_tag("gone"))), (2, None)],
+        &vec![(3, Some(owner_tag("a"))), (4, Some(owner_tag("b")))],
+    );
+    c.apply(
+        upsert(vec![
+            // New keys first: they must not take the adopted ids.
+            s(OTHER, [10, 96, 0, 2]),
+            w("c", [10, 0, 0, 3]),
+            s(SVC, [10, 96, 0, 1]),
+            w("a", [10, 0, 0, 1]),
+            w("b", [10, 0, 0, 2]),
+        ]),
+        &limits(),
+        &NoDns,
+    )
+    .unwrap();
+    let plan = c.plan();
+    assert_eq!(
+        plan.frontends.get(&fa([10, 96, 0, 1])),
+        Some(&FrontendTarget::Service(7))
+    );
+    let other = match plan.frontends.get(&fa([10, 96, 0, 2])) {
+        Some(FrontendTarget::Service(id)) => *id,
+        f => panic!("other: {f:?}"),
+    };
+    assert!(![0, 2, 7].contains(&other), "other got adopted id {other}");
+    let backend_of = |name: &str| {
+        plan.backends
+            .iter()
+            .find(|(_, b)| &*b.name == name)
+            .map(|(id, _)| *id)
+    };
+    assert_eq!((backend_of("a"), backend_of("b")), (Some(3), Some(4)));
+    assert!(![3, 4].contains(&backend_of("c").unwrap()));
+    // Once the kernel caught up, the unclaimed ids are free again.
+    c.kernel_caught_up();
+    c.apply(
+        upsert(vec![s("default/third.default.svc.cluster.local", [10, 96, 0, 3])]),
+        &limits(),
+        &NoDns,
+    )
+    .unwrap();
+    assert_eq!(
+        c.plan().frontends.get(&fa([10, 96, 0, 3])),
+        Some(&FrontendTarget::Service(0))
+    );
+}

@@ -7,8 +7,9 @@ use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState as Fast;
 
+use super::super::ids::AdoptedIds;
 use super::super::plan::{BackendId, FrontendAddr, ServiceId, FAMILIES, MAX_PRIORITIES};
-use super::super::records::{self, Counts, EndpointKey, ServiceValue};
+use super::super::records::{self, Counts, EndpointKey, OwnerTag, ServiceValue};
 use super::WriteError;
 use crate::bpf::batch;
 use crate::bpf::dual_engine::DualEngineMaps;
@@ -111,6 +112,15 @@ impl KernelState {
 
     /// Read the maps (an earlier daemon's, or ours after a failed write).
     pub fn read(maps: &DualEngineMaps) -> Result<Self, WriteError> {
+        Ok(Self::read_with_owners(maps)?.0)
+    }
+
+    /// [`Self::read`], and the ids the records use with the owner tag each
+    /// record carries (service ids, backend ids): what a restarted daemon
+    /// must allocate from.
+    pub fn read_with_owners(
+        maps: &DualEngineMaps,
+    ) -> Result<(Self, AdoptedIds, AdoptedIds), WriteError> {
         let read = |map, name| batch::read_all(map).map_err(WriteError::read(name));
         let frontends = read(&maps.frontends, "de_frontends")?;
         let services = read(&maps.services, "de_services")?;
@@ -118,18 +128,37 @@ impl KernelState {
         let backends = read(&maps.backends, "de_backends")?;
         // A record that does not decode is treated as absent: its endpoints
         // become strays and the service is rewritten or deleted.
-        Ok(Self::from_entries(
+        let services: Vec<(ServiceId, ServiceValue)> = services
+            .iter()
+            .filter_map(|(k, v)| Some((records::id_from(k)?, records::decode_service_value(v)?)))
+            .collect();
+        let service_owners: HashMap<ServiceId, OwnerTag, Fast> =
+            services.iter().map(|(id, v)| (*id, v.owner)).collect();
+        let mut backend_ids = AdoptedIds::new();
+        for (k, v) in &backends {
+            if let Some(id) = records::id_from(k) {
+                let owner = records::decode_backend_value(v).map(|b| b.owner);
+                backend_ids.push((id, owner));
+            }
+        }
+        let state = Self::from_entries(
             frontends
                 .iter()
                 .filter_map(|(k, _)| records::frontend_from(k)),
-            services.iter().filter_map(|(k, v)| {
-                Some((records::id_from(k)?, records::decode_service_value(v)?))
-            }),
+            services,
             endpoints
                 .iter()
                 .filter_map(|(k, _)| records::decode_endpoint_key(k)),
-            backends.iter().filter_map(|(k, _)| records::id_from(k)),
-        ))
+            backend_ids.iter().map(|(id, _)| *id),
+        );
+        // Every id with entries: with its record's owner, or none known
+        // (endpoint entries whose record is missing or unreadable).
+        let service_ids = state
+            .services
+            .keys()
+            .map(|id| (*id, service_owners.get(id).copied()))
+            .collect();
+        Ok((state, service_ids, backend_ids))
     }
 
     /// Service ids with a record in de_services.
@@ -163,6 +192,7 @@ mod tests {
             ports: vec![80],
             counts,
             waypoint: None,
+            owner: [0; records::OWNER_LEN],
         }
     }
 
