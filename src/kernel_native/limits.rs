@@ -23,6 +23,11 @@ pub const KN_MAX_HASH_TABLE_SIZE: u32 = 65537;
 /// Table slots packed in one cluster record.
 pub const KN_HASH_SLOTS_PER_RECORD: u32 = 4;
 
+/// Points of one RING_HASH ring. The daemon's own cap (the kernel never sees
+/// the ring, only the table sampled from it): 16 points per slot of the
+/// largest table, 16 MiB while the ring is built. Envoy allows 8M.
+pub const KN_MAX_RING_SIZE: u32 = 1 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
