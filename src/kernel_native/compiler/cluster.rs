@@ -21,8 +21,8 @@ use super::field::{
 };
 use super::hash_lb;
 use crate::kernel_native::limits::{
-    KN_MAX_EJECTED, KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_HASH_TABLE_SIZE, KN_MAX_PRIORITIES,
-    KN_MAX_RING_SIZE,
+    KN_MAX_CONNECTIONS_LIMIT, KN_MAX_EJECTED, KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_HASH_TABLE_SIZE,
+    KN_MAX_PRIORITIES, KN_MAX_RING_SIZE,
 };
 use crate::kernel_native::plan::{
     CircuitBreakers, CompiledCluster, Endpoint, Family, HashTable, Ignored, LbPolicy,
@@ -353,6 +353,15 @@ fn circuit_breakers(c: &Cluster, notes: &mut Vec<Ignored>) -> FieldResult<Option
             notes.push(ignored(
                 join(&field, "max_connections"),
                 "0 would refuse every connection; treated as no limit",
+            ));
+        } else if u64::from(max_connections) >= KN_MAX_CONNECTIONS_LIMIT {
+            // Istio's 4294967295 on every cluster: counting it would keep a
+            // counter per client netns and cluster for nothing.
+            notes.push(ignored(
+                join(&field, "max_connections"),
+                format!(
+                    "{max_connections} (2^31 or more) is no limit: no connection counter is kept"
+                ),
             ));
         } else {
             out = Some(CircuitBreakers { max_connections });
@@ -1223,6 +1232,32 @@ endpoints:
             "name: c\ncircuit_breakers: { thresholds: [{ max_connections: 1 }, { max_connections: 2 }] }",
         );
         assert_eq!(e.field, "circuit_breakers.thresholds[1].priority");
+    }
+
+    /// Issue 14 item 4: Istio's 4294967295 (and anything from 2^31) is no
+    /// limit: no breaker, so the kernel keeps no per-netns counter.
+    #[test]
+    fn max_connections_of_2_pow_31_or_more_is_no_limit() {
+        for (limit, breaker) in [
+            (
+                2_147_483_647u64,
+                Some(CircuitBreakers {
+                    max_connections: 2_147_483_647,
+                }),
+            ),
+            (2_147_483_648, None),
+            (4_294_967_295, None),
+        ] {
+            let c = compile(
+                &format!(
+                    "name: c\ncircuit_breakers: {{ thresholds: [{{ max_connections: {limit} }}] }}"
+                ),
+                None,
+            );
+            assert_eq!(c.circuit_breakers, breaker, "{limit}");
+            let noted = fields(&c.ignored) == ["circuit_breakers.thresholds[0].max_connections"];
+            assert_eq!(noted, breaker.is_none(), "{limit}: {:?}", c.ignored);
+        }
     }
 
     #[test]
