@@ -94,14 +94,15 @@ impl StaleCounters {
         plan: &Plan,
         changed: &[String],
     ) {
-        let mut netns_scan = BTreeSet::new();
-        let mut endpoint_scan = BTreeSet::new();
+        // Clusters whose counters need a walk of the maps: those kept from
+        // an earlier daemon, and those that lost their circuit breaker (the
+        // netns cookies of their counters are not known).
+        let mut rescan = BTreeSet::new();
         for name in changed {
             let now = plan.clusters.get(name).map(Written::of);
             let before = self.written.remove(name);
             if self.unknown.remove(name) {
-                endpoint_scan.insert(name.as_str());
-                netns_scan.insert(name.as_str());
+                rescan.insert(name.as_str());
             }
             if let Some(before) = &before {
                 for (addr, port) in &before.endpoints {
@@ -116,17 +117,15 @@ impl StaleCounters {
                     self.settle(maps, Held::Endpoint(key));
                 }
                 if before.breaker && !now.as_ref().is_some_and(|n| n.breaker) {
-                    netns_scan.insert(name.as_str());
+                    rescan.insert(name.as_str());
                 }
             }
             if let Some(now) = now {
                 self.written.insert(name.clone(), now);
             }
         }
-        if !endpoint_scan.is_empty() || !netns_scan.is_empty() {
-            self.scan(maps, |cluster| {
-                endpoint_scan.contains(cluster) || netns_scan.contains(cluster)
-            });
+        if !rescan.is_empty() {
+            self.scan(maps, |cluster| rescan.contains(cluster));
         }
     }
 
