@@ -168,7 +168,8 @@ struct kn_cluster_header {
 	__u8 level_count[KN_FAMILY_COUNT]; /* priority levels written, lowest priority first */
 	__u8 passthrough; /* 1: keep the original destination (ORIGINAL_DST cluster) */
 	__u8 choice_count; /* LEAST_REQUEST: endpoints compared per pick (>= 2) */
-	/* Circuit breaking: active connections allowed per client netns, 0 = no limit. */
+	/* Circuit breaking: active connections allowed per client netns, 0 = no
+	 * limit (always below KN_MAX_CONNECTIONS_LIMIT). */
 	__u32 max_connections;
 	/* Outlier detection: consecutive failed connects that eject an endpoint
 	 * (0 = none), endpoints that may be ejected at once, base ejection time. */
@@ -252,32 +253,43 @@ struct kn_connect_ctx {
 	__u32 pad3;
 };
 
-/* Socket-local storage of a redirected socket: what it dialled and where it went. */
+/* Socket-local storage of a redirected socket: what it dialled and where it went.
+ *
+ * The counts it holds are remembered by the generation of the counter entry
+ * it incremented (0 = holds none). A counter entry can vanish under an open
+ * connection (LRU eviction, the daemon deleting a cluster's counter) and be
+ * created again, with a new generation, by another connection: the socket
+ * then gives nothing back to the new entry, whose count never included it. */
 struct kn_sock_state {
 	__u8 orig_family;   /* enum kn_family */
-	__u8 counted;       /* 1 once sockops has counted it as an active connection */
+	__u8 established;   /* 1 once the active open completed */
 	__u16 orig_port;    /* network byte order, as in the sockaddr */
 	__u8 orig_addr[16];
-	__u8 cb_held;       /* 1: holds a slot in kn_netns_conns (released at TCP_CLOSE) */
-	__u8 ep_held;       /* 1: holds an active count in kn_endpoint_conns */
-	__u8 established;   /* 1 once the active open completed */
 	__u8 od_tracked;    /* 1: the connect's outcome still goes to outlier detection */
-	__u16 od_failures;  /* outlier detection of its cluster (0 = none) */
 	__u8 od_max_ejected;
-	__u8 pad;
+	__u16 od_failures;  /* outlier detection of its cluster (0 = none) */
 	__u32 od_base_ejection_ms;
+	__u64 cb_gen;       /* its circuit-breaker slot in kn_netns_conns (released at TCP_CLOSE) */
+	__u64 ep_gen;       /* its active count in kn_endpoint_conns */
+	__u64 cc_gen;       /* its active count in kn_cluster_conns (taken once established) */
 	struct kn_netns_cluster_key nc;  /* client netns and the cluster it went to */
 	struct kn_endpoint_key endpoint; /* the endpoint it went to */
 };
 
+/* max_connections at or above this is no limit (Istio sends 4294967295 on
+ * every cluster): the compiler writes 0 and no counter is kept. */
+#define KN_MAX_CONNECTIONS_LIMIT 2147483648
+
 struct kn_netns_conns {
 	__u64 active;   /* connects steered and not yet closed (any state) */
 	__u64 overflow; /* connects refused at max_connections */
+	__u64 gen;      /* this entry's generation (see struct kn_sock_state) */
 };
 
 struct kn_endpoint_conns {
 	__u64 active;   /* connects steered to it and not yet closed (LEAST_REQUEST) */
 	__u64 total;
+	__u64 gen;      /* this entry's generation (see struct kn_sock_state) */
 };
 
 /* Local rate limit: one token bucket per (client netns, listener, filter record). */
@@ -299,6 +311,7 @@ struct kn_cluster_conns {
 	__u64 active;  /* established and not yet closed */
 	__u64 total;   /* established since the counter was created */
 	__u64 cx_overflow; /* connects refused by max_connections (all client netns) */
+	__u64 gen;     /* this entry's generation (see struct kn_sock_state) */
 	/* Outlier detection: end of each current ejection (0 or past = free);
 	 * a new ejection needs a free entry among the cluster's od_max_ejected. */
 	__u64 ejected_until_ns[KN_MAX_EJECTED];

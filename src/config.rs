@@ -117,6 +117,18 @@ pub struct Config {
     #[arg(long, default_value_t = 65536)]
     pub max_endpoints_per_cluster: u32,
 
+    /// Kernel-native: capacity of the circuit-breaker counters, one per
+    /// (client netns, cluster with max_connections) pair; the least recently
+    /// used is evicted when full.
+    #[arg(long, default_value_t = 65536)]
+    pub max_netns_cluster_counters: u32,
+
+    /// Kernel-native: capacity of the per-endpoint connection counters
+    /// (LEAST_REQUEST, the bpf dump), one per endpoint of a cluster that was
+    /// connected to; the least recently used is evicted when full.
+    #[arg(long, default_value_t = 65536)]
+    pub max_endpoint_counters: u32,
+
     /// Most HTTP route configurations.
     #[arg(long, default_value_t = 16384)]
     pub max_route_configs: u32,

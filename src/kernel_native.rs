@@ -11,5 +11,6 @@ pub mod records;
 pub mod resources;
 pub mod runner;
 pub mod snapshot;
+mod sweep;
 pub mod writer;
 pub mod xds_sotw;

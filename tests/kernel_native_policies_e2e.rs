@@ -25,7 +25,7 @@ struct Mesh {
     _backends: Backends,
     cgroup: Cgroup,
     netns: NetNs,
-    _bpffs: BpfFsDir,
+    bpffs: BpfFsDir,
     xds: tempfile::NamedTempFile,
 }
 
@@ -43,7 +43,7 @@ impl Mesh {
             _backends: backends,
             cgroup,
             netns,
-            _bpffs: bpffs,
+            bpffs,
             xds,
         }
     }
@@ -94,13 +94,23 @@ struct Holder(Option<Child>);
 
 impl Holder {
     fn start(netns: &NetNs, cgroup: &Cgroup, count: u32, keep_open_ms: u64) -> Holder {
+        Holder::start_to(netns, cgroup, VIP, count, keep_open_ms)
+    }
+
+    fn start_to(
+        netns: &NetNs,
+        cgroup: &Cgroup,
+        target: &str,
+        count: u32,
+        keep_open_ms: u64,
+    ) -> Holder {
         let child = Command::new(TRAFFIC_BIN)
             .args(["dial", "--netns", netns.name()])
             .arg("--cgroup")
             .arg(cgroup.path())
             .args(["--count", &count.to_string()])
             .args(["--keep-open-ms", &keep_open_ms.to_string()])
-            .arg(VIP)
+            .arg(target)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -114,6 +124,16 @@ impl Holder {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Holder {
+    /// Ends it now (by PID): the kernel closes its connections.
+    fn close(mut self) {
+        if let Some(child) = &mut self.0 {
+            terminate(child, Duration::from_secs(2));
+        }
+        self.0 = None;
     }
 }
 
@@ -540,4 +560,263 @@ fn an_endpoint_that_refuses_connects_is_ejected_and_comes_back() {
     });
     let ms = dead(&d).unwrap()["ejected_for_ms"].as_u64().unwrap();
     assert!(ms > 2000 && ms <= 4000, "{d}");
+}
+
+/// `(active, total)` of the endpoint counter of `address` in `cluster`.
+fn endpoint_counter(dump: &serde_json::Value, cluster: &str, address: &str) -> Option<(u64, u64)> {
+    find(&dump["endpoint_connections"], |e| {
+        e["cluster"] == cluster && e["address"] == address
+    })
+    .first()
+    .map(|e| (e["active"].as_u64().unwrap(), e["total"].as_u64().unwrap()))
+}
+
+/// Issue 14 item 3: the counters of an endpoint that left the configuration
+/// do not stay in the kernel. After a restart onto a configuration that
+/// replaced the endpoint they are gone; an endpoint removed while it still
+/// has a connection keeps its counter until that connection closes, then
+/// that goes too.
+#[test]
+fn counters_of_a_removed_endpoint_leave_the_kernel_once_it_has_no_connection() {
+    if !require_root() {
+        return;
+    }
+    let with = |addr: &str| {
+        config(&[
+            listener("ep", "10.96.7.1", 80, "ep"),
+            cluster_with("ep", "  lb_policy: LEAST_REQUEST", &[(addr, 9300, 0, 0)]),
+        ])
+    };
+    let backends = [
+        "127.0.0.41:9300=a41",
+        "127.0.0.42:9300=a42",
+        "127.0.0.43:9300=a43",
+    ];
+    let mut mesh = Mesh::start("kn-epgc", &backends, &with("127.0.0.41"));
+    assert_eq!(mesh.dial(5, &[]).backend("a41"), 5);
+    mesh.wait_bpf(".41 counted", |d| {
+        endpoint_counter(d, "ep", "127.0.0.41:9300") == Some((0, 5))
+    });
+
+    // A restart onto a configuration that replaced .41 by .42.
+    mesh.daemon.stop();
+    mesh.rewrite(&with("127.0.0.42"));
+    mesh.daemon = Daemon::start(mesh.xds.path(), &mesh.bpffs, &mesh.cgroup);
+    mesh.daemon.wait_ready(READY);
+    let bpf = mesh.bpf();
+    assert_eq!(
+        endpoint_counter(&bpf, "ep", "127.0.0.41:9300"),
+        None,
+        "the replaced endpoint's counter is gone after the restart: {}",
+        bpf["endpoint_connections"]
+    );
+
+    // .42 is replaced while a connection to it is open: its counter stays
+    // while the connection lives (active 1), and goes once it closes.
+    let held = Holder::start(&mesh.netns, &mesh.cgroup, 1, 60_000);
+    mesh.wait_bpf(".42 holds one", |d| {
+        endpoint_counter(d, "ep", "127.0.0.42:9300") == Some((1, 1))
+    });
+    mesh.rewrite(&with("127.0.0.43"));
+    mesh.wait_version(2);
+    assert_eq!(mesh.dial(3, &[]).backend("a43"), 3);
+    let bpf = mesh.bpf();
+    assert_eq!(
+        endpoint_counter(&bpf, "ep", "127.0.0.42:9300"),
+        Some((1, 1)),
+        "a live connection keeps its counter: {}",
+        bpf["endpoint_connections"]
+    );
+    held.close();
+    let bpf = mesh.wait_bpf(".42 gone once closed", |d| {
+        endpoint_counter(d, "ep", "127.0.0.42:9300").is_none()
+    });
+    let left: Vec<&str> = find(&bpf["endpoint_connections"], |_| true)
+        .iter()
+        .map(|e| e["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["127.0.0.43:9300"], "only live state: {bpf}");
+}
+
+/// Every connection counter of the bpf dump (active and total/overflow).
+fn counters(dump: &serde_json::Value) -> Vec<u64> {
+    let mut out = Vec::new();
+    for list in [
+        "netns_connections",
+        "endpoint_connections",
+        "cluster_connections",
+    ] {
+        for e in dump[list].as_array().unwrap() {
+            for field in ["active", "total", "overflow"] {
+                out.extend(e[field].as_u64());
+            }
+        }
+    }
+    out
+}
+
+/// Issue 14 item 4: a connection whose counters were evicted from the LRU
+/// maps (shrunk with the capacity flags) while it was open, then recreated
+/// by another connection, does not make them wrap when it closes: the
+/// circuit breaker keeps admitting up to its limit and the dump shows sane
+/// counts.
+#[test]
+fn counters_evicted_under_an_open_connection_never_wrap_and_the_breaker_keeps_admitting() {
+    if !require_root() {
+        return;
+    }
+    const CLUSTERS: usize = 32;
+    let vip = |i: usize| format!("10.96.8.{i}:80");
+    let mut resources = Vec::new();
+    for i in 0..CLUSTERS {
+        let name = format!("cb{i}");
+        resources.push(listener(&name, &format!("10.96.8.{i}"), 80, &name));
+        resources.push(cluster_with(
+            &name,
+            "  circuit_breakers: { thresholds: [{ max_connections: 2 }] }",
+            &[("127.0.0.2", 8080, 0, 0)],
+        ));
+    }
+    let netns = NetNs::new("kn-lru");
+    let _backends = Backends::start(Some(&netns), &["127.0.0.2:8080=a"]);
+    let cgroup = Cgroup::new("kn-lru");
+    let bpffs = BpfFsDir::new("kn-lru");
+    let xds = temp_file(".yaml", &config(&resources));
+    let mut daemon = Daemon::start_with_args(
+        xds.path(),
+        &bpffs,
+        &cgroup,
+        &[
+            "--max-netns-cluster-counters",
+            "4",
+            "--max-endpoint-counters",
+            "4",
+        ],
+    );
+    daemon.wait_ready(READY);
+    let bpf = || -> serde_json::Value {
+        let (status, body) = daemon.get("/debug/config_dump/bpf/kernel-native");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let wait_bpf = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let dump = bpf();
+            if pred(&dump) {
+                return dump;
+            }
+            assert!(Instant::now() < deadline, "{what} never held: {dump}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let cb0_netns = |d: &serde_json::Value| netns_active(d, "cb0");
+    let cb0_endpoint = |d: &serde_json::Value| endpoint_counter(d, "cb0", "127.0.0.2:8080");
+
+    // A holds a connection to cb0...
+    let a = Holder::start_to(&netns, &cgroup, &vip(0), 1, 60_000);
+    wait_bpf("A counted", &|d| {
+        cb0_netns(d) == [1] && cb0_endpoint(d).is_some_and(|(active, _)| active == 1)
+    });
+    // ...while connections to the other clusters push its counters out.
+    let mut evicted = false;
+    for i in 1..CLUSTERS {
+        let r = dial_with(Some(&netns), Some(&cgroup), &vip(i), 1, &[]);
+        assert_eq!(r.connected, 1, "cb{i}: {r:?}");
+        let d = bpf();
+        if cb0_netns(&d).is_empty() && cb0_endpoint(&d).is_none() {
+            evicted = true;
+            break;
+        }
+    }
+    assert!(evicted, "cb0's counters were never evicted: {}", bpf());
+
+    // B recreates them and closes; then A closes.
+    let b = dial_with(
+        Some(&netns),
+        Some(&cgroup),
+        &vip(0),
+        1,
+        &["--keep-open-ms", "200"],
+    );
+    assert_eq!(b.connected, 1, "{b:?}");
+    wait_bpf("B closed", &|d| cb0_netns(d) == [0]);
+    a.close();
+    let d = wait_bpf("A closed", &|d| {
+        find(&d["cluster_connections"], |c| c["cluster"] == "cb0")
+            .first()
+            .is_some_and(|c| c["active"] == 0)
+    });
+    assert_eq!(cb0_netns(&d), [0], "no wrap: {}", d["netns_connections"]);
+    assert_eq!(
+        cb0_endpoint(&d).map(|(active, _)| active),
+        Some(0),
+        "no wrap: {}",
+        d["endpoint_connections"]
+    );
+    assert!(counters(&d).iter().all(|&n| n < 1000), "sane counts: {d}");
+
+    // The breaker still admits up to its limit of 2, and refuses the third.
+    let r = dial_with(
+        Some(&netns),
+        Some(&cgroup),
+        &vip(0),
+        3,
+        &["--keep-open-ms", "300"],
+    );
+    assert_eq!(r.connected, 2, "{r:?}");
+    assert_eq!(r.error("EPERM"), 1, "{r:?}");
+    daemon.stop();
+}
+
+/// Issue 14 item 4: a max_connections of 2^31 or more (Istio sends
+/// 4294967295 on every cluster) is no limit and keeps no per-netns counter.
+#[test]
+fn a_max_connections_of_2_pow_31_or_more_is_no_limit_and_keeps_no_counter() {
+    if !require_root() {
+        return;
+    }
+    let yaml = config(&[
+        listener("huge", "10.96.7.1", 80, "huge"),
+        cluster_with(
+            "huge",
+            "  circuit_breakers: { thresholds: [{ max_connections: 4294967295 }] }",
+            &[("127.0.0.2", 8080, 0, 0)],
+        ),
+        listener("half", "10.96.7.2", 80, "half"),
+        cluster_with(
+            "half",
+            "  circuit_breakers: { thresholds: [{ max_connections: 2147483648 }] }",
+            &[("127.0.0.2", 8080, 0, 0)],
+        ),
+    ]);
+    let mesh = Mesh::start("kn-cbmax", &["127.0.0.2:8080=a"], &yaml);
+    assert_eq!(mesh.dial(5, &["--keep-open-ms", "200"]).connected, 5);
+    let r = dial_with(
+        Some(&mesh.netns),
+        Some(&mesh.cgroup),
+        "10.96.7.2:80",
+        5,
+        &[],
+    );
+    assert_eq!(r.connected, 5, "{r:?}");
+    let bpf = mesh.wait_bpf("counted", |d| {
+        find(&d["cluster_connections"], |c| c["cluster"] == "half")
+            .first()
+            .is_some_and(|c| c["total"] == 5)
+    });
+    assert_eq!(
+        bpf["netns_connections"],
+        serde_json::json!([]),
+        "no per-netns counter: {bpf}"
+    );
+    let dump = mesh.daemon.config_dump();
+    for name in ["huge", "half"] {
+        let cl = &dump["clusters"][name];
+        assert!(cl["circuit_breakers"].is_null(), "no limit: {cl}");
+        assert!(
+            cl["ignored"].to_string().contains("max_connections"),
+            "listed as ignored: {cl}"
+        );
+    }
 }

@@ -201,7 +201,8 @@ int kn_getpeername6(struct bpf_sock_addr *ctx)
  *
  * Circuit-breaker slots and endpoint counts are taken at connect (in
  * cgroup/connect, so concurrent connects cannot overshoot max_connections)
- * and given back when the socket reaches TCP_CLOSE from any state: the state
+ * and given back (to the entry they were taken from, never below zero)
+ * when the socket reaches TCP_CLOSE from any state: the state
  * callback is switched on at TCP_CONNECT_CB, before the SYN leaves, so a
  * refused or timed-out active open (SYN_SENT -> CLOSE) releases too. */
 SEC("sockops")
@@ -223,27 +224,21 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		st = bpf_sk_storage_get(&kn_socks, sk, 0, 0);
-		if (!st || st->counted)
+		if (!st || st->cc_gen)
 			return 1;
 		st->established = 1;
 		kn_outlier_outcome(st, false);
 		kn_conn_established(skops, sk, st);
-		/* Look up first: the counter exists after a cluster's first
-		 * connection, and an update (even one refused with BPF_NOEXIST)
-		 * hashes the 128-byte name once more and takes the bucket lock,
-		 * on every connection. */
-		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
-		if (!conns) {
-			struct kn_cluster_conns fresh = {};
-
-			bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
-			conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
-			if (!conns)
-				return 1;
-		}
+		/* Looked up first (kn_cluster_conns_get): the counter exists after
+		 * a cluster's first connection, and an update (even one refused
+		 * with BPF_NOEXIST) hashes the 128-byte name once more and takes
+		 * the bucket lock, on every connection. */
+		conns = kn_cluster_conns_get(&st->nc.cluster);
+		if (!conns)
+			return 1;
 		__sync_fetch_and_add(&conns->active, 1);
 		__sync_fetch_and_add(&conns->total, 1);
-		st->counted = 1;
+		st->cc_gen = conns->gen;
 		/* Normally on since TCP_CONNECT_CB; a socket that connected
 		 * before these programs were attached gets it here. */
 		if (!(skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
@@ -260,12 +255,14 @@ int kn_sockops(struct bpf_sock_ops *skops)
 		kn_outlier_outcome(st, !st->established);
 		kn_conn_closed(skops, sk, st);
 		kn_release(st);
-		if (!st->counted)
+		if (!st->cc_gen)
 			return 1;
-		st->counted = 0;
+		/* The daemon deletes a removed cluster's counter; one made again
+		 * when the cluster came back never counted this socket. */
 		conns = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
-		if (conns)
-			__sync_fetch_and_sub(&conns->active, 1);
+		if (conns && conns->gen == st->cc_gen)
+			kn_put(&conns->active);
+		st->cc_gen = 0;
 		return 1;
 	}
 	return 1;

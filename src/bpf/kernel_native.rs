@@ -31,11 +31,16 @@ use super::BpfError;
 /// daemon with another layout are never reused.
 pub const LAYOUT_VERSION: &str = env!("KMESH_KN_LAYOUT");
 
-/// Map capacities chosen by the operator (outer maps; inner maps are sized per resource).
+/// Map capacities chosen by the operator (outer maps and the LRU counter
+/// maps; inner maps are sized per resource).
 #[derive(Debug, Clone, Copy)]
 pub struct MapCapacity {
     pub max_listeners: u32,
     pub max_clusters: u32,
+    /// `kn_netns_conns` (LRU).
+    pub max_netns_cluster_counters: u32,
+    /// `kn_endpoint_conns` (LRU).
+    pub max_endpoint_counters: u32,
 }
 
 /// The maps the writer and the dumps use.
@@ -133,6 +138,8 @@ fn adoptable(pin_dir: &Path, capacity: MapCapacity) -> bool {
         && sized(MAP_LISTENERS, capacity.max_listeners)
         && sized(MAP_CLUSTERS, capacity.max_clusters)
         && sized(MAP_CLUSTER_CONNS, capacity.max_clusters)
+        && sized(MAP_NETNS_CONNS, capacity.max_netns_cluster_counters)
+        && sized(MAP_ENDPOINT_CONNS, capacity.max_endpoint_counters)
 }
 
 impl KernelNativeBpf {
@@ -162,6 +169,14 @@ impl KernelNativeBpf {
             .kn_cluster_conns
             .set_max_entries(capacity.max_clusters)
             .map_err(BpfError::libbpf("sizing kn_cluster_conns"))?;
+        open.maps
+            .kn_netns_conns
+            .set_max_entries(capacity.max_netns_cluster_counters)
+            .map_err(BpfError::libbpf("sizing kn_netns_conns"))?;
+        open.maps
+            .kn_endpoint_conns
+            .set_max_entries(capacity.max_endpoint_counters)
+            .map_err(BpfError::libbpf("sizing kn_endpoint_conns"))?;
         if start == StartKind::Adopted {
             let maps = &mut open.maps;
             for (name, map) in [

@@ -18,6 +18,10 @@ use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::xds::ads;
 
+/// How often the counters of removed endpoints are looked at again while
+/// connections still hold them.
+const STALE_COUNTER_SWEEP: Duration = Duration::from_secs(1);
+
 pub(super) async fn run(
     config: &Config,
     source: Source,
@@ -34,6 +38,8 @@ pub(super) async fn run(
     let capacity = MapCapacity {
         max_listeners: config.max_listeners,
         max_clusters: config.max_clusters,
+        max_netns_cluster_counters: config.max_netns_cluster_counters,
+        max_endpoint_counters: config.max_endpoint_counters,
     };
     let (bpf_fs, cgroup) = (config.bpf_fs_path.clone(), config.cgroup2_path.clone());
     let bpf =
@@ -84,6 +90,16 @@ pub(super) async fn run(
             lock(&dns_runner).reapply();
         }))
     });
+    // Counters of removed endpoints that connections still held at the
+    // last update go once those close (see kernel_native::sweep).
+    let sweep_runner = runner.clone();
+    let sweep_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(STALE_COUNTER_SWEEP);
+        loop {
+            every.tick().await;
+            lock(&sweep_runner).sweep_stale_counters();
+        }
+    });
     match source {
         Source::File(file) => {
             let poll = Duration::from_millis(config.xds_file_poll_ms.max(10));
@@ -106,5 +122,6 @@ pub(super) async fn run(
     if let Some(task) = dns_task {
         task.abort();
     }
+    sweep_task.abort();
     Ok(())
 }

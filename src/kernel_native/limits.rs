@@ -22,6 +22,13 @@ pub const KN_MAX_EJECTED: u32 = 16;
 pub const KN_MAX_HASH_TABLE_SIZE: u32 = 65537;
 /// Table slots packed in one cluster record.
 pub const KN_HASH_SLOTS_PER_RECORD: u32 = 4;
+/// `max_connections` at or above this is no limit (no counter is kept).
+pub const KN_MAX_CONNECTIONS_LIMIT: u64 = 1 << 31;
+
+/// Points of one RING_HASH ring. The daemon's own cap (the kernel never sees
+/// the ring, only the table sampled from it): 16 points per slot of the
+/// largest table, 16 MiB while the ring is built. Envoy allows 8M.
+pub const KN_MAX_RING_SIZE: u32 = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -67,6 +74,10 @@ mod tests {
         assert_eq!(
             define("KN_MAX_ENDPOINTS_PER_LEVEL"),
             KN_MAX_ENDPOINTS_PER_LEVEL
+        );
+        assert_eq!(
+            define("KN_MAX_CONNECTIONS_LIMIT"),
+            KN_MAX_CONNECTIONS_LIMIT as usize
         );
     }
 }

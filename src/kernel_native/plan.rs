@@ -232,10 +232,12 @@ pub enum LbPolicy {
     Maglev {
         table_size: u32,
     },
-    /// A hash ring with `minimum_ring_size` points for the heaviest endpoint,
-    /// sampled into a lookup table of as many slots.
+    /// A hash ring of between `minimum_ring_size` and `maximum_ring_size`
+    /// points in all (Envoy's rule), sampled into a lookup table of
+    /// `minimum_ring_size` slots.
     RingHash {
         minimum_ring_size: u32,
+        maximum_ring_size: u32,
     },
 }
 
@@ -256,6 +258,8 @@ pub struct PriorityLevel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashTable {
     pub slots: Vec<u32>,
+    /// RING_HASH: the points of the ring the table was sampled from.
+    pub ring_points: Option<u64>,
 }
 
 /// Slots shown in dumps.
@@ -264,8 +268,11 @@ pub const HASH_TABLE_SHOWN: usize = 16;
 impl Serialize for HashTable {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("HashTable", 2)?;
+        let mut st = s.serialize_struct("HashTable", 3)?;
         st.serialize_field("size", &self.slots.len())?;
+        if let Some(points) = self.ring_points {
+            st.serialize_field("ring_points", &points)?;
+        }
         st.serialize_field(
             "first_slots",
             &self.slots[..self.slots.len().min(HASH_TABLE_SHOWN)],

@@ -712,6 +712,17 @@ pub fn decode_endpoint_key(b: &[u8]) -> Option<(String, IpAddr, u16)> {
     ))
 }
 
+/// The `kn_endpoint_key` the kernel builds for an endpoint of `cluster`
+/// (`kn_probe_set`): the key of its connection counter and outlier state.
+pub fn endpoint_key(cluster: &str, addr: &IpAddr, port: u16) -> Vec<u8> {
+    let mut r = Record(vec![0; size_of::<c::kn_endpoint_key>()]);
+    r.bytes(offset_of!(c::kn_endpoint_key, cluster), &name_key(cluster));
+    r.bytes(offset_of!(c::kn_endpoint_key, addr), &addr_bytes(addr));
+    r.u16(offset_of!(c::kn_endpoint_key, port), port);
+    r.u8(offset_of!(c::kn_endpoint_key, family), family_of(addr));
+    r.0
+}
+
 /// Decode a `kn_endpoint_conns` value: (active, total).
 pub fn decode_endpoint_conns(b: &[u8]) -> Option<(u64, u64)> {
     Some((
@@ -766,6 +777,19 @@ mod tests {
         assert_eq!(size_of::<c::kn_endpoint>(), 24);
         assert_eq!(CLUSTER_RECORD_SIZE, 32);
         assert_eq!(LISTENER_RECORD_SIZE, 8 + 16 + KMESH_NAME_LEN + 16);
+    }
+
+    #[test]
+    fn endpoint_keys_round_trip() {
+        for (addr, port) in [("10.0.0.1", 80), ("fd00::2", 9300)] {
+            let addr: IpAddr = addr.parse().unwrap();
+            let key = endpoint_key("outbound|80||svc", &addr, port);
+            assert_eq!(key.len(), size_of::<c::kn_endpoint_key>());
+            assert_eq!(
+                decode_endpoint_key(&key),
+                Some(("outbound|80||svc".to_string(), addr, port))
+            );
+        }
     }
 
     #[test]

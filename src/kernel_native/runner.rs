@@ -228,6 +228,12 @@ impl KernelNativeRunner {
         self.dns_owners = owners;
     }
 
+    /// Delete the counters of removed endpoints whose last connections have
+    /// closed since the last update; run periodically.
+    pub fn sweep_stale_counters(&mut self) {
+        self.writer.sweep();
+    }
+
     /// Record an update that could not be used at all (e.g. an unparsable file).
     pub fn refuse(&mut self, error: String) {
         if let Some(m) = &self.metrics {

@@ -13,6 +13,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::plan::{Changed, CompiledCluster, CompiledListener, ListenerKey, Plan};
 use super::records;
+use super::sweep::StaleCounters;
 use crate::bpf::kernel_native::KernelNativeMaps;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ pub struct MapWriter {
     adopted_clusters: BTreeSet<Vec<u8>>,
     /// Inner maps per batch publish (see [`publish_chunk`]).
     chunk: usize,
+    /// Counters of endpoints and clusters that left the plan.
+    stale: StaleCounters,
 }
 
 impl MapWriter {
@@ -110,6 +113,7 @@ impl MapWriter {
             kept_adopted: BTreeSet::new(),
             adopted_clusters,
             chunk: publish_chunk(),
+            stale: StaleCounters::default(),
         }
     }
 
@@ -131,6 +135,12 @@ impl MapWriter {
         self.resync = false;
         self.adopted_clusters.clear();
         Ok(stats)
+    }
+
+    /// Delete the stale counters whose last connections have closed since
+    /// the last apply (see [`StaleCounters`]).
+    pub fn sweep(&mut self) {
+        self.stale.retry(&self.maps);
     }
 
     fn write_changed(&mut self, plan: &Plan, changed: &Changed) -> Result<WriteStats, WriteError> {
@@ -160,6 +170,12 @@ impl MapWriter {
             self.kept_adopted.remove(name);
         }
         self.remove_clusters(&keys, &mut stats)?;
+        let touched: Vec<String> = clusters
+            .iter()
+            .map(|(name, _)| (*name).clone())
+            .chain(gone_clusters)
+            .collect();
+        self.stale.after_write_changed(&self.maps, plan, &touched);
         Ok(stats)
     }
 
@@ -202,6 +218,8 @@ impl MapWriter {
             .filter(|k| !wanted.contains(k))
             .collect();
         self.remove_clusters(&stale, &mut stats)?;
+        self.stale
+            .after_write_all(&self.maps, plan, &self.kept_adopted);
         Ok(stats)
     }
 

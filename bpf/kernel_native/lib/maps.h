@@ -66,20 +66,22 @@ struct {
 } kn_cluster_conns SEC(".maps");
 
 /* Circuit breaking: active connections per (client netns, cluster). LRU: a
- * namespace that goes away takes its entries with it eventually. */
+ * namespace that goes away takes its entries with it eventually. An entry
+ * evicted under open connections loses their count (see kn_sock_state). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct kn_netns_cluster_key);
 	__type(value, struct kn_netns_conns);
-	__uint(max_entries, 65536); /* fixed; LRU evicts the least recently used */
+	__uint(max_entries, 65536); /* set by the daemon: --max-netns-cluster-counters */
 } kn_netns_conns SEC(".maps");
 
-/* Active connections per endpoint (by cluster name + address + port). */
+/* Active connections per endpoint (by cluster name + address + port). The
+ * daemon deletes the entries of endpoints that left their cluster. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct kn_endpoint_key);
 	__type(value, struct kn_endpoint_conns);
-	__uint(max_entries, 65536); /* fixed; LRU evicts the least recently used */
+	__uint(max_entries, 65536); /* set by the daemon: --max-endpoint-counters */
 } kn_endpoint_conns SEC(".maps");
 
 /* Local rate limit token buckets per (client netns, listener, filter). */
@@ -119,6 +121,37 @@ static __always_inline void kn_count(__u32 stat)
 
 	if (value)
 		*value += 1; /* per-CPU: no atomics needed */
+}
+
+/* The generation of a new counter entry: random (no state shared between
+ * CPUs or daemons), never 0, which means "holds nothing" in kn_sock_state. */
+static __always_inline __u64 kn_new_gen(void)
+{
+	return (((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32()) | 1;
+}
+
+/* Give one back to a counter without ever going below zero. The generation
+ * check keeps a socket from releasing into an entry it holds nothing in, but
+ * an entry evicted or deleted under a program is recycled at once and may be
+ * zeroed between the check and the decrement: a decrement that finds 0 is
+ * undone straight away, so a wrapped value never stays. */
+static __always_inline void kn_put(__u64 *counter)
+{
+	if (__sync_fetch_and_sub(counter, 1) == 0)
+		__sync_fetch_and_add(counter, 1);
+}
+
+/* The cluster's counter entry, created (with a fresh generation) on first use. */
+static __always_inline struct kn_cluster_conns *kn_cluster_conns_get(const struct kn_name *cluster)
+{
+	struct kn_cluster_conns *cc = bpf_map_lookup_elem(&kn_cluster_conns, cluster);
+
+	if (cc)
+		return cc;
+	struct kn_cluster_conns fresh = { .gen = kn_new_gen() };
+
+	bpf_map_update_elem(&kn_cluster_conns, cluster, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&kn_cluster_conns, cluster);
 }
 
 static __always_inline struct kn_connect_ctx *kn_ctx(void)

@@ -16,7 +16,8 @@
 
 #include "maps.h"
 
-/* Per endpoint, by identity. LRU: endpoints gone for good age out. */
+/* Per endpoint, by identity. The daemon deletes the entries of endpoints
+ * that left their cluster; LRU bounds what it has not seen yet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct kn_endpoint_key);
@@ -49,15 +50,10 @@ static __always_inline void kn_outlier_track(struct kn_sock_state *st, struct kn
  * that is 0 or past). False: od_max_ejected endpoints are ejected already. */
 static __always_inline bool kn_claim_ejection(struct kn_sock_state *st, __u64 now, __u64 until)
 {
-	struct kn_cluster_conns fresh = {};
-	struct kn_cluster_conns *cc = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
+	struct kn_cluster_conns *cc = kn_cluster_conns_get(&st->nc.cluster);
 
-	if (!cc) {
-		bpf_map_update_elem(&kn_cluster_conns, &st->nc.cluster, &fresh, BPF_NOEXIST);
-		cc = bpf_map_lookup_elem(&kn_cluster_conns, &st->nc.cluster);
-		if (!cc)
-			return false;
-	}
+	if (!cc)
+		return false;
 	for (__u32 i = 0; i < KN_MAX_EJECTED; i++) {
 		if (i >= st->od_max_ejected)
 			break;

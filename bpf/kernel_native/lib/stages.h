@@ -374,52 +374,52 @@ static __always_inline int kn_cluster_stage(struct kn_connect_ctx *c, struct kn_
 }
 
 /* Give back what a socket holds: its circuit-breaker slot and its active
- * count on the endpoint. Called when it closes (any state) and when the
- * socket connects again after a failed connect. */
+ * count on the endpoint, each to the very entry it took them from (same
+ * generation), if that entry still exists. Called when it closes (any state)
+ * and when the socket connects again after a failed connect. */
 static __always_inline void kn_release(struct kn_sock_state *st)
 {
-	if (st->cb_held) {
+	if (st->cb_gen) {
 		struct kn_netns_conns *n = bpf_map_lookup_elem(&kn_netns_conns, &st->nc);
 
-		st->cb_held = 0;
-		if (n)
-			__sync_fetch_and_sub(&n->active, 1);
+		if (n && n->gen == st->cb_gen)
+			kn_put(&n->active);
+		st->cb_gen = 0;
 	}
-	if (st->ep_held) {
+	if (st->ep_gen) {
 		struct kn_endpoint_conns *e = bpf_map_lookup_elem(&kn_endpoint_conns, &st->endpoint);
 
-		st->ep_held = 0;
-		if (e)
-			__sync_fetch_and_sub(&e->active, 1);
+		if (e && e->gen == st->ep_gen)
+			kn_put(&e->active);
+		st->ep_gen = 0;
 	}
 }
 
-/* Circuit breaking: take a slot of the (netns, cluster) budget, or refuse. */
-static __always_inline bool kn_cb_reserve(struct kn_connect_ctx *c)
+/* Circuit breaking: take a slot of the (netns, cluster) budget, or refuse.
+ * `*held`: the generation of the entry the slot was taken in (0: none, when
+ * no entry could be made and the connect is let through uncounted). */
+static __always_inline bool kn_cb_reserve(struct kn_connect_ctx *c, __u64 *held)
 {
 	struct kn_netns_conns *n = bpf_map_lookup_elem(&kn_netns_conns, &c->nc);
 
+	*held = 0;
 	if (!n) {
-		struct kn_netns_conns fresh = {};
+		struct kn_netns_conns fresh = { .gen = kn_new_gen() };
 
 		bpf_map_update_elem(&kn_netns_conns, &c->nc, &fresh, BPF_NOEXIST);
 		n = bpf_map_lookup_elem(&kn_netns_conns, &c->nc);
 		if (!n)
 			return true; /* no state: fail open */
 	}
-	if (__sync_fetch_and_add(&n->active, 1) < c->max_connections)
+	if (__sync_fetch_and_add(&n->active, 1) < c->max_connections) {
+		*held = n->gen;
 		return true;
-	__sync_fetch_and_sub(&n->active, 1);
+	}
+	kn_put(&n->active);
 	__sync_fetch_and_add(&n->overflow, 1);
 
-	struct kn_cluster_conns *cc = bpf_map_lookup_elem(&kn_cluster_conns, &c->nc.cluster);
+	struct kn_cluster_conns *cc = kn_cluster_conns_get(&c->nc.cluster);
 
-	if (!cc) {
-		struct kn_cluster_conns fresh = {};
-
-		bpf_map_update_elem(&kn_cluster_conns, &c->nc.cluster, &fresh, BPF_NOEXIST);
-		cc = bpf_map_lookup_elem(&kn_cluster_conns, &c->nc.cluster);
-	}
 	if (cc)
 		__sync_fetch_and_add(&cc->cx_overflow, 1);
 	return false;
@@ -431,7 +431,7 @@ static __always_inline void kn_endpoint_hold(struct kn_sock_state *st)
 	struct kn_endpoint_conns *e = bpf_map_lookup_elem(&kn_endpoint_conns, &st->endpoint);
 
 	if (!e) {
-		struct kn_endpoint_conns fresh = {};
+		struct kn_endpoint_conns fresh = { .gen = kn_new_gen() };
 
 		bpf_map_update_elem(&kn_endpoint_conns, &st->endpoint, &fresh, BPF_NOEXIST);
 		e = bpf_map_lookup_elem(&kn_endpoint_conns, &st->endpoint);
@@ -440,7 +440,7 @@ static __always_inline void kn_endpoint_hold(struct kn_sock_state *st)
 	}
 	__sync_fetch_and_add(&e->active, 1);
 	__sync_fetch_and_add(&e->total, 1);
-	st->ep_held = 1;
+	st->ep_gen = e->gen;
 }
 
 /* Remember what the socket dialled (getpeername, sockops) and take what it
@@ -450,19 +450,20 @@ static __always_inline void kn_endpoint_hold(struct kn_sock_state *st)
 static __always_inline bool kn_admit(struct bpf_sock_addr *ctx, struct kn_connect_ctx *c, struct kn_endpoint *ep)
 {
 	struct kn_sock_state *st = bpf_sk_storage_get(&kn_socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	__u64 cb_gen = 0;
 
 	if (!st) {
 		/* Without socket storage nothing could be released: no accounting. */
 		return true;
 	}
 	kn_release(st); /* a second connect() on a socket whose first one failed */
-	if (c->max_connections && !kn_cb_reserve(c)) {
+	if (c->max_connections && !kn_cb_reserve(c, &cb_gen)) {
 		bpf_sk_storage_delete(&kn_socks, ctx->sk);
 		return false;
 	}
-	st->cb_held = c->max_connections ? 1 : 0;
+	st->cb_gen = cb_gen;
 	st->orig_family = c->dst_family;
-	st->counted = 0;
+	st->cc_gen = 0;
 	st->established = 0;
 	st->orig_port = (__u16)ctx->user_port;
 	__builtin_memcpy(st->orig_addr, c->dst_addr, 16);

@@ -21,7 +21,8 @@ use super::field::{
 };
 use super::hash_lb;
 use crate::kernel_native::limits::{
-    KN_MAX_EJECTED, KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_HASH_TABLE_SIZE, KN_MAX_PRIORITIES,
+    KN_MAX_CONNECTIONS_LIMIT, KN_MAX_EJECTED, KN_MAX_ENDPOINTS_PER_LEVEL, KN_MAX_HASH_TABLE_SIZE,
+    KN_MAX_PRIORITIES, KN_MAX_RING_SIZE,
 };
 use crate::kernel_native::plan::{
     CircuitBreakers, CompiledCluster, Endpoint, Family, HashTable, Ignored, LbPolicy,
@@ -250,17 +251,35 @@ fn hash_table(policy: LbPolicy, endpoints: &[Endpoint]) -> Option<HashTable> {
             )
         })
         .collect();
-    let slots = match policy {
-        LbPolicy::Maglev { table_size } => hash_lb::maglev_table(&ids, table_size),
-        LbPolicy::RingHash { minimum_ring_size } => {
-            hash_lb::ring_table(&ids, minimum_ring_size, minimum_ring_size)
+    match policy {
+        LbPolicy::Maglev { table_size } => Some(HashTable {
+            slots: hash_lb::maglev_table(&ids, table_size),
+            ring_points: None,
+        }),
+        LbPolicy::RingHash {
+            minimum_ring_size,
+            maximum_ring_size,
+        } => {
+            // The table keeps minimum_ring_size slots whatever the endpoints:
+            // a key's slot must not move when an endpoint comes or goes.
+            let (slots, points) = hash_lb::ring_table(
+                &ids,
+                u64::from(minimum_ring_size),
+                u64::from(maximum_ring_size),
+                minimum_ring_size,
+            );
+            Some(HashTable {
+                slots,
+                ring_points: Some(points),
+            })
         }
-        _ => return None,
-    };
-    Some(HashTable { slots })
+        _ => None,
+    }
 }
 
-/// Envoy's defaults: Maglev `table_size` 65537, ring `minimum_ring_size` 1024.
+/// Envoy's defaults: Maglev `table_size` 65537, ring `minimum_ring_size` 1024
+/// (Envoy's default `maximum_ring_size`, 8M, is over [`KN_MAX_RING_SIZE`]:
+/// that is used instead).
 const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
 const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
 
@@ -335,6 +354,15 @@ fn circuit_breakers(c: &Cluster, notes: &mut Vec<Ignored>) -> FieldResult<Option
                 join(&field, "max_connections"),
                 "0 would refuse every connection; treated as no limit",
             ));
+        } else if u64::from(max_connections) >= KN_MAX_CONNECTIONS_LIMIT {
+            // Istio's 4294967295 on every cluster: counting it would keep a
+            // counter per client netns and cluster for nothing.
+            notes.push(ignored(
+                join(&field, "max_connections"),
+                format!(
+                    "{max_connections} (2^31 or more) is no limit: no connection counter is kept"
+                ),
+            ));
         } else {
             out = Some(CircuitBreakers { max_connections });
         }
@@ -402,14 +430,15 @@ fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
             Ok(LbPolicy::Maglev { table_size })
         }
         Ok(EnvoyLbPolicy::RingHash) => {
-            let (size, max) = match &c.lb_config {
+            let (min, max) = match &c.lb_config {
                 Some(EnvoyLbConfig::RingHashLbConfig(r)) => (
                     r.minimum_ring_size.map(|v| v.value),
                     r.maximum_ring_size.map(|v| v.value),
                 ),
                 _ => (None, None),
             };
-            if let (Some(min), Some(max)) = (size, max) {
+            let min = min.unwrap_or(DEFAULT_MINIMUM_RING_SIZE);
+            if let Some(max) = max {
                 if min > max {
                     // As Envoy: the minimum ring may not exceed the maximum.
                     return Err(FieldError::new(
@@ -418,12 +447,28 @@ fn lb_policy(c: &Cluster) -> FieldResult<LbPolicy> {
                     ));
                 }
             }
-            let minimum_ring_size = hash_table_size(
-                "ring_hash_lb_config.minimum_ring_size",
-                size.unwrap_or(DEFAULT_MINIMUM_RING_SIZE),
-                false,
-            )?;
-            Ok(LbPolicy::RingHash { minimum_ring_size })
+            // The minimum is also the kernel table's size.
+            let minimum_ring_size =
+                hash_table_size("ring_hash_lb_config.minimum_ring_size", min, false)?;
+            let maximum_ring_size = match max {
+                None => KN_MAX_RING_SIZE,
+                Some(max) => u32::try_from(max)
+                    .ok()
+                    .filter(|&m| m <= KN_MAX_RING_SIZE)
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "ring_hash_lb_config.maximum_ring_size",
+                            format!(
+                                "{max}: the ring is built by the daemon with at most \
+                                 {KN_MAX_RING_SIZE} points (KN_MAX_RING_SIZE)"
+                            ),
+                        )
+                    })?,
+            };
+            Ok(LbPolicy::RingHash {
+                minimum_ring_size,
+                maximum_ring_size,
+            })
         }
         Ok(_) => Ok(LbPolicy::RoundRobin),
         Err(_) => Err(FieldError::new(
@@ -477,15 +522,13 @@ fn lb_notes(c: &Cluster) -> Vec<Ignored> {
         Some(EnvoyLbConfig::RingHashLbConfig(r))
             if c.lb_policy == EnvoyLbPolicy::RingHash as i32 =>
         {
-            notes.extend(
-                (r.maximum_ring_size.is_some() || r.hash_function != 0).then(|| {
-                    ignored(
-                        "ring_hash_lb_config",
-                        "maximum_ring_size and hash_function are not applied: the ring has \
-                         minimum_ring_size points (xxHash is not used in the kernel)",
-                    )
-                }),
-            );
+            notes.extend((r.hash_function != 0).then(|| {
+                ignored(
+                    "ring_hash_lb_config.hash_function",
+                    "not applied: the ring is built with its own hash (xxHash is not used \
+                     in the kernel)",
+                )
+            }));
         }
         Some(_) => notes.push(ignored(
             "lb_config",
@@ -1000,7 +1043,8 @@ endpoints:
         assert_eq!(
             c.lb_policy,
             LbPolicy::RingHash {
-                minimum_ring_size: 64
+                minimum_ring_size: 64,
+                maximum_ring_size: KN_MAX_RING_SIZE
             }
         );
         for bad in [
@@ -1011,6 +1055,81 @@ endpoints:
             let e = rejected(&format!("name: c\n{bad}"));
             assert!(e.to_string().contains("_lb_config."), "{e}");
         }
+    }
+
+    /// Issue 14 item 5: the whole ring is capped (Envoy's maximum_ring_size,
+    /// and the daemon's own KN_MAX_RING_SIZE); a ring that could not fit is
+    /// refused naming the cluster and the field.
+    #[test]
+    fn a_ring_over_the_caps_is_refused_naming_the_cluster_and_field() {
+        for (config, field, cap) in [
+            (
+                "maximum_ring_size: 2000000",
+                "ring_hash_lb_config.maximum_ring_size",
+                "1048576",
+            ),
+            (
+                "minimum_ring_size: 1024, maximum_ring_size: 9000000",
+                "ring_hash_lb_config.maximum_ring_size",
+                "1048576",
+            ),
+            (
+                "minimum_ring_size: 100000",
+                "ring_hash_lb_config.minimum_ring_size",
+                "65537",
+            ),
+        ] {
+            let e = rejected(&format!(
+                "name: big-ring\nlb_policy: RING_HASH\nring_hash_lb_config: {{ {config} }}"
+            ));
+            assert_eq!(
+                (e.name.as_str(), e.field.as_str()),
+                ("big-ring", field),
+                "{e}"
+            );
+            let shown = e.to_string();
+            assert!(
+                shown.contains("\"big-ring\"") && shown.contains(field) && shown.contains(cap),
+                "{shown}"
+            );
+        }
+    }
+
+    /// Issue 14 item 5: maximum_ring_size is applied (no longer listed as
+    /// ignored) and shown; the ring's points stay within [minimum, maximum].
+    #[test]
+    fn ring_hash_honours_maximum_ring_size() {
+        let cluster = |ring: &str| {
+            format!(
+                "name: c\ntype: STATIC\nlb_policy: RING_HASH\nring_hash_lb_config: {{ {ring} }}\nload_assignment: {{ cluster_name: c, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 10.0.0.1, port_value: 80 }} }} }}, load_balancing_weight: 1 }}, {{ endpoint: {{ address: {{ socket_address: {{ address: 10.0.0.2, port_value: 80 }} }} }}, load_balancing_weight: 1000 }}] }}] }}"
+            )
+        };
+        let c = compile(
+            &cluster("minimum_ring_size: 64, maximum_ring_size: 128"),
+            None,
+        );
+        assert_eq!(
+            c.lb_policy,
+            LbPolicy::RingHash {
+                minimum_ring_size: 64,
+                maximum_ring_size: 128
+            }
+        );
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let table = c.levels_v4[0].hash_table.as_ref().unwrap();
+        assert_eq!(
+            table.slots.len(),
+            64,
+            "the table keeps minimum_ring_size slots"
+        );
+        assert_eq!(table.ring_points, Some(128), "clamped to maximum_ring_size");
+
+        // Unclamped, weights 1:1000 need 1001 points (one for the light endpoint).
+        let c = compile(&cluster("minimum_ring_size: 64"), None);
+        assert_eq!(
+            c.levels_v4[0].hash_table.as_ref().unwrap().ring_points,
+            Some(1001)
+        );
     }
 
     #[test]
@@ -1113,6 +1232,32 @@ endpoints:
             "name: c\ncircuit_breakers: { thresholds: [{ max_connections: 1 }, { max_connections: 2 }] }",
         );
         assert_eq!(e.field, "circuit_breakers.thresholds[1].priority");
+    }
+
+    /// Issue 14 item 4: Istio's 4294967295 (and anything from 2^31) is no
+    /// limit: no breaker, so the kernel keeps no per-netns counter.
+    #[test]
+    fn max_connections_of_2_pow_31_or_more_is_no_limit() {
+        for (limit, breaker) in [
+            (
+                2_147_483_647u64,
+                Some(CircuitBreakers {
+                    max_connections: 2_147_483_647,
+                }),
+            ),
+            (2_147_483_648, None),
+            (4_294_967_295, None),
+        ] {
+            let c = compile(
+                &format!(
+                    "name: c\ncircuit_breakers: {{ thresholds: [{{ max_connections: {limit} }}] }}"
+                ),
+                None,
+            );
+            assert_eq!(c.circuit_breakers, breaker, "{limit}");
+            let noted = fields(&c.ignored) == ["circuit_breakers.thresholds[0].max_connections"];
+            assert_eq!(noted, breaker.is_none(), "{limit}: {:?}", c.ignored);
+        }
     }
 
     #[test]

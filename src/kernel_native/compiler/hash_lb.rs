@@ -88,32 +88,90 @@ pub(crate) fn maglev_table(endpoints: &[(String, u32)], m: u32) -> Vec<u32> {
     table
 }
 
-/// RING_HASH sampled into a table of `size` slots: each endpoint puts
-/// points on a 64-bit ring in proportion to its weight (at least one); slot
-/// `i` belongs to the owner of the first point at or after `i * 2^64 / size`.
-pub(crate) fn ring_table(endpoints: &[(String, u32)], ring_size: u32, size: u32) -> Vec<u32> {
-    if endpoints.is_empty() || size == 0 {
+/// Points each endpoint of a RING_HASH level puts on the ring, the whole
+/// ring between `min` and `max` points (Envoy's rule for
+/// `minimum_ring_size` / `maximum_ring_size`).
+///
+/// An endpoint gets `weight × 2^s` points (`weight >> -s` for negative `s`),
+/// `s` the smallest that gives the lightest endpoint a point and the ring at
+/// least `min` points (so under `2 × min`, or one point per lightest
+/// endpoint). One scale per level, not a share of the total as in Envoy:
+/// removing or reweighting an endpoint leaves every other endpoint's points
+/// in place unless the total crosses a power of two, so keys move only off
+/// the endpoint that changed. A ring that would be over `max` gets exactly
+/// `max` points shared by weight as Envoy shares them (running sums, so the
+/// lightest endpoints may get none).
+pub(crate) fn ring_points(weights: &[u32], min: u64, max: u64) -> Vec<u64> {
+    let Some(lightest) = weights.iter().copied().min() else {
         return Vec::new();
+    };
+    let at_scale = |shift: i32| -> Vec<u64> {
+        weights
+            .iter()
+            .map(|&w| match u32::try_from(shift) {
+                Ok(up) => u64::from(w).saturating_mul(1 << up.min(63)),
+                Err(_) => u64::from(w) >> shift.unsigned_abs(),
+            })
+            .collect()
+    };
+    let total = |points: &[u64]| points.iter().fold(0u64, |t, p| t.saturating_add(*p));
+    // The lightest endpoint has a point once `s >= -log2(lightest)`.
+    let mut shift = -(lightest.max(1).ilog2() as i32);
+    let mut points = at_scale(shift);
+    while total(&points) < min && shift < 63 {
+        shift += 1;
+        points = at_scale(shift);
     }
-    // Points per endpoint depend only on its own weight (`ring_size` for the
-    // heaviest), so removing an endpoint leaves every other point in place.
-    let max_w = u64::from(endpoints.iter().map(|e| e.1).max().unwrap_or(1).max(1));
-    let mut ring: Vec<(u64, u32)> = Vec::new();
-    for (i, (id, w)) in endpoints.iter().enumerate() {
-        let points = (u64::from(ring_size) * u64::from(*w) / max_w).max(1);
-        for j in 0..points {
+    if total(&points) <= max {
+        return points;
+    }
+    let sum: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    let (mut cumulative, mut given) = (0u128, 0u64);
+    weights
+        .iter()
+        .map(|&w| {
+            cumulative += u128::from(w);
+            let upto =
+                u64::try_from((u128::from(max) * cumulative).div_ceil(sum.max(1))).unwrap_or(max);
+            let p = upto - given;
+            given = upto;
+            p
+        })
+        .collect()
+}
+
+/// RING_HASH sampled into a table of `size` slots: endpoint `i` puts its
+/// [`ring_points`] on a 64-bit ring (its `j`-th at the hash of `"{id}_{j}"`);
+/// slot `k` belongs to the owner of the first point at or after
+/// `k * 2^64 / size`. Returns the table and the ring's points.
+pub(crate) fn ring_table(
+    endpoints: &[(String, u32)],
+    min: u64,
+    max: u64,
+    size: u32,
+) -> (Vec<u32>, u64) {
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.1).collect();
+    let counts = ring_points(&weights, min, max);
+    let points: u64 = counts.iter().sum();
+    if points == 0 || size == 0 {
+        return (Vec::new(), points);
+    }
+    let mut ring: Vec<(u64, u32)> = Vec::with_capacity(usize::try_from(points).unwrap_or(0));
+    for (i, ((id, _), count)) in endpoints.iter().zip(&counts).enumerate() {
+        for j in 0..*count {
             ring.push((hash64(format!("{id}_{j}").as_bytes()), i as u32));
         }
     }
     ring.sort_unstable();
     let step = u64::MAX / u64::from(size);
-    (0..u64::from(size))
+    let table = (0..u64::from(size))
         .map(|i| {
             let pos = i * step;
             let at = ring.partition_point(|(h, _)| *h < pos);
             ring[at % ring.len()].1
         })
-        .collect()
+        .collect();
+    (table, points)
 }
 
 #[cfg(test)]
@@ -180,21 +238,43 @@ mod tests {
             let ideal = 1.0 / n as f64;
             assert!(share < ideal * 1.6, "maglev n={n}: moved {share}");
 
-            let (share, only_removed) = moved(
-                &ring_table(&all, 1024, 4099),
-                &all,
-                &ring_table(&fewer, 1024, 4099),
-                &fewer,
-                20_000,
-            );
+            let ring = |eps: &[(String, u32)]| ring_table(eps, 1024, 1 << 20, 4099).0;
+            let (share, only_removed) = moved(&ring(&all), &all, &ring(&fewer), &fewer, 20_000);
             assert!(only_removed, "ring: only the removed endpoint's keys move");
             assert!(share < ideal * 1.6, "ring n={n}: moved {share}");
         }
     }
 
+    /// The whole ring is between minimum and maximum_ring_size points (issue
+    /// 14: it used to get `minimum_ring_size` points per endpoint).
+    #[test]
+    fn ring_points_are_clamped_between_minimum_and_maximum_ring_size() {
+        let big = 1 << 20;
+        assert_eq!(ring_points(&[1, 1, 1], 1024, big), [512, 512, 512]);
+        assert_eq!(ring_points(&[1, 1000], 64, big), [1, 1000]);
+        // Over the maximum: shared by weight as Envoy does, the light one first.
+        assert_eq!(ring_points(&[1, 1000], 64, 128), [1, 127]);
+        assert_eq!(
+            ring_points(&[1, 1, 1], 1024, 1024).iter().sum::<u64>(),
+            1024
+        );
+        // Heavy weights are scaled down, the lightest still gets a point.
+        assert_eq!(ring_points(&[3, 6, 3], 1, big), [1, 3, 1]);
+        // The issue's case: 65,536 endpoints with minimum_ring_size 65537
+        // asked for 65,536 x 65,537 points.
+        let many = vec![1; 65_536];
+        assert_eq!(ring_points(&many, 65_537, big).iter().sum::<u64>(), 131_072);
+        assert!(ring_points(&[], 1024, big).is_empty());
+        let (table, points) = ring_table(&eps(3), 1024, big, 1024);
+        assert_eq!((table.len(), points), (1024, 1536));
+    }
+
     #[test]
     fn tables_are_deterministic() {
         assert_eq!(maglev_table(&eps(4), 251), maglev_table(&eps(4), 251));
-        assert_eq!(ring_table(&eps(4), 64, 128), ring_table(&eps(4), 64, 128));
+        assert_eq!(
+            ring_table(&eps(4), 64, 128, 128),
+            ring_table(&eps(4), 64, 128, 128)
+        );
     }
 }
