@@ -497,6 +497,91 @@ mod tests {
         assert_eq!(decoded.owner, owner_tag("w"));
     }
 
+    const HEADER: &str = include_str!("../../include/dual_engine.h");
+
+    /// `#define NAME VALUE` of the header: a number or `(1u << N)`.
+    fn define(name: &str) -> usize {
+        let value = HEADER
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+            .unwrap_or_else(|| panic!("{name} is not defined in dual_engine.h"))
+            .trim();
+        match value
+            .strip_prefix("(1u << ")
+            .and_then(|v| v.strip_suffix(')'))
+        {
+            Some(shift) => 1 << shift.parse::<usize>().unwrap(),
+            None => value
+                .parse()
+                .unwrap_or_else(|e| panic!("{name} = {value:?}: {e}")),
+        }
+    }
+
+    /// `(NAME, value)` of every member of `enum NAME { ... }`, in order.
+    fn enum_members(name: &str) -> Vec<(String, u32)> {
+        let body = HEADER
+            .split(&format!("enum {name} {{"))
+            .nth(1)
+            .and_then(|rest| rest.split("};").next())
+            .unwrap_or_else(|| panic!("enum {name} is not in dual_engine.h"));
+        body.lines()
+            .filter_map(|l| {
+                let (member, value) = l.split("/*").next()?.split_once('=')?;
+                let value = value.trim().trim_end_matches(',').parse().ok()?;
+                Some((member.trim().to_string(), value))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn constants_and_enums_match_the_header() {
+        assert_eq!(define("DE_MAX_PORTS"), MAX_PORTS);
+        assert_eq!(define("DE_MAX_PRIORITIES"), MAX_PRIORITIES);
+        assert_eq!(
+            define("DE_MAX_ENDPOINTS_PER_PRIORITY"),
+            DE_MAX_ENDPOINTS_PER_PRIORITY
+        );
+        assert_eq!(define("DE_OWNER_LEN"), OWNER_LEN);
+        let family = enum_members("de_family");
+        assert_eq!(
+            family.last(),
+            Some(&("DE_FAMILY_COUNT".into(), FAMILIES as u32))
+        );
+        assert_eq!(
+            enum_members("de_frontend_kind"),
+            [
+                ("DE_FRONTEND_SERVICE".into(), DE_FRONTEND_SERVICE),
+                ("DE_FRONTEND_WORKLOAD".into(), DE_FRONTEND_WORKLOAD)
+            ]
+        );
+        let policies: Vec<u32> = [
+            LbPolicy::Random,
+            LbPolicy::Failover,
+            LbPolicy::Strict,
+            LbPolicy::Passthrough,
+        ]
+        .iter()
+        .map(|p| p.kernel_value())
+        .collect();
+        let header: Vec<u32> = enum_members("de_lb_policy").iter().map(|m| m.1).collect();
+        assert_eq!(header, policies);
+        // Counter names in index order: DE_CNT_<NAME> for each, then the count.
+        let counters = enum_members("de_counter");
+        let (count, members) = counters.split_last().unwrap();
+        assert_eq!(count, &("DE_CNT_COUNT".into(), COUNTER_NAMES.len() as u32));
+        for (i, (member, value)) in members.iter().enumerate() {
+            assert_eq!(*value as usize, i, "{member}");
+            assert_eq!(
+                member
+                    .strip_prefix("DE_CNT_")
+                    .map(str::to_lowercase)
+                    .as_deref(),
+                Some(COUNTER_NAMES[i]),
+                "{member}"
+            );
+        }
+    }
+
     #[test]
     fn records_carry_the_owner_tag_of_their_key() {
         let b = service_value(&service(vec![80], vec![]), 0);

@@ -717,7 +717,11 @@ fn a_restarted_compiler_gives_each_key_its_adopted_id_and_no_key_another_ones() 
     // entries without a record at id 2.
     let mut c = compiler();
     c.adopt_ids(
-        &vec![(7, Some(owner_tag(SVC))), (0, Some(owner_tag("gone"))), (2, None)],
+        &vec![
+            (7, Some(owner_tag(SVC))),
+            (0, Some(owner_tag("gone"))),
+            (2, None),
+        ],
         &vec![(3, Some(owner_tag("a"))), (4, Some(owner_tag("b")))],
     );
     c.apply(
@@ -754,7 +758,10 @@ fn a_restarted_compiler_gives_each_key_its_adopted_id_and_no_key_another_ones() 
     // Once the kernel caught up, the unclaimed ids are free again.
     c.kernel_caught_up();
     c.apply(
-        upsert(vec![s("default/third.default.svc.cluster.local", [10, 96, 0, 3])]),
+        upsert(vec![s(
+            "default/third.default.svc.cluster.local",
+            [10, 96, 0, 3],
+        )]),
         &limits(),
         &NoDns,
     )
