@@ -13,9 +13,11 @@ pub use pinning::StartKind;
 /// (a mode's loader `activate`); the runners call it after their first write.
 pub type Activation = Box<dyn FnMut() -> Result<(), String> + Send>;
 
-/// The generated libbpf skeletons (see build.rs). Their `types` modules are
-/// the one Rust definition of the C layouts in `include/`.
-pub mod skel {
+/// The generated libbpf skeletons (see build.rs), one module each: every
+/// skeleton defines the same inner module names (`types`, ...). Their
+/// `types` modules are the one Rust definition of the C layouts in
+/// `include/`. This one is the kernel-native object.
+pub mod kn_skel {
     #![allow(
         clippy::all,
         clippy::unwrap_used,
@@ -25,8 +27,7 @@ pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/kernel_native.skel.rs"));
 }
 
-/// The dual-engine skeleton, in a module of its own: every generated skeleton
-/// defines the same inner module names (`types`, ...).
+/// The dual-engine object's skeleton.
 pub mod de_skel {
     #![allow(
         clippy::all,

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 
 use crate::bpf::kernel_native::TelemetryMaps;
-use crate::bpf::skel::types as c;
+use crate::bpf::kn_skel::types as c;
 use crate::metrics::{ConnLabels, Metrics};
 
 /// `KN_TELEMETRY_*` of include/kernel_native.h.

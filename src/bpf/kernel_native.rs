@@ -24,7 +24,7 @@ use libbpf_rs::{MapHandle, MapMut};
 
 use super::mounts::{self, ensure_bpffs, ensure_cgroup2};
 use super::pinning::{self, CgroupTarget};
-use super::skel::{KernelNativeSkel, KernelNativeSkelBuilder};
+use super::kn_skel::{KernelNativeSkel, KernelNativeSkelBuilder};
 use super::BpfError;
 
 /// Hash of `include/kernel_native.h`, from build.rs: pinned maps written by a

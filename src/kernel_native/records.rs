@@ -1,7 +1,7 @@
 //! The byte layout of kernel-native map entries: a compiled plan in, the keys
 //! and values of `include/kernel_native.h` out (and back, for the bpf dump).
 //!
-//! Every offset comes from the skeleton-generated types (`bpf::skel::types`),
+//! Every offset comes from the skeleton-generated types (`bpf::kn_skel::types`),
 //! which libbpf-cargo derives from the object's BTF, so this file cannot drift
 //! from the C definitions.
 
@@ -14,7 +14,7 @@ use super::plan::{
     ChainMatch, CompiledCluster, CompiledListener, FilterAction, LbPolicy, ListenerKey,
     PriorityLevel,
 };
-use crate::bpf::skel::types as c;
+use crate::bpf::kn_skel::types as c;
 
 // Constants of include/kernel_native.h (enums are not in BTF-generated Rust).
 pub const KMESH_NAME_LEN: usize = 128;
