@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::yaml::*;
@@ -377,22 +377,25 @@ fn a_restarted_daemon_reads_its_own_events_and_reports_connections_it_inherited(
         mesh.netns.name().to_string(),
         mesh.cgroup.path().to_path_buf(),
     );
-    let held = std::thread::spawn(move || {
-        Command::new(env!("CARGO_BIN_EXE_kmesh-traffic"))
-            .args(["dial", "--netns", &netns, "--cgroup"])
-            .arg(&cgroup)
-            .args([
-                "--count",
-                "1",
-                "--send-bytes",
-                "7",
-                "--keep-open-ms",
-                "3000",
-            ])
-            .arg("10.96.0.34:80")
-            .output()
-            .unwrap()
-    });
+    // Held until the new daemon runs (its stdin closes then): a fixed hold
+    // raced with a slow restart on a loaded machine, and the close went to
+    // the old daemon's ring, which nobody reads any more.
+    let mut held = Command::new(env!("CARGO_BIN_EXE_kmesh-traffic"))
+        .args(["dial", "--netns", &netns, "--cgroup"])
+        .arg(&cgroup)
+        .args([
+            "--count",
+            "1",
+            "--send-bytes",
+            "7",
+            "--keep-open-until-stdin-closes",
+        ])
+        .arg("10.96.0.34:80")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     mesh.wait_sample(&opened, 3.0);
 
     let status = mesh.daemon.stop().unwrap();
@@ -402,7 +405,8 @@ fn a_restarted_daemon_reads_its_own_events_and_reports_connections_it_inherited(
 
     mesh.daemon = Daemon::start(mesh.xds.path(), &mesh.bpffs, &mesh.cgroup);
     mesh.daemon.wait_ready(READY);
-    let out = held.join().unwrap();
+    drop(held.stdin.take());
+    let out = held.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -95,6 +95,11 @@ enum Command {
         /// the last connect, then close them all.
         #[arg(long, default_value_t = 0)]
         keep_open_ms: u64,
+        /// Keep every connection open (all at once) until standard input
+        /// closes, then close them all: the caller decides when, however
+        /// long what it does meanwhile takes.
+        #[arg(long, conflicts_with = "keep_open_ms")]
+        keep_open_until_stdin_closes: bool,
         /// Send this many bytes on each connection before reading the line.
         #[arg(long, default_value_t = 0)]
         send_bytes: u64,
@@ -232,6 +237,7 @@ fn main() -> Result<()> {
             timeout_ms,
             hold_ms,
             keep_open_ms,
+            keep_open_until_stdin_closes,
             send_bytes,
             expect_echo,
             read_while_send,
@@ -250,6 +256,7 @@ fn main() -> Result<()> {
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 hold: Duration::from_millis(hold_ms),
                 keep_open: Duration::from_millis(keep_open_ms),
+                keep_open_until_stdin_closes,
                 send_bytes,
                 expect_echo,
                 read_while_send: read_while_send.then(|| Duration::from_millis(send_delay_ms)),
@@ -535,6 +542,7 @@ struct DialOptions {
     timeout: Duration,
     hold: Duration,
     keep_open: Duration,
+    keep_open_until_stdin_closes: bool,
     send_bytes: u64,
     expect_echo: bool,
     /// `Some(delay)`: read while another thread sends, `delay` after connect.
@@ -578,12 +586,16 @@ fn dial(target: SocketAddr, opts: &DialOptions) -> DialReport {
             thread::sleep(opts.interval);
         }
         match dial_once(target, opts, &mut report) {
-            Ok(stream) if !opts.keep_open.is_zero() => kept.push(stream),
+            Ok(stream) if !opts.keep_open.is_zero() || opts.keep_open_until_stdin_closes => {
+                kept.push(stream)
+            }
             Ok(_) => {}
             Err(kind) => *report.errors.entry(kind).or_default() += 1,
         }
     }
-    if !kept.is_empty() {
+    if opts.keep_open_until_stdin_closes {
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+    } else if !kept.is_empty() {
         thread::sleep(opts.keep_open);
     }
     drop(kept);

@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapHandle, MapMut};
 
+use super::kn_skel::{KernelNativeSkel, KernelNativeSkelBuilder};
 use super::mounts::{self, ensure_bpffs, ensure_cgroup2};
 use super::pinning::{self, CgroupTarget};
-use super::kn_skel::{KernelNativeSkel, KernelNativeSkelBuilder};
 use super::BpfError;
 
 /// Hash of `include/kernel_native.h`, from build.rs: pinned maps written by a
