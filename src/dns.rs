@@ -24,8 +24,16 @@
 //!   `refresh_rate` (default [`DEFAULT_REFRESH_RATE`], 5 s), never sooner than
 //!   [`MIN_REFRESH_INTERVAL`] (1 s). After a failure (NXDOMAIN, no records,
 //!   timeout, server down) the last good addresses stay and the retry follows
-//!   [`FailureRefresh`] (`base * 2^(n-1)` capped at `max`), or `refresh_rate`
-//!   when unset, as Envoy's `dns_failure_refresh_rate`.
+//!   [`FailureRefresh`] (`base * 2^(n-1)` capped at `max`, as Envoy's
+//!   `dns_failure_refresh_rate`), or when unset [`DEFAULT_FAILURE_REFRESH`]
+//!   (1 s doubling to 30 s, at most `refresh_rate`).
+//! - Families ([`LookupFamily`], as Envoy's `dns_lookup_family`): a lookup
+//!   that asks for both A and AAAA succeeds when either answers. With `ALL`
+//!   a family whose query fails (REFUSED, SERVFAIL, timeout) keeps its own
+//!   last good addresses and the other family's fresh ones are used; with
+//!   `AUTO`/`V4_PREFERRED` a preferred family that fails with none of its
+//!   addresses in force gives way to the other one (one that has some keeps
+//!   them). The failed family shows in [`HostState::last_error`].
 //! - [`HostChanged`] is sent when a hostname's address *set* changes (its
 //!   first answer included), never on failure. hickory's cache is disabled, so
 //!   every lookup reaches the server and reports the TTL it gave.
@@ -62,7 +70,8 @@ pub use driver::DnsResolver;
 pub use lookup::ResolverSettings;
 pub use queue::{HostChanged, HostState, Subscription};
 pub use timing::{
-    FailureRefresh, RefreshPolicy, RefreshSchedule, DEFAULT_REFRESH_RATE, MIN_REFRESH_INTERVAL,
+    FailureRefresh, RefreshPolicy, RefreshSchedule, DEFAULT_FAILURE_REFRESH, DEFAULT_REFRESH_RATE,
+    MIN_REFRESH_INTERVAL,
 };
 
 use std::net::IpAddr;

@@ -409,3 +409,151 @@ async fn nxdomain_keeps_the_last_good_addresses() {
         vec!["10.6.0.2".parse::<IpAddr>().unwrap()]
     );
 }
+
+/// Issue 14: one family failing (here dnsmasq REFUSES AAAA for a name it has
+/// only an A record for, having no upstream) must not throw the other
+/// family's answer away, for every family that asks for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_family_does_not_throw_the_other_familys_answer_away() {
+    let Some(bin) = dnsmasq_or_skip() else { return };
+    let server = Dnsmasq::start(
+        &bin,
+        2,
+        "127.0.0.69 four.example\nfd00:db8::69 six.example\n",
+    );
+    let (resolver, mut rx) = resolver_for(&server);
+
+    // A answers, AAAA is refused: ALL and AUTO (AAAA preferred) use the A
+    // answer; AAAA-only: V4_PREFERRED falls back to it when A is refused.
+    for (host, family, want) in [
+        ("four.example", LookupFamily::All, "127.0.0.69"),
+        ("four.example", LookupFamily::Auto, "127.0.0.69"),
+        ("six.example", LookupFamily::V4Preferred, "fd00:db8::69"),
+        ("six.example", LookupFamily::All, "fd00:db8::69"),
+    ] {
+        resolver
+            .subscribe("svc", host, family, policy(30, true))
+            .unwrap();
+        let change = next_change(&mut rx, secs(5)).await;
+        assert_eq!((change.host.as_str(), change.family), (host, family));
+        assert_eq!(change.addresses, vec![want.parse::<IpAddr>().unwrap()]);
+        assert_eq!(change.ttl, Some(secs(2)), "{host} {family}");
+        let s = state(&resolver, host, family);
+        assert_eq!((s.failures, s.consecutive_failures), (0, 0), "{s:?}");
+        let error = s.last_error.clone().unwrap_or_default();
+        assert!(error.contains("Refused"), "{host} {family}: {s:?}");
+        // A success: refreshed at the TTL, not on a failure schedule.
+        assert!(s.next_refresh_in <= secs(2), "{s:?}");
+    }
+}
+
+/// Issue 14: with both families asked for (ALL), a family whose query fails
+/// keeps its own last good addresses while the other's fresh answer is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_family_keeps_its_own_last_good_addresses() {
+    let Some(bin) = dnsmasq_or_skip() else { return };
+    let server = Dnsmasq::start(&bin, 1, "10.7.0.1 dual.example\nfd00::7:1 dual.example\n");
+    let (resolver, mut rx) = resolver_for(&server);
+    resolver
+        .subscribe("svc", "dual.example", LookupFamily::All, policy(30, true))
+        .unwrap();
+    let first = next_change(&mut rx, secs(5)).await;
+    assert_eq!(set(&first.addresses), ips(&["10.7.0.1", "fd00::7:1"]));
+
+    // The A record changes and AAAA starts being refused: the new A address
+    // with the last good AAAA one.
+    server.set_hosts("10.7.0.2 dual.example\n");
+    let change = next_change(&mut rx, secs(3)).await;
+    assert_eq!(set(&change.addresses), ips(&["10.7.0.2", "fd00::7:1"]));
+    let s = state(&resolver, "dual.example", LookupFamily::All);
+    assert!(
+        s.last_error.as_deref().is_some_and(|e| e.contains("AAAA")),
+        "{s:?}"
+    );
+
+    // The other way round: AAAA answers anew, A is refused and keeps 10.7.0.2.
+    server.set_hosts("fd00::7:2 dual.example\n");
+    let change = next_change(&mut rx, secs(3)).await;
+    assert_eq!(set(&change.addresses), ips(&["10.7.0.2", "fd00::7:2"]));
+
+    // Both answer again: exactly the fresh records, the error cleared.
+    server.set_hosts("10.7.0.3 dual.example\nfd00::7:3 dual.example\n");
+    let change = next_change(&mut rx, secs(3)).await;
+    assert_eq!(set(&change.addresses), ips(&["10.7.0.3", "fd00::7:3"]));
+    let s = wait_state(&resolver, "dual.example", LookupFamily::All, secs(3), |s| {
+        s.last_error.is_none()
+    })
+    .await;
+    assert_eq!(s.failures, 0, "{s:?}");
+
+    // Neither family answers (the name is gone, both refused): a failure,
+    // every last good address stays.
+    server.set_hosts("10.7.0.50 unrelated.example\n");
+    let s = wait_state(&resolver, "dual.example", LookupFamily::All, secs(3), |s| {
+        s.failures >= 1
+    })
+    .await;
+    assert_eq!(set(&s.addresses), ips(&["10.7.0.3", "fd00::7:3"]));
+    assert!(rx.try_recv().is_err(), "a failure notifies nothing");
+}
+
+/// Issue 14: a lookup that fails without a failure schedule of its own (the
+/// dual-engine ServiceEntry policy: refresh at least every 60 s) is retried
+/// after 1 s, then 2 s, 4 s... (to 30 s), not after the 60 s refresh rate;
+/// once the name resolves it is seen at the next retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_lookups_back_off_from_one_second_and_an_answer_is_seen_at_the_next_retry() {
+    let Some(bin) = dnsmasq_or_skip() else { return };
+    let server = Dnsmasq::start(&bin, 2, "10.8.0.50 unrelated.test\n");
+    let (resolver, mut rx) = resolver_for(&server);
+    resolver
+        .subscribe("svc", "late.test", LookupFamily::All, policy(60, true))
+        .unwrap();
+    let s = wait_state(&resolver, "late.test", LookupFamily::All, secs(5), |s| {
+        s.failures >= 1
+    })
+    .await;
+    assert!(
+        s.next_refresh_in <= secs(1),
+        "first retry in at most 1 s: {s:?}"
+    );
+
+    // NXDOMAIN comes back at once, so the lookups are the retry schedule:
+    // after the k-th failure in a row the next lookup comes 2^(k-1) s later.
+    // Each lookup is timed as it is seen, with the failure count it left, up
+    // to the fourth failure (1 s, 2 s, 4 s apart).
+    // (when a lookup was seen, the failures it left, lookups so far); the
+    // start is not a lookup's time, so the first interval is not judged.
+    let mut seen = (None, s.consecutive_failures, s.lookups);
+    while seen.1 < 4 {
+        let s = wait_state(&resolver, "late.test", LookupFamily::All, secs(40), |s| {
+            s.lookups > seen.2
+        })
+        .await;
+        let now = Instant::now();
+        if let Some(at) = seen.0.filter(|_| s.consecutive_failures == seen.1 + 1) {
+            assert_near(
+                &format!("retry after failure {}", seen.1),
+                now - at,
+                secs(1 << (seen.1 - 1)),
+            );
+        }
+        seen = (Some(now), s.consecutive_failures, s.lookups);
+    }
+    let s = state(&resolver, "late.test", LookupFamily::All);
+    assert_eq!(s.consecutive_failures, 4, "{s:?}");
+    assert!(s.next_refresh_in <= secs(8), "next retry in 8 s: {s:?}");
+
+    // The name appears: seen at the next retry, at most 8 s away.
+    server.set_hosts("10.8.0.1 late.test\n");
+    let added = Instant::now();
+    let change = next_change(&mut rx, secs(8) + SLACK).await;
+    eprintln!("name added: resolved after {:?}", added.elapsed());
+    assert_eq!(
+        change.addresses,
+        vec!["10.8.0.1".parse::<IpAddr>().unwrap()]
+    );
+    let s = state(&resolver, "late.test", LookupFamily::All);
+    assert_eq!((s.consecutive_failures, s.last_error.clone()), (0, None));
+    assert!(s.next_refresh_in <= secs(2), "back on the TTL: {s:?}");
+}

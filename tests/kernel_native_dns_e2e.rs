@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::dnsmasq::{dnsmasq_or_skip, Dnsmasq};
+use common::dnsmasq::{dnsmasq_or_skip, Dnsmasq, REFUSING_DOMAIN};
 use common::yaml::*;
 use common::*;
 
@@ -238,6 +238,45 @@ fn an_aaaa_only_name_routes_ipv6() {
     });
     let r = mesh.dial("[fd00:96::2]:80", 10);
     assert_eq!(r.peer_names.get("[fd00:96::2]:80"), Some(&10), "{r:?}");
+}
+
+/// Issue 14: AUTO (Envoy's default, AAAA preferred) and ALL against a server
+/// that refuses AAAA for a name it has only an A record for: the A answer is
+/// used and the clusters route.
+#[test]
+fn auto_and_all_clusters_route_over_the_a_answer_when_aaaa_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let Some(bin) = dnsmasq_or_skip() else {
+        return;
+    };
+    let host = format!("db.{REFUSING_DOMAIN}");
+    let dns = Dnsmasq::start(&bin, 30, &format!("127.0.0.2 {host}\n"));
+    let yaml = config(&[
+        listener("auto", "10.96.2.5", 80, "auto"),
+        dns_cluster("auto", "STRICT_DNS", &host, "AUTO", "5s"),
+        listener("all", "10.96.2.6", 80, "all"),
+        dns_cluster("all", "LOGICAL_DNS", &host, "ALL", "5s"),
+    ]);
+    let mesh = DnsMesh::start("dns-refused", &dns, &[], &["127.0.0.2:8080=a"], &yaml);
+    for vip in ["10.96.2.5:80", "10.96.2.6:80"] {
+        mesh.dial_until(vip, Duration::from_secs(10), |r| r.backend("a") == 4);
+    }
+    let dump = mesh.daemon.config_dump();
+    for family in ["Auto", "All"] {
+        let state = dump["dns"]
+            .as_array()
+            .and_then(|hosts| hosts.iter().find(|h| h["family"] == family))
+            .unwrap_or_else(|| panic!("no {family} entry: {dump}"));
+        assert_eq!(state["failures"], 0, "{state}");
+        assert!(
+            state["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("AAAA")),
+            "{state}"
+        );
+    }
 }
 
 /// A restarted daemon whose DNS server is down must not throw away the

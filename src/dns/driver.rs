@@ -169,7 +169,8 @@ async fn run(shared: Arc<Shared>, lookup: NameLookup, changes: mpsc::UnboundedSe
         for ticket in due {
             let lookup = lookup.clone();
             let HostKey { host, family } = ticket.key.clone();
-            let handle = lookups.spawn(async move { lookup.resolve(&host, family).await });
+            let known = ticket.known.clone();
+            let handle = lookups.spawn(async move { lookup.resolve(&host, family, &known).await });
             tickets.insert(handle.id(), ticket);
         }
         let sleep = async {

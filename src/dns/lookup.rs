@@ -4,7 +4,7 @@
 //! decides when to ask, and every answer must carry the TTL the server gave,
 //! not what is left of a cached one.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
@@ -13,7 +13,7 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::TokioResolver;
 
-use super::answer::{self, Answer, LookupError, LookupFamily, QueryError, QueryResult};
+use super::answer::{self, Answer, Family, LookupError, LookupFamily, QueryError, QueryResult};
 use super::DnsError;
 
 /// Where queries go and how patiently.
@@ -79,50 +79,65 @@ impl NameLookup {
     }
 
     /// Addresses of `host` for `family`, with the smallest record TTL.
+    /// `known` are the addresses in force (the last good answer): a family
+    /// whose query fails keeps its share of them (see `answer`).
     pub(crate) async fn resolve(
         &self,
         host: &str,
         family: LookupFamily,
+        known: &[IpAddr],
     ) -> Result<Answer, LookupError> {
         let result = match answer::literal(host, family) {
             Some(result) => result,
             None => match Name::from_utf8(host) {
-                Ok(name) => self.resolve_name(&name, family).await,
+                Ok(name) => self.resolve_name(&name, family, known).await,
                 Err(err) => Err(QueryError::Failed(format!("invalid hostname: {err}"))),
             },
         };
         answer::finish(host, family, result)
     }
 
-    async fn resolve_name(&self, name: &Name, family: LookupFamily) -> QueryResult {
+    async fn resolve_name(
+        &self,
+        name: &Name,
+        family: LookupFamily,
+        known: &[IpAddr],
+    ) -> QueryResult {
         match family {
-            LookupFamily::V4Only => self.query(name, RecordType::A).await,
-            LookupFamily::V6Only => self.query(name, RecordType::AAAA).await,
-            LookupFamily::Auto => self.preferred(name, RecordType::AAAA, RecordType::A).await,
-            LookupFamily::V4Preferred => {
-                self.preferred(name, RecordType::A, RecordType::AAAA).await
-            }
+            LookupFamily::V4Only => self.query(name, Family::A).await,
+            LookupFamily::V6Only => self.query(name, Family::Aaaa).await,
+            LookupFamily::Auto => self.preferred(name, Family::Aaaa, Family::A, known).await,
+            LookupFamily::V4Preferred => self.preferred(name, Family::A, Family::Aaaa, known).await,
             LookupFamily::All => {
-                let (v4, v6) = tokio::join!(
-                    self.query(name, RecordType::A),
-                    self.query(name, RecordType::AAAA)
-                );
-                answer::merge_all(v4, v6)
+                let (v4, v6) =
+                    tokio::join!(self.query(name, Family::A), self.query(name, Family::Aaaa));
+                answer::merge_all(v4, v6, known)
             }
         }
     }
 
-    async fn preferred(&self, name: &Name, first: RecordType, then: RecordType) -> QueryResult {
+    async fn preferred(
+        &self,
+        name: &Name,
+        first: Family,
+        then: Family,
+        known: &[IpAddr],
+    ) -> QueryResult {
         let result = self.query(name, first).await;
-        if answer::falls_back(&result) {
-            self.query(name, then).await
-        } else {
+        if answer::preferred_settles(&result, first, known) {
             result
+        } else {
+            let other = self.query(name, then).await;
+            answer::fallback(result, first, other)
         }
     }
 
     /// One query of one type, straight to the server.
-    async fn query(&self, name: &Name, record_type: RecordType) -> QueryResult {
+    async fn query(&self, name: &Name, family: Family) -> QueryResult {
+        let record_type = match family {
+            Family::A => RecordType::A,
+            Family::Aaaa => RecordType::AAAA,
+        };
         self.resolver.clear_lookup_cache(name.clone(), record_type);
         match self.resolver.lookup(name.clone(), record_type).await {
             Ok(lookup) => {
@@ -138,7 +153,7 @@ impl NameLookup {
                     .iter()
                     .map(|r| Duration::from_secs(u64::from(r.ttl)))
                     .min();
-                Ok(Answer { addresses, ttl })
+                Ok(Answer::records(addresses, ttl))
             }
             Err(err) => Err(query_error(&err)),
         }

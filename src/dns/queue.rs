@@ -24,6 +24,10 @@ pub(crate) struct HostKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ticket {
     pub(crate) key: HostKey,
+    /// The addresses in force when the lookup was taken: what a family whose
+    /// query fails keeps. They cannot change while the lookup runs (only its
+    /// own `complete` changes them).
+    pub(crate) known: Vec<IpAddr>,
     number: u64,
 }
 
@@ -61,7 +65,9 @@ pub struct HostState {
     pub ttl: Option<Duration>,
     /// Time left until the next lookup; zero while one is running or due.
     pub next_refresh_in: Duration,
-    /// Error of the latest lookup, `None` once a lookup succeeds.
+    /// Error of the latest lookup, or of the family that failed in a lookup
+    /// another family answered (its last good addresses are kept); `None`
+    /// once every family asked answers.
     pub last_error: Option<String>,
     /// Lookups completed, successful or not.
     pub lookups: u64,
@@ -226,6 +232,7 @@ impl RefreshQueue {
                 entry.in_flight = Some(self.next_ticket);
                 due.push(Ticket {
                     key: key.clone(),
+                    known: entry.addresses.clone(),
                     number: self.next_ticket,
                 });
             }
@@ -270,7 +277,20 @@ impl RefreshQueue {
             Ok(answer) => {
                 entry.schedule.record_success(now, answer.ttl);
                 entry.ttl = answer.ttl;
-                entry.last_error = None;
+                let partial = answer
+                    .partial_failure
+                    .map(|reason| format!("{}: {reason}", key.host));
+                if let Some(error) = &partial {
+                    // Worth a warning when it starts; a family that always
+                    // fails (a server that refuses AAAA) would flood the log
+                    // at every refresh.
+                    if entry.last_error.as_ref() != Some(error) {
+                        tracing::warn!(%error, family = %key.family, "DNS lookup answered for one address family only; the family that failed keeps its last good addresses");
+                    } else {
+                        tracing::debug!(%error, "DNS lookup answered for one address family only, again");
+                    }
+                }
+                entry.last_error = partial;
                 if same_set(&entry.addresses, &answer.addresses) {
                     tracing::debug!(host = %key.host, family = %key.family, ttl = ?answer.ttl, "DNS answer unchanged");
                     return None;
@@ -370,10 +390,10 @@ mod tests {
     }
 
     fn answer(addrs: &[&str], ttl: u64) -> Result<Answer, LookupError> {
-        Ok(Answer {
-            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-            ttl: Some(S(ttl)),
-        })
+        Ok(Answer::records(
+            addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            Some(S(ttl)),
+        ))
     }
 
     fn timeout(host: &str) -> Result<Answer, LookupError> {
@@ -526,7 +546,49 @@ mod tests {
         });
         assert!(lookup(&mut q, "a.test", nx, t0).is_none());
         assert!(q.addresses(&key("a.test")).unwrap().is_empty());
-        assert_eq!(q.next_due(), Some(t0 + S(3)));
+        // No failure schedule set: the default backoff, from 1 s.
+        assert_eq!(q.next_due(), Some(t0 + S(1)));
+    }
+
+    #[test]
+    fn an_answer_with_a_failed_family_is_a_success_that_shows_the_failure() {
+        let t0 = Instant::now();
+        let all = HostKey {
+            host: "a.test".into(),
+            family: LookupFamily::All,
+        };
+        let mut q = RefreshQueue::default();
+        q.subscribe("c1", all.clone(), rate(30, true), t0);
+        let ticket = q.take_due(t0).remove(0);
+        assert!(
+            ticket.known.is_empty(),
+            "nothing known before the first answer"
+        );
+        q.complete(&ticket, answer(&["10.0.0.1", "fd00::1"], 5), t0);
+
+        // The next lookup is handed what is in force, for the family that
+        // fails to keep; its answer is applied as any success.
+        let t1 = t0 + S(5);
+        let ticket = q.take_due(t1).remove(0);
+        assert_eq!(
+            ticket.known,
+            ["10.0.0.1", "fd00::1"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        let partial = answer(&["10.0.0.2", "fd00::1"], 2).map(|a| Answer {
+            partial_failure: Some("AAAA: Query Refused".into()),
+            ..a
+        });
+        let changed = q.complete(&ticket, partial, t1).unwrap();
+        assert_eq!(changed.addresses.len(), 2);
+        let s = &q.snapshot(t1)[0];
+        assert_eq!(s.last_error.as_deref(), Some("a.test: AAAA: Query Refused"));
+        assert_eq!((s.failures, s.consecutive_failures), (0, 0));
+        assert_eq!(q.next_due(), Some(t1 + S(2)), "refreshed at the TTL");
+
+        // Every family answering clears the error.
+        let t2 = t1 + S(2);
+        lookup(&mut q, "a.test", answer(&["10.0.0.2", "fd00::1"], 2), t2);
+        assert_eq!(q.snapshot(t2)[0].last_error, None);
     }
 
     #[test]

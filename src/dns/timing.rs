@@ -15,6 +15,15 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Envoy's default `dns_refresh_rate`.
 pub const DEFAULT_REFRESH_RATE: Duration = Duration::from_secs(5);
 
+/// The failure schedule of a subscriber that sets none: retry after 1 s,
+/// doubling up to 30 s (and never later than the refresh rate). A DNS blip,
+/// or a server that starts after the daemon, then costs a second or two,
+/// not a whole refresh period; a long outage costs a query per 30 s.
+pub const DEFAULT_FAILURE_REFRESH: FailureRefresh = FailureRefresh {
+    base: MIN_REFRESH_INTERVAL,
+    max: Duration::from_secs(30),
+};
+
 /// Exponential retry after failed lookups: Envoy's `dns_failure_refresh_rate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureRefresh {
@@ -32,8 +41,10 @@ pub struct RefreshPolicy {
     /// Refresh when the answer's TTL runs out if that is sooner than
     /// `refresh_rate` (Envoy's `respect_dns_ttl`).
     pub respect_ttl: bool,
-    /// Retry schedule after failures; `None` retries at `refresh_rate`, as
-    /// Envoy does when `dns_failure_refresh_rate` is unset.
+    /// Retry schedule after failures; `None` is [`DEFAULT_FAILURE_REFRESH`]
+    /// with its cap lowered to `refresh_rate`. (Envoy retries at
+    /// `dns_refresh_rate` when `dns_failure_refresh_rate` is unset; a minute
+    /// of refresh rate would then be a minute without endpoints.)
     pub failure_refresh: Option<FailureRefresh>,
 }
 
@@ -58,12 +69,12 @@ impl RefreshPolicy {
             respect_ttl: a.respect_ttl || b.respect_ttl,
             failure_refresh: match (a.failure_refresh, b.failure_refresh) {
                 (None, None) => None,
-                // An unset failure rate retries at the refresh rate, which is
-                // the backoff `base = max = refresh_rate`; written that way the
-                // two merge like any other pair.
+                // An unset failure rate stands for the default backoff under
+                // that subscriber's refresh rate; written out, the two merge
+                // like any other pair.
                 (x, y) => {
-                    let x = x.unwrap_or_else(|| a.fixed_failure_refresh());
-                    let y = y.unwrap_or_else(|| b.fixed_failure_refresh());
+                    let x = x.unwrap_or_else(|| a.default_failure_refresh());
+                    let y = y.unwrap_or_else(|| b.default_failure_refresh());
                     Some(FailureRefresh {
                         base: x.base.min(y.base),
                         max: x.max.min(y.max),
@@ -73,11 +84,12 @@ impl RefreshPolicy {
         })
     }
 
-    /// The failure schedule an unset `failure_refresh` stands for.
-    fn fixed_failure_refresh(&self) -> FailureRefresh {
+    /// The failure schedule an unset `failure_refresh` stands for: a retry
+    /// never comes later than a refresh after a success would.
+    fn default_failure_refresh(&self) -> FailureRefresh {
         FailureRefresh {
-            base: self.refresh_rate,
-            max: self.refresh_rate,
+            base: DEFAULT_FAILURE_REFRESH.base,
+            max: DEFAULT_FAILURE_REFRESH.max.min(self.effective_rate()),
         }
     }
 
@@ -99,9 +111,9 @@ impl RefreshPolicy {
 
     /// Delay after the `consecutive`-th failure in a row (1 for the first).
     pub fn failure_delay(&self, consecutive: u32) -> Duration {
-        let Some(failure) = self.failure_refresh else {
-            return self.effective_rate();
-        };
+        let failure = self
+            .failure_refresh
+            .unwrap_or_else(|| self.default_failure_refresh());
         let base = failure.base.max(MIN_REFRESH_INTERVAL);
         let max = failure.max.max(base);
         // base * 2^(n-1), computed without overflow: once the shift or the
@@ -263,15 +275,29 @@ mod tests {
         assert_eq!(schedule.next_due(&eager), t0 + MIN_REFRESH_INTERVAL);
     }
 
-    #[test]
-    fn failure_without_failure_rate_retries_at_refresh_rate() {
+    /// The delays after `n` failures in a row, each one 100 s after the last.
+    fn failure_delays(p: &RefreshPolicy, n: u64) -> Vec<Duration> {
         let t0 = Instant::now();
         let mut schedule = RefreshSchedule::new(t0);
-        for n in 1..=5 {
-            let at = t0 + S(n);
-            schedule.record_failure(at);
-            assert_eq!(schedule.next_due(&policy(4, true)), at + S(4));
-        }
+        (0..n)
+            .map(|i| {
+                let at = t0 + S(100 * i);
+                schedule.record_failure(at);
+                schedule.next_due(p) - at
+            })
+            .collect()
+    }
+
+    #[test]
+    fn failure_without_failure_rate_backs_off_from_1s_to_30s() {
+        // The dual-engine policy: refresh at least every 60 s.
+        assert_eq!(
+            failure_delays(&policy(60, true), 8),
+            [1, 2, 4, 8, 16, 30, 30, 30].map(S)
+        );
+        // Never later than the refresh rate a success would wait.
+        assert_eq!(failure_delays(&policy(5, true), 5), [1, 2, 4, 5, 5].map(S));
+        assert_eq!(failure_delays(&policy(1, false), 3), [1, 1, 1].map(S));
     }
 
     #[test]
@@ -356,26 +382,27 @@ mod tests {
     }
 
     #[test]
-    fn merge_reads_an_unset_failure_rate_as_the_refresh_rate() {
+    fn merge_reads_an_unset_failure_rate_as_the_default_backoff() {
         let backoff = with_backoff(30, 2, 60);
-        let fixed = policy(10, false);
-        let merged = RefreshPolicy::merge([&backoff, &fixed]).unwrap();
+        let unset = policy(10, false);
+        let merged = RefreshPolicy::merge([&backoff, &unset]).unwrap();
         assert_eq!(
             merged.failure_refresh,
             Some(FailureRefresh {
-                base: S(2),
+                base: S(1),
                 max: S(10)
             })
         );
-        assert_eq!(merged.failure_delay(1), S(2));
+        assert_eq!(merged.failure_delay(1), S(1));
         assert_eq!(
             merged.failure_delay(5),
             S(10),
-            "never later than the fixed retry"
+            "never later than the unset subscriber's retry"
         );
-        let both_fixed = RefreshPolicy::merge([&policy(10, false), &policy(3, false)]).unwrap();
-        assert_eq!(both_fixed.failure_refresh, None);
-        assert_eq!(both_fixed.failure_delay(4), S(3));
+        let both_unset = RefreshPolicy::merge([&policy(10, false), &policy(3, false)]).unwrap();
+        assert_eq!(both_unset.failure_refresh, None);
+        assert_eq!(both_unset.failure_delay(1), S(1));
+        assert_eq!(both_unset.failure_delay(4), S(3));
     }
 
     #[test]

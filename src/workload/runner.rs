@@ -395,6 +395,9 @@ impl DualEngineRunner {
             .map(|host| Subscription {
                 host: host.clone(),
                 family: LookupFamily::All,
+                // A changed record is seen when its TTL runs out; a failed
+                // lookup is retried on the resolver's default backoff (1 s
+                // doubling to 30 s), ServiceEntry having no schedule of its own.
                 policy: RefreshPolicy {
                     refresh_rate: DNS_REFRESH,
                     respect_ttl: true,

@@ -24,8 +24,14 @@ use nix::unistd::Pid;
 
 /// Domain the server is authoritative for: an unknown name under it gets
 /// NXDOMAIN and a known name without the asked type gets NODATA, instead of
-/// REFUSED (dnsmasq's answer when it has no upstream to forward to).
+/// REFUSED (dnsmasq's answer when it has no upstream to forward to). A name
+/// outside it (see [`REFUSING_DOMAIN`]) gets REFUSED for the record types it
+/// lacks: how tests make one address family fail while the other answers.
 pub const DOMAIN: &str = "test";
+
+/// A domain the server is not authoritative for: its names answer the
+/// records the hosts directory gives them, and REFUSED for the other type.
+pub const REFUSING_DOMAIN: &str = "example";
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,6 +78,14 @@ impl Dnsmasq {
     /// Starts dnsmasq with `hosts` (hosts-file lines) as its only records,
     /// served with TTL `local_ttl` seconds.
     pub fn start(binary: &Path, local_ttl: u32, hosts: &str) -> Dnsmasq {
+        let mut server = Self::unstarted(binary, local_ttl, hosts);
+        server.spawn();
+        server
+    }
+
+    /// As [`Dnsmasq::start`], but not running yet: the address is chosen
+    /// (a daemon can be pointed at it) and [`Dnsmasq::restart`] starts it.
+    pub fn unstarted(binary: &Path, local_ttl: u32, hosts: &str) -> Dnsmasq {
         let dir = tempfile::Builder::new()
             .prefix("kmesh-dnsmasq-")
             .tempdir()
@@ -82,7 +96,7 @@ impl Dnsmasq {
         let hosts_dir = dir.path().join("hosts");
         fs::create_dir(&hosts_dir).unwrap();
         fs::set_permissions(&hosts_dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let mut server = Dnsmasq {
+        let server = Dnsmasq {
             binary: binary.to_path_buf(),
             addr: free_addr(),
             local_ttl,
@@ -90,7 +104,6 @@ impl Dnsmasq {
             child: None,
         };
         server.set_hosts(hosts);
-        server.spawn();
         server
     }
 
@@ -111,7 +124,7 @@ impl Dnsmasq {
         }
     }
 
-    /// Starts the server again on the same address, with the current records.
+    /// Starts the server (again) on its address, with the current records.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
