@@ -202,3 +202,75 @@ fn connect_loop_times_connects_and_counts_failures() {
     assert_eq!(refused["failed"], 300, "{refused}");
     assert_eq!(refused["errors"]["ECONNREFUSED"], 300, "{refused}");
 }
+
+/// Set by [`a_skip_is_counted_as_skipped_and_is_a_failure_under_ci`] for the
+/// one run of [`skips_when_envoy_cannot_be_found`] it makes.
+const SKIP_SELFTEST: &str = "KMESH_HARNESS_SKIP_SELFTEST";
+
+/// Passes at once unless [`SKIP_SELFTEST`] is set; then, with `ENVOY_BIN`
+/// naming a missing file, takes the Envoy helper's skip path as a test on a
+/// machine without Envoy would.
+#[test]
+fn skips_when_envoy_cannot_be_found() {
+    if std::env::var_os(SKIP_SELFTEST).is_none() {
+        return;
+    }
+    if common::envoy::require_envoy().is_none() {
+        return;
+    }
+    panic!("ENVOY_BIN names a missing file, yet Envoy was found");
+}
+
+/// A test that prints SKIP and returns is counted as skipped (not passed)
+/// by the totals scripts/test.sh prints, and under `CI=true` it fails.
+#[test]
+fn a_skip_is_counted_as_skipped_and_is_a_failure_under_ci() {
+    let log_dir = tempfile::tempdir().unwrap();
+    // This test binary, running only the test above, as scripts/test.sh
+    // runs every test binary; the totals script over its output.
+    let counts = |ci: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "skips_when_envoy_cannot_be_found",
+                "--show-output",
+                "--test-threads=1",
+            ])
+            .env(SKIP_SELFTEST, "1")
+            .env("ENVOY_BIN", "/nonexistent/kmesh-selftest/envoy")
+            .env("CI", ci)
+            .output()
+            .unwrap();
+        let log = log_dir.path().join(format!("ci-{ci}.log"));
+        let mut text = out.stdout.clone();
+        text.extend_from_slice(&out.stderr);
+        std::fs::write(&log, &text).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-counts.sh");
+        let totals = std::process::Command::new("bash")
+            .arg(script)
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(totals.status.success(), "{totals:?}");
+        // Indented: a line of the inner log starting with SKIP in this
+        // test's own failure message would be counted in the real run.
+        let shown = String::from_utf8_lossy(&text).replace('\n', "\n    ");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&totals.stdout).trim().to_string(),
+            shown,
+        )
+    };
+
+    // passed, failed, skipped, SKIP lines
+    let (ok, totals, log) = counts("false");
+    assert!(ok, "outside CI a skip returns early:\n    {log}");
+    assert_eq!(
+        totals, "0 0 1 1",
+        "the skip is counted as skipped:\n    {log}"
+    );
+
+    let (ok, totals, log) = counts("true");
+    assert!(!ok, "under CI=true a skip fails the test:\n    {log}");
+    assert_eq!(totals, "0 1 0 0", "and is counted as failed:\n    {log}");
+}

@@ -601,9 +601,10 @@ fn a_restart_under_load_fails_no_connection() {
 }
 
 /// The shape Istiod sends for a TCP service: listener filters, an mTLS
-/// transport socket, stats filters wrapped in TypedStruct, circuit breakers.
-/// None of it changes the connect-time decision: it must be accepted, routed,
-/// and listed as ignored.
+/// transport socket, stats filters wrapped in TypedStruct, LEAST_REQUEST,
+/// circuit breakers. It must be accepted and routed; what does not change
+/// the connect-time decision is listed as ignored by the resource it is in,
+/// and what does (LEAST_REQUEST, the connection limit) is enforced.
 #[test]
 fn an_istio_shaped_config_is_accepted_routed_and_its_extras_listed_as_ignored() {
     if !require_root() {
@@ -688,17 +689,72 @@ resources:
         serde_json::json!([]),
         "nothing rejected: {dump}"
     );
-    let ignored = dump.to_string();
-    for extra in [
-        "listener_filters",
-        "transport_socket",
-        "circuit_breakers",
-        "LEAST_REQUEST",
-        "istio.stats",
+    // Each resource lists what it does not act on in its own `ignored`;
+    // what the kernel does honour is compiled, and not in that list.
+    let ignored = |resource: &serde_json::Value| -> Vec<(String, String)> {
+        resource["ignored"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no ignored list: {resource}"))
+            .iter()
+            .map(|i| {
+                (
+                    i["field"].as_str().unwrap().to_string(),
+                    i["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let listeners = dump["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 1, "{dump}");
+    let listener = &listeners[0];
+    assert_eq!(listener["address"], "10.96.0.11:3306", "{dump}");
+    let listener_ignored = ignored(listener);
+    for (field, filter) in [
+        (
+            "listener_filters[0]",
+            "envoy.filters.listener.tls_inspector",
+        ),
+        ("filters[0]", "istio.stats"),
     ] {
         assert!(
-            ignored.contains(extra),
-            "{extra} should be listed as ignored: {dump}"
+            listener_ignored
+                .iter()
+                .any(|(f, reason)| f.ends_with(field) && reason.starts_with(filter)),
+            "the listener should list {field} ({filter}) as ignored: {listener_ignored:?}"
+        );
+    }
+    let compiled = &dump["clusters"][cluster];
+    let cluster_ignored: Vec<String> = ignored(compiled).into_iter().map(|(f, _)| f).collect();
+    for field in [
+        "transport_socket",
+        "circuit_breakers.thresholds[0].max_pending_requests",
+        "circuit_breakers.thresholds[0].max_requests",
+        "circuit_breakers.thresholds[0].max_retries",
+    ] {
+        assert!(
+            cluster_ignored.iter().any(|f| f == field),
+            "the cluster should list {field} as ignored: {cluster_ignored:?}"
+        );
+    }
+    // LEAST_REQUEST (Envoy's default choice count) and the connection
+    // limit are enforced by the kernel.
+    assert_eq!(
+        compiled["lb_policy"],
+        serde_json::json!({ "LEAST_REQUEST": { "choice_count": 2 } }),
+        "{compiled}"
+    );
+    assert_eq!(
+        compiled["circuit_breakers"],
+        serde_json::json!({ "max_connections": u32::MAX }),
+        "{compiled}"
+    );
+    for honoured in [
+        "lb_policy",
+        "circuit_breakers.thresholds[0].max_connections",
+    ] {
+        assert!(
+            !cluster_ignored.iter().any(|f| f.starts_with(honoured)),
+            "{honoured} is enforced, not ignored: {cluster_ignored:?}"
         );
     }
 }

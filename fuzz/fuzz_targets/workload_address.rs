@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             value: chunk.to_vec(),
         };
         if let Ok(resource) = decode_address(&any, Some("fuzz")) {
-            update.upserts.push((Some(format!("r{i}")), resource));
+            update.upserts.push((Some(format!("r{i}").into()), resource));
         }
         let policy = prost_types::Any {
             type_url: AUTHORIZATION_TYPE_URL.into(),
@@ -38,7 +38,12 @@ fuzz_target!(|data: &[u8]| {
         };
         let _ = decode_authorization(&policy, None);
     }
-    let removals: Vec<String> = update.upserts.iter().step_by(2).filter_map(|(n, _)| n.clone()).collect();
+    let removals: Vec<String> = update
+        .upserts
+        .iter()
+        .step_by(2)
+        .filter_map(|(n, _)| n.as_deref().map(str::to_owned))
+        .collect();
     let _ = compiler.apply(update, &LIMITS, &NoDns);
     let _ = compiler.apply(
         Update {

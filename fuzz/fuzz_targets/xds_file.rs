@@ -3,6 +3,7 @@
 #![no_main]
 
 use kmesh::kernel_native::compiler::{Limits, NoDns};
+use kmesh::kernel_native::input::Snapshot;
 use kmesh::kernel_native::snapshot::ConfigState;
 use kmesh::xds::file::parse_resources;
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(resources) = parse_resources(text) {
+        // The daemon's file path: a flat list becomes one snapshot.
+        let snapshot = Snapshot::from_anys(resources);
         let state = ConfigState::default();
-        let _ = state.stage(&resources, &Limits::default(), &NoDns);
+        let _ = state.stage(&snapshot, &Limits::default(), &NoDns);
     }
 });
