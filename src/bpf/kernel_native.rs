@@ -20,7 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapHandle, MapMut};
+use libbpf_rs::{MapHandle, MapMut, OpenMapMut};
 
 use super::kn_skel::{KernelNativeSkel, KernelNativeSkelBuilder};
 use super::mounts::{self, ensure_bpffs, ensure_cgroup2};
@@ -125,21 +125,45 @@ fn skel_map<'a>(
     })
 }
 
+fn open_map<'a>(
+    maps: &'a mut super::kn_skel::OpenKernelNativeMaps<'static>,
+    name: &str,
+) -> Option<&'a mut OpenMapMut<'static>> {
+    Some(match name {
+        MAP_LISTENERS => &mut maps.kn_listeners,
+        MAP_CLUSTERS => &mut maps.kn_clusters,
+        MAP_CLUSTER_CONNS => &mut maps.kn_cluster_conns,
+        MAP_NETNS_CONNS => &mut maps.kn_netns_conns,
+        MAP_ENDPOINT_CONNS => &mut maps.kn_endpoint_conns,
+        MAP_RL_BUCKETS => &mut maps.kn_rl_buckets,
+        MAP_OUTLIERS => &mut maps.kn_outliers,
+        MAP_SOCKS => &mut maps.kn_socks,
+        MAP_STATS => &mut maps.kn_stats,
+        MAP_CONN_START => &mut maps.kn_conn_start,
+        _ => return None,
+    })
+}
+
+/// The maps whose size the operator sets, with that size: set before load,
+/// and a pinned map of another size is not adopted.
+fn sized_maps(capacity: MapCapacity) -> [(&'static str, u32); 5] {
+    [
+        (MAP_LISTENERS, capacity.max_listeners),
+        (MAP_CLUSTERS, capacity.max_clusters),
+        (MAP_CLUSTER_CONNS, capacity.max_clusters),
+        (MAP_NETNS_CONNS, capacity.max_netns_cluster_counters),
+        (MAP_ENDPOINT_CONNS, capacity.max_endpoint_counters),
+    ]
+}
+
 /// Can the pinned maps be reused by this build with these sizes?
 fn adoptable(pin_dir: &Path, capacity: MapCapacity) -> bool {
-    if !pinning::has_layout(pin_dir, LAYOUT_VERSION) {
-        return false;
-    }
-    let sized =
-        |name: &str, want: u32| pinning::pinned_with_size(&pin_dir.join("maps").join(name), want);
-    DURABLE_MAPS
-        .iter()
-        .all(|m| pin_dir.join("maps").join(m).exists())
-        && sized(MAP_LISTENERS, capacity.max_listeners)
-        && sized(MAP_CLUSTERS, capacity.max_clusters)
-        && sized(MAP_CLUSTER_CONNS, capacity.max_clusters)
-        && sized(MAP_NETNS_CONNS, capacity.max_netns_cluster_counters)
-        && sized(MAP_ENDPOINT_CONNS, capacity.max_endpoint_counters)
+    let maps = pin_dir.join("maps");
+    pinning::has_layout(pin_dir, LAYOUT_VERSION)
+        && DURABLE_MAPS.iter().all(|m| maps.join(m).exists())
+        && sized_maps(capacity)
+            .iter()
+            .all(|(name, want)| pinning::pinned_with_size(&maps.join(name), *want))
 }
 
 impl KernelNativeBpf {
@@ -157,42 +181,18 @@ impl KernelNativeBpf {
         let mut open = KernelNativeSkelBuilder::default()
             .open(pinning::static_object_storage())
             .map_err(BpfError::libbpf("opening the kernel-native object"))?;
-        open.maps
-            .kn_listeners
-            .set_max_entries(capacity.max_listeners)
-            .map_err(BpfError::libbpf("sizing kn_listeners"))?;
-        open.maps
-            .kn_clusters
-            .set_max_entries(capacity.max_clusters)
-            .map_err(BpfError::libbpf("sizing kn_clusters"))?;
-        open.maps
-            .kn_cluster_conns
-            .set_max_entries(capacity.max_clusters)
-            .map_err(BpfError::libbpf("sizing kn_cluster_conns"))?;
-        open.maps
-            .kn_netns_conns
-            .set_max_entries(capacity.max_netns_cluster_counters)
-            .map_err(BpfError::libbpf("sizing kn_netns_conns"))?;
-        open.maps
-            .kn_endpoint_conns
-            .set_max_entries(capacity.max_endpoint_counters)
-            .map_err(BpfError::libbpf("sizing kn_endpoint_conns"))?;
+        for (name, size) in sized_maps(capacity) {
+            if let Some(map) = open_map(&mut open.maps, name) {
+                map.set_max_entries(size)
+                    .map_err(BpfError::libbpf(format!("sizing {name}")))?;
+            }
+        }
         if start == StartKind::Adopted {
-            let maps = &mut open.maps;
-            for (name, map) in [
-                (MAP_LISTENERS, &mut maps.kn_listeners),
-                (MAP_CLUSTERS, &mut maps.kn_clusters),
-                (MAP_CLUSTER_CONNS, &mut maps.kn_cluster_conns),
-                (MAP_NETNS_CONNS, &mut maps.kn_netns_conns),
-                (MAP_ENDPOINT_CONNS, &mut maps.kn_endpoint_conns),
-                (MAP_RL_BUCKETS, &mut maps.kn_rl_buckets),
-                (MAP_OUTLIERS, &mut maps.kn_outliers),
-                (MAP_SOCKS, &mut maps.kn_socks),
-                (MAP_STATS, &mut maps.kn_stats),
-                (MAP_CONN_START, &mut maps.kn_conn_start),
-            ] {
-                map.reuse_pinned_map(pin_dir.join("maps").join(name))
-                    .map_err(BpfError::libbpf(format!("reusing pinned map {name}")))?;
+            for name in DURABLE_MAPS {
+                if let Some(map) = open_map(&mut open.maps, name) {
+                    map.reuse_pinned_map(pin_dir.join("maps").join(name))
+                        .map_err(BpfError::libbpf(format!("reusing pinned map {name}")))?;
+                }
             }
         }
         let skel = open.load().map_err(BpfError::libbpf(
