@@ -105,9 +105,11 @@ impl IdTable {
             return;
         }
         self.claims.clear();
-        self.free.extend(self.retiring.drain());
-        // Lowest first out of `pop`, so the id space stays compact.
-        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        // The newly freed go on top, lowest last so `pop` takes it first;
+        // the free list itself is not re-sorted on every write.
+        let mut freed: Vec<u32> = self.retiring.drain().collect();
+        freed.sort_unstable_by(|a, b| b.cmp(a));
+        self.free.extend(freed);
     }
 
     pub fn len(&self) -> usize {
