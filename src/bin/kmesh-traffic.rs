@@ -431,11 +431,11 @@ fn accept_loop(sock: &TcpListener, name: &str, mode: ServeMode) {
 /// serving others: they end this connection only.
 fn serve_one(mut conn: TcpStream, peer: SocketAddr, name: &str, mode: ServeMode) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let local = conn.local_addr().map(|a| a.to_string());
-    let name = match (&local, mode.answer_local_address) {
-        (Ok(local), true) => local.as_str(),
-        _ => name,
-    };
+    let local = mode
+        .answer_local_address
+        .then(|| conn.local_addr().ok().map(|a| a.to_string()))
+        .flatten();
+    let name = local.as_deref().unwrap_or(name);
     let mut line = format!("{name} peer={peer}");
     if mode.proxy_protocol {
         match read_proxy_v2(&mut conn) {
